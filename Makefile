@@ -1,0 +1,58 @@
+# cdissect: one environment in .venv/, created by `make install` (pip; see README).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.cdissect-installed
+PKGS := services/common services/labeler services/activations services/embedder cli shapes_world
+PKG_FILES := $(addsuffix /pyproject.toml,$(PKGS))
+APT_PACKAGES := prometheus chromium
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install test test-fast demo bench bench-labeler bench-pipeline shapes-models protos up down lint clean help
+
+help:
+	@echo "make install | test | demo | bench | bench-labeler | shapes-models | protos | up | down | clean"
+
+install: $(STAMP)
+
+# Quick when nothing changed: the stamp depends on the lock and every pyproject.
+$(STAMP): requirements.lock $(PKG_FILES) scripts/install_system_packages.sh
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps --no-build-isolation $(addprefix -e ,$(PKGS))
+	bash scripts/install_system_packages.sh $(APT_PACKAGES)
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install
+	$(VENV)/bin/cdissect demo
+
+bench: install bench-pipeline bench-labeler
+
+bench-pipeline: install
+	$(PY) bench/bench_pipeline.py
+
+bench-labeler: install
+	$(PY) bench/bench_labeler.py
+
+shapes-models: install
+	$(PY) -m cdissect_shapes.train_all
+
+protos: install
+	$(PY) scripts/gen_protos.py
+
+up:
+	bash deploy/kind/up.sh
+
+down:
+	bash deploy/kind/down.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for cdissect.v1 (make protos)."""

@@ -1,0 +1,1 @@
+"""cdissect_embedder."""
