@@ -1,0 +1,94 @@
+"""Run folder writer and the per-unit quality figure (numpy only, no services)."""
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdissect_cli.jobspec import resolve_spec
+from cdissect_cli.quality import auc_and_p, unit_quality
+from cdissect_cli.results import LayerResult, RunResult, new_run_dir, write_run_folder
+
+
+def test_auc_extremes_and_ties() -> None:
+    scores = np.arange(10, dtype=float)
+    auc, p = auc_and_p(scores, np.array([9, 8]))
+    assert auc == 1.0 and p < 0.05
+    auc, p = auc_and_p(scores, np.array([0, 1]))
+    assert auc == 0.0 and p > 0.95
+    auc, _ = auc_and_p(np.ones(6), np.array([0]))      # all tied → chance
+    assert auc == pytest.approx(0.5)
+    assert np.isnan(auc_and_p(scores, np.array([], dtype=int))[0])
+
+
+def test_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=50)
+    pos = rng.choice(50, 7, replace=False)
+    neg = np.setdiff1d(np.arange(50), pos)
+    direct = np.mean([[1.0 if scores[i] > scores[j] else 0.0 for j in neg] for i in pos])
+    assert auc_and_p(scores, pos)[0] == pytest.approx(direct)
+
+
+def test_unit_quality_finds_the_images_of_the_label() -> None:
+    rng = np.random.default_rng(0)
+    text = np.eye(4, 8)                       # concept m points along axis m
+    images = rng.normal(scale=0.1, size=(40, 8))
+    images[:5, 2] += 3.0                      # images 0..4 are about concept 2
+    auc, p = unit_quality(images, text, labels=np.array([2, 3]),
+                          top_images=np.array([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]))
+    assert auc[0] == 1.0 and p[0] < 1e-3
+    assert auc[1] < 0.9
+
+
+def _result(spec_overrides: dict | None = None) -> RunResult:
+    spec = resolve_spec(None, {"target_model": "resnet18", "layers": "layer4", **(spec_overrides or {})})
+    layer = LayerResult(
+        name="layer4", labels_key="labels/x.safetensors", activation_keys=["activations/a.safetensors"],
+        image_embedding_keys=["embeddings/image/i.safetensors"], text_embedding_key="embeddings/text/t.safetensors",
+        concept_ids=np.array([[1, 0, 2], [2, 1, 0]]), scores=np.array([[0.5, 0.25, 0.125], [0.75, 0.5, 0.25]]),
+        top_images=np.array([[3, 1], [0, 2]]), dead=np.array([False, True]),
+        quality_auc=np.array([0.9, np.nan]), quality_p=np.array([0.01, np.nan]))
+    return RunResult(spec=spec, dataset={"name": "probe", "digest": "d", "num_images": 4},
+                     concepts_name="words", concepts_sha256="s", words=["cat", "dog", "red"], layers=[layer],
+                     timings={"labels": 1.0}, reused={"labels": {"total": 1, "reused": 0, "computed": 1}})
+
+
+def test_descriptions_csv_starts_with_reference_columns(tmp_path: Path) -> None:
+    write_run_folder(tmp_path, _result())
+    with (tmp_path / "descriptions.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["layer", "unit", "description", "similarity", "top2", "top2_similarity",
+                       "top3", "top3_similarity", "dead", "quality_auc"]
+    assert rows[1] == ["layer4", "0", "dog", "0.5", "cat", "0.25", "red", "0.125", "false", "0.9"]
+    assert rows[2][:4] == ["layer4", "1", "red", "0.75"] and rows[2][-2:] == ["true", ""]
+
+
+def test_results_json_and_job_yaml(tmp_path: Path) -> None:
+    result = _result()
+    write_run_folder(tmp_path, result)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["version"] == 1 and doc["concepts"]["words"] == ["cat", "dog", "red"]
+    layer = doc["layers"][0]
+    assert layer["name"] == "layer4" and layer["labels_key"] == "labels/x.safetensors"
+    assert layer["units"][0] == {"unit": 0, "label": "dog", "similarity": 0.5,
+                                 "top": [["dog", 0.5], ["cat", 0.25], ["red", 0.125]],
+                                 "top_images": [3, 1], "dead": False,
+                                 "quality": {"auc": 0.9, "p_value": 0.01}}
+    assert layer["units"][1]["quality"] == {"auc": None, "p_value": None}
+    assert "target_model: resnet18" in (tmp_path / "job.yaml").read_text()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_run_dir_names_and_same_second_clash(tmp_path: Path) -> None:
+    now = datetime(2026, 11, 26, 18, 5, 9)
+    first = new_run_dir(tmp_path, "resnet18", now)
+    second = new_run_dir(tmp_path, "/weights/my model.pt", now)
+    third = new_run_dir(tmp_path, "resnet18", now)
+    assert first.name == "resnet18_261126_180509"
+    assert second.name == "my_model.pt_261126_180509"
+    assert third.name == "resnet18_261126_180509_2"
