@@ -1,0 +1,96 @@
+"""Record many layers of a network in one forward pass with forward hooks.
+
+`LayerRecorder` registers one hook per requested layer; each hook pools its output on the
+device right away (pooling.py), so only [B, units] per layer is kept, never the full maps.
+Hooks are removed when the `with` block ends (or after `record` when used without one).
+
+    with LayerRecorder(model, ["conv1", "layer4", "fc"]) as rec:
+        acts = rec.record(images)          # {"conv1": [B, 64], "layer4": [B, 2048], "fc": [B, 1000]}
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .layers import resolve_layer
+from .pooling import check_pooling, first_tensor, pool
+
+
+class LayerRecorder:
+    """Forward hooks on `layers` of `model`; `record(x)` runs one forward and returns pooled outputs.
+
+    pooling: 'avg' | 'max' for 4-D conv maps. token_pooling: 'cls' | 'mean' | 'patch_mean' for
+    3-D token outputs. Layer paths are validated at construction (UnknownLayerError lists close
+    names), so a typo fails before any image is processed.
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[str], pooling: str = "avg",
+                 token_pooling: str = "cls", model_name: str | None = None) -> None:
+        check_pooling(pooling, token_pooling)
+        names = list(dict.fromkeys(l.strip() for l in layers))
+        if not names:
+            raise ValueError("no layers requested; name at least one, e.g. 'layer4'")
+        self.model = model
+        self.layers = names
+        self.pooling = pooling
+        self.token_pooling = token_pooling
+        self.modules = {name: resolve_layer(model, name, model_name) for name in names}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._outputs: dict[str, torch.Tensor] = {}
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            tensor = first_tensor(output, layer=name)
+            self._outputs[name] = pool(tensor, self.pooling, self.token_pooling, layer=name)
+        return hook
+
+    def attach(self) -> "LayerRecorder":
+        """Register the hooks (idempotent)."""
+        if not self._handles:
+            self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> "LayerRecorder":
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    @torch.no_grad()
+    def record(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass over `images` [B, 3, H, W]; {layer: float32 Tensor[B, units]} on the device.
+
+        The images are moved to the model's device. Works inside or outside a `with` block.
+        """
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"record expects a batch of images [B, 3, H, W]; got {shape}")
+        param = next(self.model.parameters(), None)
+        if param is not None:
+            images = images.to(device=param.device, dtype=param.dtype if param.is_floating_point() else images.dtype)
+        attached_here = not self._handles
+        self.attach()
+        self._outputs = {}
+        try:
+            self.model(images)
+        finally:
+            if attached_here:
+                self.detach()
+        missing = [n for n in self.layers if n not in self._outputs]
+        if missing:
+            raise RuntimeError(
+                f"layers {', '.join(missing)} were not called during the forward pass (unused "
+                f"submodules); choose layers on the model's forward path"
+            )
+        out, self._outputs = {n: self._outputs[n] for n in self.layers}, {}
+        return out
+
+    __call__ = record
