@@ -1,0 +1,1 @@
+"""The paper's analyses as commands, each reading a finished run folder (no recomputation)."""

@@ -1,0 +1,82 @@
+"""Per-layer data files of the report: one small JavaScript file per layer, loaded on demand.
+
+Chromium refuses fetch() of JSON from `file://` pages, so each layer's units travel as a
+script that hands a JSON object to `window.cdissectLayerLoaded`. The page injects a layer's
+script only when the layer is opened, so the HTML stays small however many units a run has.
+
+Unit rows are arrays, not objects, to keep 2048-unit layers compact:
+`[unit, label, similarity, [[word, score], ...alternatives], [image index, ...], flag, auc, p]`
+with flag "dead", "low", "unknown" or "" and `images: {index: [thumbnail path, caption]}`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cdissect_cli.analyses.quality import unit_flag
+from cdissect_cli.analyses.run_results import LayerResult
+from cdissect_cli.report.thumbnails import Thumbnail
+
+CALLBACK = "cdissectLayerLoaded"
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """Counts and score statistics the index table shows for one layer."""
+
+    index: int
+    name: str
+    units: int
+    dead: int
+    low_confidence: int
+    no_quality: int
+    median_similarity: float | None
+    median_auc: float | None
+    data_file: str  # relative to the report folder
+    plot_file: str
+
+
+def _round(value: float | None, digits: int = 5) -> float | None:
+    """Fewer digits in the data files; None stays None."""
+    return None if value is None else round(float(value), digits)
+
+
+def summarize(layer: LayerResult, index: int, data_file: str, plot_file: str) -> LayerSummary:
+    """Counts of dead / low-confidence / unscored units and medians of the live units."""
+    flags = [unit_flag(u) for u in layer.units]
+    live = [u for u in layer.units if not u.dead]
+    sims = [u.similarity for u in live]
+    aucs = [u.auc for u in live if u.auc is not None]
+    return LayerSummary(
+        index=index, name=layer.name, units=len(layer.units), dead=flags.count("dead"),
+        low_confidence=flags.count("low"), no_quality=flags.count("unknown"),
+        median_similarity=float(np.median(sims)) if sims else None,
+        median_auc=float(np.median(aucs)) if aucs else None,
+        data_file=data_file, plot_file=plot_file,
+    )
+
+
+def layer_payload(layer: LayerResult, index: int, thumbs: dict[int, Thumbnail],
+                  top_images: int = 10) -> dict:
+    """The JSON object one layer file hands to the page."""
+    rows = []
+    used: set[int] = set()
+    for u in layer.units:
+        images = [i for i in u.top_images[:top_images] if i in thumbs]
+        used.update(images)
+        rows.append([u.unit, u.label, _round(u.similarity),
+                     [[w, _round(s)] for w, s in u.alternatives], images, unit_flag(u),
+                     _round(u.auc, 4), None if u.p_value is None else float(f"{u.p_value:.3g}")])
+    return {"index": index, "name": layer.name, "units": rows,
+            "images": {str(i): [thumbs[i].path, thumbs[i].caption] for i in sorted(used)}}
+
+
+def write_layer_file(path: Path, payload: dict) -> None:
+    """Write the script `window.cdissectLayerLoaded({...});` (JSON is valid JavaScript)."""
+    text = json.dumps(payload, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    # "</script" cannot occur in JSON output except inside strings; escape it anyway.
+    text = text.replace("</", "<\\/")
+    Path(path).write_text(f"window.{CALLBACK}({text});\n", encoding="utf-8")

@@ -1,0 +1,133 @@
+"""The HTML report from a run folder: index, per-layer data files, plots, shared thumbnails.
+
+Runs are built with the real writers (cdissect_common.manifest.register_dataset into a
+filesystem store, cdissect_cli.results.write_run_folder), so the report reads exactly what
+`cdissect run` writes.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cdissect_cli.errors import CliError
+from cdissect_cli.jobspec import resolve_spec
+from cdissect_cli.report import write_report
+from cdissect_cli.report.layer_data import CALLBACK
+from cdissect_cli.results import LayerResult, RunResult, write_run_folder
+from cdissect_common.manifest import ImageSource, manifest_key, register_dataset
+from cdissect_common.store import open_store
+from conftest import make_probe_images
+
+WORDS = ["red", "green", "blue", "circle", "square", "dark", "bright"]
+
+
+def build_run(tmp_path: Path, n_images: int = 12, units: int = 6, shard_size: int = 5) -> Path:
+    """A finished two-layer run whose probe images live in a filesystem store under tmp_path."""
+    store_url = f"file://{tmp_path / 'store'}"
+    store = open_store(store_url)
+    images = [ImageSource(name=n, data=d, labels={"class": c})
+              for n, d, c in make_probe_images(n_images)]
+    manifest = register_dataset(store, "probe", images, shard_size=shard_size)
+    rng = np.random.default_rng(0)
+    layers = []
+    for name, k in (("layer4", units), ("fc", 3)):
+        ids = np.array([rng.permutation(len(WORDS))[:5] for _ in range(k)])
+        scores = np.sort(rng.uniform(0.1, 1.0, size=(k, 5)), axis=1)[:, ::-1]
+        top = np.array([rng.permutation(n_images)[:10] for _ in range(k)])
+        dead = np.zeros(k, dtype=bool)
+        dead[-1] = True
+        auc = rng.uniform(0.3, 1.0, size=k)
+        auc[0], auc[1] = 0.95, 0.55  # unit 1: low confidence by AUC
+        p = np.full(k, 1e-4)
+        layers.append(LayerResult(
+            name=name, labels_key=f"labels/{name}.safetensors", activation_keys=[],
+            image_embedding_keys=[], text_embedding_key="", concept_ids=ids, scores=scores,
+            top_images=top, dead=dead, quality_auc=auc, quality_p=p))
+    spec = resolve_spec(None, {"target_model": "resnet18", "layers": "layer4,fc"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_run_folder(run_dir, RunResult(
+        spec=spec, dataset={"name": "probe", "digest": manifest.digest, "num_images": n_images,
+                            "store_url": store_url, "manifest_key": manifest_key("probe")},
+        concepts_name="words", concepts_sha256="0" * 64, words=WORDS, layers=layers))
+    return run_dir
+
+
+def read_layer_file(path: Path) -> dict:
+    """The JSON object a layer data script hands to the page."""
+    text = path.read_text()
+    match = re.fullmatch(rf"window\.{CALLBACK}\((.*)\);\n", text, flags=re.S)
+    assert match, text[:80]
+    return json.loads(match.group(1))
+
+
+def test_report_index_lists_layers_with_counts(tmp_path: Path) -> None:
+    run_dir = build_run(tmp_path)
+    html = write_report(run_dir).read_text()
+    row = re.search(r'<tr id="layer-0">(.*?)</tr>', html).group(1)
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    # units, dead, low-confidence, no quality figure
+    assert cells[:4] == ["6", "1", "1", "0"]
+    assert "http://" not in html and "https://" not in html  # nothing fetched from the network
+    assert (run_dir / "assets" / "report.js").is_file() and (run_dir / "assets" / "report.css").is_file()
+    assert (run_dir / "assets/plots/layer-0-similarity.svg").read_text().startswith("<svg")
+
+
+def test_layer_file_carries_units_alternatives_flags_and_images(tmp_path: Path) -> None:
+    run_dir = build_run(tmp_path)
+    write_report(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    payload = read_layer_file(run_dir / "assets/data/layer-0.js")
+    assert payload["name"] == "layer4" and len(payload["units"]) == 6
+    for row, unit in zip(payload["units"], results["layers"][0]["units"]):
+        assert row[0] == unit["unit"] and row[1] == unit["label"]
+        assert row[2] == pytest.approx(unit["similarity"], abs=1e-5)
+        assert [w for w, _ in row[3]] == [w for w, _ in unit["top"][1:]]
+        assert row[4] == unit["top_images"]
+    assert [row[5] for row in payload["units"]] == ["", "low", "", "", "", "dead"]
+    for index, (path, caption) in payload["images"].items():
+        assert (run_dir / "assets" / path).is_file()
+        assert caption.startswith(f"#{index} img_")
+
+
+def test_thumbnails_are_small_jpegs_written_once(tmp_path: Path) -> None:
+    run_dir = build_run(tmp_path, n_images=12)
+    write_report(run_dir)
+    thumbs = sorted((run_dir / "assets").glob("thumbs-*/*.jpg"))
+    # 9 units x 10 top images over a 12-image probe set: every image, each written once
+    assert len(thumbs) == 12
+    with Image.open(thumbs[0]) as img:
+        assert img.format == "JPEG" and max(img.size) <= 96
+    stamp = {p: p.stat().st_mtime_ns for p in thumbs}
+    write_report(run_dir)  # regenerating reuses existing thumbnails
+    assert {p: p.stat().st_mtime_ns for p in thumbs} == stamp
+
+
+def test_report_without_images_needs_no_store(tmp_path: Path) -> None:
+    run_dir = build_run(tmp_path)
+    (tmp_path / "store").rename(tmp_path / "moved")
+    with pytest.raises(CliError, match="--no-images"):
+        write_report(run_dir)
+    write_report(run_dir, images=False)
+    assert read_layer_file(run_dir / "assets/data/layer-1.js")["images"] == {}
+
+
+def test_labels_cannot_inject_markup(tmp_path: Path) -> None:
+    run_dir = build_run(tmp_path)
+    doc = json.loads((run_dir / "results.json").read_text())
+    doc["layers"][0]["units"][0]["label"] = "</script><b>x"
+    doc["layers"][0]["name"] = "<i>layer4</i>"
+    (run_dir / "results.json").write_text(json.dumps(doc))
+    html = write_report(run_dir, images=False).read_text()
+    assert "<i>layer4</i>" not in html and "&lt;i&gt;layer4&lt;/i&gt;" in html
+    assert "</script><b>" not in (run_dir / "assets/data/layer-0.js").read_text()
+
+
+def test_missing_results_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(CliError, match="cdissect run"):
+        write_report(tmp_path)
