@@ -1,0 +1,235 @@
+"""Probe sets in object storage: image shards (tar of image bytes) plus a DatasetManifest.
+
+The manifest fixes the dataset order once (never shuffled), records per image its sha256 and
+labels, and names each shard by the sha256 of its tar bytes (``datasets/shards/<sha>.tar``).
+Tars are written deterministically (sorted nothing, fixed mtimes/owners), so registering the
+same images again produces the same shards and reuses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from cdissect.v1 import common_pb2
+
+from .store import ObjectNotFoundError, ObjectStore, sha256_hex
+
+MANIFEST_PREFIX = "datasets/manifests/"
+SHARD_PREFIX = "datasets/shards/"
+DEFAULT_SHARD_SIZE = 1000
+BAD_IMAGE_POLICIES = ("error", "skip")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+
+
+class DatasetError(ValueError):
+    """A probe set cannot be registered or read; the message names the image or dataset and the fix."""
+
+
+class DatasetNotFoundError(DatasetError, LookupError):
+    """No manifest is registered under that name."""
+
+
+class BadImageError(DatasetError):
+    """An image cannot be decoded."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"image {name!r} is not a readable image ({reason}); remove or replace it, or set "
+                         f"on_bad_image=skip to skip and count bad images")
+        self.name = name
+
+
+class ShardCorruptError(DatasetError):
+    """A shard's bytes do not match the digests the manifest records."""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image to register: a name (unique in the dataset), its bytes or a path, and labels."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+    labels: dict[str, str] | None = None
+
+
+def manifest_key(name: str) -> str:
+    """Store key of a dataset's manifest."""
+    return f"{MANIFEST_PREFIX}{check_dataset_name(name)}.json"
+
+
+def check_dataset_name(name: str) -> str:
+    """Dataset names become keys: letters, digits, '.', '_' and '-'."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise DatasetError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-' "
+                           f"(starting with a letter or digit)")
+    return name
+
+
+def _image_bytes(image: Any) -> bytes:
+    """Bytes of an image-like object: .data, else .path, else .path_or_bytes (probesets' ProbeImage)."""
+    data = getattr(image, "data", None)
+    if data is not None:
+        return bytes(data)
+    path = getattr(image, "path", None)
+    if path is None:
+        source = getattr(image, "path_or_bytes", None)
+        if isinstance(source, (bytes, bytearray)):
+            return bytes(source)
+        path = source
+    if path is None:
+        raise DatasetError(f"image {getattr(image, 'name', image)!r} has neither bytes nor a path")
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read image file {path}: {exc.strerror}") from exc
+
+
+def validate_image(name: str, data: bytes) -> None:
+    """Raise BadImageError unless PIL recognises and verifies the bytes as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(name, str(exc) or type(exc).__name__) from None
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """A deterministic tar of (name, bytes), in the given order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _write_shard(store: ObjectStore, manifest: common_pb2.DatasetManifest,
+                 chunk: list[tuple[str, bytes, dict[str, str]]], digests: list[str]) -> None:
+    """Append one shard to the manifest, uploading its tar unless the same tar is stored already."""
+    shard = manifest.shards.add(index=len(manifest.shards))
+    members = []
+    for img_name, data, labels in chunk:
+        digest = sha256_hex(data)
+        digests.append(digest)
+        shard.images.add(name=img_name, sha256=digest, labels=labels)
+        members.append((img_name, data))
+    tar = _tar_bytes(members)
+    key = f"{SHARD_PREFIX}{sha256_hex(tar)}.tar"
+    if store.exists(key):
+        shard.ref.CopyFrom(store.ref(key))
+    else:
+        shard.ref.CopyFrom(store.put(key, tar, metadata={"images": str(len(members))}))
+    shard.ref.producer["kind"] = "shard"
+
+
+def register_dataset(store: ObjectStore, name: str, images: Iterable[Any], shard_size: int = DEFAULT_SHARD_SIZE,
+                     on_bad_image: str = "error", info: dict[str, str] | None = None) -> common_pb2.DatasetManifest:
+    """Validate images, write shards (reusing existing ones) and publish the manifest.
+
+    ``images`` yields objects with ``.name``, ``.labels`` and ``.data`` (bytes) or ``.path``.
+    ``on_bad_image``: ``error`` raises BadImageError naming the file; ``skip`` leaves it out and
+    records the count and names in ``manifest.info``.
+    """
+    check_dataset_name(name)
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DatasetError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise DatasetError(f"shard_size must be a positive integer, got {shard_size!r}")
+    manifest = common_pb2.DatasetManifest(name=name)
+    seen: set[str] = set()
+    skipped: list[str] = []
+    digests: list[str] = []
+    chunk: list[tuple[str, bytes, dict[str, str]]] = []
+    for image in images:
+        img_name = str(image.name)
+        if img_name in seen:
+            raise DatasetError(f"image name {img_name!r} occurs twice in dataset {name!r}; names must be unique "
+                               f"(use paths relative to the probe folder)")
+        seen.add(img_name)
+        data = _image_bytes(image)
+        try:
+            validate_image(img_name, data)
+        except BadImageError:
+            if on_bad_image == "error":
+                raise
+            skipped.append(img_name)
+            continue
+        labels = {str(k): str(v) for k, v in (getattr(image, "labels", None) or {}).items()}
+        chunk.append((img_name, data, labels))
+        if len(chunk) == shard_size:
+            _write_shard(store, manifest, chunk, digests)
+            chunk = []
+    if chunk:
+        _write_shard(store, manifest, chunk, digests)
+    if not digests:
+        raise DatasetError(f"dataset {name!r} has no readable images"
+                           + (f" ({len(skipped)} skipped as unreadable)" if skipped else "")
+                           + "; point it at a folder of JPEG/PNG files")
+    manifest.num_images = len(digests)
+    manifest.digest = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    manifest.info.update(info or {})
+    manifest.info["shard_size"] = str(shard_size)
+    manifest.info["skipped_images"] = str(len(skipped))
+    if skipped:
+        manifest.info["skipped_names"] = ",".join(skipped)
+    store.put(manifest_key(name), manifest_to_json(manifest).encode(), metadata={"kind": "dataset-manifest"})
+    return manifest
+
+
+def manifest_to_json(manifest: common_pb2.DatasetManifest) -> str:
+    """The stored JSON form of a manifest."""
+    return json_format.MessageToJson(manifest, sort_keys=True, indent=1)
+
+
+def list_datasets(store: ObjectStore) -> list[str]:
+    """Names of the registered datasets."""
+    return [k[len(MANIFEST_PREFIX):-len(".json")] for k in store.list(MANIFEST_PREFIX) if k.endswith(".json")]
+
+
+def load_manifest(store: ObjectStore, name: str) -> common_pb2.DatasetManifest:
+    """The registered manifest of ``name``; unknown names list the registered ones."""
+    key = manifest_key(name)
+    try:
+        data = store.get(key)
+    except ObjectNotFoundError:
+        known = list_datasets(store)
+        raise DatasetNotFoundError(
+            f"no dataset {name!r} is registered in {store.url}; registered: {', '.join(known) or '(none)'}; "
+            f"register it first (cdissect datasets add)") from None
+    return json_format.Parse(data, common_pb2.DatasetManifest())
+
+
+def read_shard(store: ObjectStore, shard: common_pb2.Shard) -> list[tuple[common_pb2.ImageEntry, bytes]]:
+    """The images of a shard in order, each checked against the manifest's digest."""
+    if not shard.ref.key:
+        raise DatasetError(f"shard {shard.index} has no object key; pass the shard from a registered manifest")
+    data = store.get(shard.ref.key, sha256=shard.ref.sha256 or None)
+    out: list[tuple[common_pb2.ImageEntry, bytes]] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        if len(members) != len(shard.images):
+            raise ShardCorruptError(f"shard {shard.ref.key} holds {len(members)} images, the manifest lists "
+                                    f"{len(shard.images)}; re-register the dataset")
+        for entry, member in zip(shard.images, members):
+            fh = tar.extractfile(member)
+            image = fh.read() if fh else b""
+            if member.name != entry.name or sha256_hex(image) != entry.sha256:
+                raise ShardCorruptError(f"image {entry.name!r} in shard {shard.ref.key} does not match the manifest "
+                                        f"(name or sha256 differ); re-register the dataset")
+            out.append((entry, image))
+    return out

@@ -1,0 +1,78 @@
+"""cdissect_common.config: precedence flags > env > file > defaults, typed values, clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdissect_common.config import ENV_VARS, SERVICE_DEFAULTS, ConfigError, load_settings
+
+
+def test_service_defaults_match_the_contract_table() -> None:
+    table = {n: (d.port, d.metrics_port, d.health_name) for n, d in SERVICE_DEFAULTS.items()}
+    assert table == {"embedder": (50051, 9101, "cdissect.v1.Embedder"),
+                     "activations": (50052, 9102, "cdissect.v1.Activations"),
+                     "labeler": (50053, 9103, "cdissect.v1.Labeler")}
+
+
+def test_defaults_apply_per_service(tmp_path: Path) -> None:
+    s = load_settings("labeler", env={}, config_file=_missing(tmp_path))
+    assert (s.port, s.metrics_port, s.health_name) == (50053, 9103, "cdissect.v1.Labeler")
+    assert s.store == "file://~/.cache/cdissect/store"
+    assert s.embedder == () and s.sources["store"] == "default"
+
+
+def _missing(tmp_path: Path) -> Path:
+    path = tmp_path / "absent.yaml"
+    path.write_text("")
+    return path
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("port: 1111\nbatch_size: 7\nstore: s3://from-file\nembedder: [a:1, b:2]\n")
+    env = {ENV_VARS["port"]: "2222", ENV_VARS["store"]: "file:///env"}
+    s = load_settings("embedder", overrides={"port": 3333, "store": None}, env=env, config_file=cfg)
+    assert s.port == 3333 and s.sources["port"] == "flag"
+    assert s.store == "file:///env" and s.sources["store"] == "env"
+    assert s.batch_size == 7 and s.sources["batch_size"] == "file"
+    assert s.embedder == ("a:1", "b:2")
+
+
+def test_config_file_from_env_var_and_comma_lists(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("s3-secure: yes\n")
+    s = load_settings(None, env={"CDISSECT_CONFIG": str(cfg), "CDISSECT_ACTIVATIONS": "x:1, y:2,"})
+    assert s.s3_secure is True and s.activations == ("x:1", "y:2") and s.config_file == str(cfg)
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"CDISSECT_PORT": "abc"}, r"port \(from CDISSECT_PORT\) must be an integer"),
+    ({"CDISSECT_DEVICE": "tpu"}, "device"),
+    ({"CDISSECT_S3_SECURE": "maybe"}, "true or false"),
+    ({"CDISSECT_BATCH_SIZE": "0"}, "must be positive"),
+    ({"CDISSECT_TLS_CERT": "/c.pem"}, "TLS needs both"),
+    ({"CDISSECT_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
+])
+def test_bad_values_name_the_setting(env: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_settings("embedder", env=env, config_file=None)
+
+
+def test_unknown_file_key_and_service_rejected(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("prot: 1\n")
+    with pytest.raises(ConfigError, match="unknown setting.*prot"):
+        load_settings("embedder", env={}, config_file=cfg)
+    with pytest.raises(ConfigError, match="use one of embedder, activations, labeler"):
+        load_settings("embeder", env={})
+
+
+def test_token_from_file(tmp_path: Path) -> None:
+    tok = tmp_path / "token"
+    tok.write_text("s3cret\n")
+    s = load_settings("embedder", env={"CDISSECT_AUTH_TOKEN_FILE": str(tok)}, config_file=_missing(tmp_path))
+    assert s.token() == "s3cret"
+    s2 = s.replace(auth_token_file=str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="cannot read the auth token file"):
+        s2.token()

@@ -1,0 +1,99 @@
+"""cdissect_common.manifest: shards, digests, order, bad images, idempotent re-registration."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdissect_common.manifest import (BadImageError, DatasetError, DatasetNotFoundError, ImageSource,
+                                      ShardCorruptError, load_manifest, read_shard, register_dataset)
+from cdissect_common.store import FilesystemStore, sha256_hex
+from tests.conftest import make_probe_images
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FilesystemStore:
+    return FilesystemStore(tmp_path / "store")
+
+
+def _sources(n: int) -> list[ImageSource]:
+    return [ImageSource(name=f"{cls}/{name}", data=data, labels={"class": cls})
+            for name, data, cls in make_probe_images(n)]
+
+
+def test_register_and_read_back_in_order(store: FilesystemStore) -> None:
+    images = _sources(7)
+    manifest = register_dataset(store, "tiny", images, shard_size=3)
+    assert manifest.num_images == 7 and [len(s.images) for s in manifest.shards] == [3, 3, 1]
+    assert [s.index for s in manifest.shards] == [0, 1, 2]
+    loaded = load_manifest(store, "tiny")
+    assert loaded == manifest
+    got = [pair for shard in loaded.shards for pair in read_shard(store, shard)]
+    assert [e.name for e, _ in got] == [i.name for i in images]
+    assert [b for _, b in got] == [i.data for i in images]
+    assert got[0][0].labels["class"] == "red" and got[0][0].sha256 == sha256_hex(images[0].data)
+
+
+def test_reregistering_reuses_shards_and_digest(store: FilesystemStore, tmp_path: Path) -> None:
+    m1 = register_dataset(store, "a", _sources(5), shard_size=2)
+    before = {k: (store.root / k).stat().st_mtime_ns for k in store.list("datasets/shards/")}
+    m2 = register_dataset(store, "b", _sources(5), shard_size=2)
+    after = {k: (store.root / k).stat().st_mtime_ns for k in store.list("datasets/shards/")}
+    assert before == after and m1.digest == m2.digest
+    assert [s.ref.key for s in m1.shards] == [s.ref.key for s in m2.shards]
+
+
+def test_images_from_paths(store: FilesystemStore, probe_folder: Path) -> None:
+    files = sorted(probe_folder.rglob("*.png"))
+    sources = [ImageSource(name=f.relative_to(probe_folder).as_posix(), path=f) for f in files]
+    manifest = register_dataset(store, "folder", sources)
+    assert manifest.num_images == len(files) == 24 and len(manifest.shards) == 1
+
+
+def test_bad_image_error_names_file(store: FilesystemStore) -> None:
+    images = _sources(3) + [ImageSource(name="broken.png", data=b"not an image")]
+    with pytest.raises(BadImageError, match="'broken.png'.*on_bad_image=skip"):
+        register_dataset(store, "bad", images)
+    assert store.list("datasets/manifests/") == []
+
+
+def test_bad_image_skip_counts(store: FilesystemStore) -> None:
+    images = _sources(3)
+    images.insert(1, ImageSource(name="broken.png", data=b"\x89PNG\r\n\x1a\n garbage"))
+    manifest = register_dataset(store, "skip", images, on_bad_image="skip")
+    assert manifest.num_images == 3
+    assert manifest.info["skipped_images"] == "1" and manifest.info["skipped_names"] == "broken.png"
+
+
+def test_unknown_dataset_lists_known(store: FilesystemStore) -> None:
+    register_dataset(store, "known-one", _sources(1))
+    with pytest.raises(DatasetNotFoundError, match="registered: known-one"):
+        load_manifest(store, "unknown")
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"name": "bad name"}, "invalid dataset name"),
+    ({"on_bad_image": "ignore"}, "on_bad_image must be one of"),
+    ({"shard_size": 0}, "shard_size must be a positive"),
+])
+def test_bad_arguments(store: FilesystemStore, kwargs: dict, needle: str) -> None:
+    args = {"name": "ok", "images": _sources(1), **kwargs}
+    with pytest.raises(DatasetError, match=needle):
+        register_dataset(store, **args)
+
+
+def test_duplicate_names_and_empty(store: FilesystemStore) -> None:
+    one = _sources(1)
+    with pytest.raises(DatasetError, match="occurs twice"):
+        register_dataset(store, "dup", one + one)
+    with pytest.raises(DatasetError, match="no readable images"):
+        register_dataset(store, "empty", [])
+
+
+def test_corrupt_shard_detected(store: FilesystemStore) -> None:
+    manifest = register_dataset(store, "c", _sources(2))
+    shard = manifest.shards[0]
+    shard.images[0].sha256 = "0" * 64
+    shard.ref.sha256 = ""
+    with pytest.raises(ShardCorruptError, match="does not match the manifest"):
+        read_shard(store, shard)
