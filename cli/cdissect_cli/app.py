@@ -1,0 +1,74 @@
+"""The `cdissect` command: a Typer app assembling the commands of the CLI's modules.
+
+`main()` is the console-script entry point. It turns the user-facing errors of every part
+(CliError, the common config/store/dataset errors) into one red line and an exit code instead
+of a traceback, and turns SIGTERM into an exception so local services are always stopped.
+This module and everything it imports must never import torch (a test checks it).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from cdissect_cli import catalog_commands, local_commands, run_command
+from cdissect_cli.errors import CliError
+
+app = typer.Typer(
+    name="cdissect", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    help="Label the neurons of vision networks with words via CLIP (CLIP-Dissect), over gRPC services.")
+
+app.command("run")(run_command.run)
+app.command("up")(local_commands.up)
+app.command("down")(local_commands.down)
+app.command("status")(local_commands.status)
+app.command("models")(catalog_commands.models)
+app.command("layers")(catalog_commands.layers)
+app.command("concepts")(catalog_commands.concepts)
+app.add_typer(catalog_commands.datasets_app, name="datasets")
+
+_ANALYSIS_NOTE = ""
+try:
+    from cdissect_cli import analysis_commands
+except ImportError as _err:  # the report teammate's module is optional until it lands
+    _ANALYSIS_NOTE = f"analysis commands (report, eval, explain, analyze, compare) are not available: {_err}"
+else:
+    analysis_commands.register(app)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is complete for a user (no traceback needed)."""
+    from cdissect_common.config import ConfigError
+    from cdissect_common.manifest import DatasetError
+    from cdissect_common.store import StoreError
+
+    return (CliError, ConfigError, DatasetError, StoreError)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise CliError(f"stopped by signal {signum}; finished artifacts are kept: rerun the same command to resume",
+                   exit_code=128 + signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors print one message and exit non-zero."""
+    console = Console(stderr=True)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    args = sys.argv[1:] if argv is None else argv
+    if _ANALYSIS_NOTE and args[:1] in (["report"], ["eval"], ["explain"], ["analyze"], ["compare"]):
+        console.print(f"[yellow]note: {_ANALYSIS_NOTE}[/yellow]")
+    try:
+        app(args=args, prog_name="cdissect", standalone_mode=True)
+    except _user_error_types() as err:
+        console.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False, soft_wrap=True)
+        sys.exit(getattr(err, "exit_code", 1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Discovery commands: `models`, `layers MODEL`, `concepts [NAME]`, `datasets add|list`.
+
+Models and layers are asked of the services (the CLI never loads a model: no torch here);
+concept sets are read with `cdissect_common.concepts`; datasets live in the object store.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from cdissect.v1 import activations_pb2, common_pb2
+from rich.console import Console
+from rich.table import Table
+
+from cdissect_cli.cli_settings import load_cli_settings
+from cdissect_cli.connection import Connection
+from cdissect_cli.datasets import dataset_summary, register_source
+from cdissect_cli.dispatch import ShardTask
+from cdissect_cli.errors import CliError
+from cdissect_cli.jobspec import BAD_IMAGE_POLICIES, DEFAULT_SHARD_SIZE
+from cdissect_cli.options import (
+    DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
+
+datasets_app = typer.Typer(no_args_is_help=True, help="Register and list probe sets in the object store.")
+
+
+def _connect(flags: ConnectionFlags, need: tuple[str, ...], open_store: bool = False) -> Connection:
+    settings = load_cli_settings(flags.config, **flags.overrides())
+    return Connection(settings, flags, Console(stderr=True), need=need, open_object_store=open_store)
+
+
+def _ask(connection: Connection, service: str, what: str, call: Any) -> Any:
+    """One unary RPC with the run's deadline and retries; failures name service and cause."""
+    return connection.dispatcher(service).call_one(ShardTask(what=what, call=call))
+
+
+def models(
+    config: ConfigOpt = None, embedder: EmbedderOpt = None, activations: ActivationsOpt = None,
+    retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+) -> None:
+    """Target models (activations service) and CLIP models (embedder service) that can be used by name."""
+    flags = ConnectionFlags(config=config, embedder=embedder, activations=activations, deadline_s=60.0,
+                            retry_s=retry_timeout)
+    with _connect(flags, ("activations", "embedder")) as connection:
+        targets = _ask(connection, "activations", "listing target models",
+                       lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(), timeout=t))
+        clips = _ask(connection, "embedder", "listing CLIP models",
+                     lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(), timeout=t))
+    console = Console()
+    for title, reply in (("target models (--model)", targets), ("CLIP models (--clip-model)", clips)):
+        console.print(f"[bold]{title}[/bold]" + (f"  (served: {reply.served})" if reply.served else ""))
+        for name in reply.models:
+            console.print(f"  {name}", highlight=False)
+    console.print("[dim]a checkpoint file path works too for both[/dim]")
+
+
+def layers(
+    model: Annotated[str, typer.Argument(help="Target model name or checkpoint path.")],
+    weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT or none.")] = "",
+    config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+) -> None:
+    """Layer names of a target model (usable in --layers), with their output shapes."""
+    flags = ConnectionFlags(config=config, activations=activations, deadline_s=300.0, retry_s=retry_timeout)
+    request = activations_pb2.ListLayersRequest(model=model, weights=weights)
+    with _connect(flags, ("activations",)) as connection:
+        reply = _ask(connection, "activations", f"listing the layers of {model!r}",
+                     lambda stub, t: stub.ListLayers(request, timeout=t))
+    table = Table(title=f"layers of {model}", show_edge=False)
+    for column in ("layer", "kind", "output shape"):
+        table.add_column(column)
+    for info in reply.layers:
+        table.add_row(info.name, info.kind, "x".join(str(d) for d in info.output_shape))
+    Console().print(table)
+
+
+def _concepts_api() -> Any:
+    from cdissect_common import concepts
+
+    return concepts
+
+
+def concepts(name: Annotated[Optional[str], typer.Argument(help="Concept set name or file.")] = None) -> None:
+    """List the shipped concept sets, or show one: counts, dropped blank lines, duplicates."""
+    api = _concepts_api()
+    console = Console()
+    if name is None:
+        table = Table(title="concept sets (--concept-set NAME, or a file path)", show_edge=False)
+        for column in ("name", "concepts", "blank lines dropped", "duplicates"):
+            table.add_column(column)
+        for set_name in api.available_concept_sets():
+            cs = api.load_concept_set(set_name)
+            table.add_row(set_name, str(len(cs.words)), str(cs.dropped_blank), str(len(cs.duplicates)))
+        console.print(table)
+        return
+    try:
+        cs = api.load_concept_set(name)
+    except (ValueError, LookupError, OSError) as err:
+        raise CliError(f"concept set {name!r}: {err}", exit_code=2) from err
+    console.print(f"[bold]{cs.name}[/bold]  sha256 {cs.sha256[:12]}", highlight=False)
+    console.print(f"concepts: {len(cs.words)}   blank lines dropped: {cs.dropped_blank}   "
+                  f"duplicates: {len(cs.duplicates)}")
+    if cs.duplicates:
+        shown = list(cs.duplicates)[:10]
+        console.print("duplicated: " + ", ".join(map(str, shown)) + (" ..." if len(cs.duplicates) > 10 else ""),
+                      highlight=False)
+    console.print("first: " + ", ".join(cs.words[:10]), highlight=False)
+
+
+@datasets_app.command("add")
+def datasets_add(
+    name: Annotated[str, typer.Argument(help="Name to register the probe set under.")],
+    source: Annotated[str, typer.Argument(help="Image folder (class subfolders allowed) or a built-in probe "
+                                          "set name (broden, imagenet_val, ...).")],
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.")] = DEFAULT_SHARD_SIZE,
+    on_bad_image: Annotated[str, typer.Option(help="error | skip unreadable images.")] = "error",
+    config: ConfigOpt = None, store: StoreOpt = None,
+) -> None:
+    """Register a probe set: image shards and a manifest in the object store."""
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise CliError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}",
+                       exit_code=2)
+    flags = ConnectionFlags(config=config, store=store)
+    with _connect(flags, (), open_store=True) as connection:
+        manifest, reused = register_source(connection.store, name, source, shard_size, on_bad_image)
+        summary = dataset_summary(connection.store, manifest.name)
+    verb = "unchanged" if reused else "registered"
+    typer.echo(f"{verb} dataset {summary['name']}: {summary['images']} images in {summary['shards']} shard(s)"
+               + (f", {summary['skipped']} unreadable image(s) skipped" if summary["skipped"] else "")
+               + f" (store {connection.store_url})")
+
+
+@datasets_app.command("list")
+def datasets_list(config: ConfigOpt = None, store: StoreOpt = None) -> None:
+    """The probe sets registered in the object store."""
+    from cdissect_common.manifest import list_datasets
+
+    flags = ConnectionFlags(config=config, store=store)
+    with _connect(flags, (), open_store=True) as connection:
+        names = list_datasets(connection.store)
+        rows = [dataset_summary(connection.store, n) for n in names]
+    if not rows:
+        typer.echo(f"no datasets registered in {connection.store_url}; add one with `cdissect datasets add NAME PATH`")
+        return
+    table = Table(title=f"datasets in {connection.store_url}", show_edge=False)
+    for column in ("name", "images", "shards", "skipped", "source", "digest"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("name", "images", "shards", "skipped", "source", "digest")))
+    Console(width=200).print(table)
+
+
+__all__ = ["datasets_app", "models", "layers", "concepts"]

@@ -1,0 +1,182 @@
+"""Where the services are for one command: configured endpoints, `cdissect up`, or started now.
+
+For each service the CLI needs, in order:
+  1. endpoints from flags / CDISSECT_<SERVICE> / the config file (a cluster, or replicas);
+  2. services started earlier by `cdissect up` (recorded in the local state file);
+  3. otherwise the embedded default: start them now as local processes, stop them on exit.
+A `Connection` is a context manager; inside it `store` is the object store the services share
+and `dispatcher(service)` sends shard RPCs to every address of a service.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cdissect_common.clients import EndpointError, expand_endpoints, make_channel, make_stub
+from cdissect_common.config import Settings
+from cdissect_common.retry import RetryPolicy
+from cdissect_common.store import ObjectStore, StoreError, open_store
+from rich.console import Console
+
+from cdissect_cli.cli_settings import cdissect_home, service_env
+from cdissect_cli.dispatch import ShardDispatcher
+from cdissect_cli.errors import CliError
+from cdissect_cli.local import HEALTH_NAMES, SERVICES, STATE_FILE_NAME, LocalServices, read_state
+from cdissect_cli.options import ConnectionFlags
+
+
+def state_path() -> Path:
+    """The state file of services started by `cdissect up`."""
+    return cdissect_home() / STATE_FILE_NAME
+
+
+def health_status(endpoint: str, health_name: str, settings: Settings, timeout_s: float = 2.0) -> str:
+    """grpc.health.v1 status name of `health_name` at `endpoint` (raises grpc.RpcError if unreachable)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = make_channel(endpoint, settings)
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=health_name), timeout=timeout_s)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    finally:
+        channel.close()
+
+
+def local_settings(settings: Settings) -> Settings:
+    """Settings for talking to local loopback services: same token, no TLS."""
+    return settings.replace(tls_ca="", tls_cert="", tls_key="")
+
+
+class Connection:
+    """The services and the store of one CLI command (see the module docstring)."""
+
+    def __init__(self, settings: Settings, flags: ConnectionFlags, console: Console | None = None,
+                 need: tuple[str, ...] = SERVICES, open_object_store: bool = True) -> None:
+        self.settings = settings
+        self.flags = flags
+        self.console = console or Console(stderr=True)
+        self.need = need
+        self.open_object_store = open_object_store
+        self.policy = RetryPolicy(max_total_seconds=flags.retry_s)
+        self.endpoints: dict[str, list[str]] = {}
+        self.mode: dict[str, str] = {}
+        self.store_url = settings.store
+        self.local: LocalServices | None = None
+        self._store: ObjectStore | None = None
+        self._channels: list[grpc.Channel] = []
+        self._dispatchers: dict[str, ShardDispatcher] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def __enter__(self) -> "Connection":
+        try:
+            self._resolve()
+            if self.open_object_store:
+                self._store = self._open_store()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close channels and stop services this connection started."""
+        for channel in self._channels:
+            with contextlib.suppress(Exception):
+                channel.close()
+        self._channels.clear()
+        if self.local is not None:
+            self.console.print("[dim]stopping local services[/dim]")
+            self.local.stop()
+            self.local = None
+
+    def _resolve(self) -> None:
+        missing = []
+        for service in self.need:
+            configured = list(self.settings.endpoints(service))
+            if configured:
+                self.endpoints[service], self.mode[service] = configured, "configured"
+            else:
+                missing.append(service)
+        state = read_state(state_path())
+        if not self.need and state is not None and self.settings.sources.get("store", "default") == "default":
+            self.store_url = state[1]  # store-only commands follow the services of `cdissect up`
+        if not missing:
+            return
+        if state is not None and all(s in state[0] for s in missing):
+            services, store = state
+            if self.settings.sources.get("store", "default") != "default" and store != self.settings.store:
+                raise CliError(f"the local services started by `cdissect up` use the store {store}, but "
+                               f"{self.settings.store} was asked for; run `cdissect down` first, or drop --store / "
+                               f"CDISSECT_STORE", exit_code=2)
+            self.store_url = store
+            for service in missing:
+                self.endpoints[service], self.mode[service] = [services[service].endpoint], "up"
+            return
+        if self.settings.store.startswith("file://"):
+            Path(self.settings.store[len("file://"):]).mkdir(parents=True, exist_ok=True)
+        self.console.print(f"[dim]starting local services ({', '.join(missing)}) with store "
+                           f"{self.settings.store}[/dim]")
+        self.local = LocalServices(
+            store_url=self.settings.store, log_dir=cdissect_home() / "logs",
+            health_check=lambda ep, name, t: health_status(ep, name, local_settings(self.settings), t),
+            extra_env=service_env(self.settings))
+        started = self.local.start(timeout_s=max(60.0, self.flags.retry_s), names=missing)
+        for service in missing:
+            self.endpoints[service], self.mode[service] = [started[service].endpoint], "embedded"
+
+    def _open_store(self) -> ObjectStore:
+        try:
+            return open_store(self.store_url, self.settings, policy=self.policy)
+        except (StoreError, ValueError) as err:
+            raise CliError(f"cannot open the object store {self.store_url}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - connection errors after the retry budget
+            raise CliError(f"the object store {self.store_url} is unreachable: {type(err).__name__}: {err}; "
+                           f"check CDISSECT_S3_ENDPOINT and that the server runs") from err
+
+    # -- use ----------------------------------------------------------------------------------
+    @property
+    def store(self) -> ObjectStore:
+        """The object store shared with the services."""
+        if self._store is None:
+            raise CliError("this command did not open the object store")
+        return self._store
+
+    def _settings_for(self, service: str) -> Settings:
+        return self.settings if self.mode[service] == "configured" else local_settings(self.settings)
+
+    def addresses(self, service: str) -> list[tuple[str, str]]:
+        """(address, endpoint) pairs of a service, DNS names expanded to every address."""
+        try:
+            return expand_endpoints(self.endpoints[service])
+        except EndpointError as err:
+            raise CliError(f"{service} endpoint: {err}", exit_code=2) from err
+
+    def stub(self, address: str, service: str, original: str | None = None) -> Any:
+        """A stub of `service` on a new channel to `address`, closed with the connection."""
+        channel = make_channel(address, self._settings_for(service), original)
+        self._channels.append(channel)
+        return make_stub(service, channel)
+
+    def dispatcher(self, service: str, per_address: int = 2) -> ShardDispatcher:
+        """The shard dispatcher of a service (one per connection)."""
+        if service not in self._dispatchers:
+            pairs = self.addresses(service)
+            by_address = dict(pairs)
+            self._dispatchers[service] = ShardDispatcher(
+                service, [a for a, _ in pairs], lambda a: self.stub(a, service, by_address[a]),
+                deadline_s=self.flags.deadline_s, policy=self.policy, per_address=per_address)
+        return self._dispatchers[service]
+
+    def describe(self) -> str:
+        """One line per service: where it runs."""
+        return "; ".join(f"{s}: {','.join(self.endpoints[s])} ({self.mode[s]})" for s in self.need)
+
+
+def health_name(service: str) -> str:
+    """The grpc.health.v1 service name of a cdissect service."""
+    return HEALTH_NAMES[service]

@@ -1,0 +1,58 @@
+"""Typer option declarations shared by several commands (connection, store, timeouts).
+
+Every connection option defaults to None so that an unset flag falls through to the
+`CDISSECT_*` environment, then the config file (see `cli_settings.load_cli_settings`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+CONNECTION = "Connection"
+
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="YAML config file (default: CDISSECT_CONFIG or ~/.config/cdissect/config.yaml).",
+    rich_help_panel=CONNECTION)]
+StoreOpt = Annotated[Optional[str], typer.Option(
+    "--store", help="Object store URL: file:///folder or s3://bucket (env CDISSECT_STORE).",
+    rich_help_panel=CONNECTION)]
+EmbedderOpt = Annotated[Optional[str], typer.Option(
+    "--embedder", help="Embedder endpoint(s), comma-separated host:port (env CDISSECT_EMBEDDER); "
+                       "none = local services.", rich_help_panel=CONNECTION)]
+ActivationsOpt = Annotated[Optional[str], typer.Option(
+    "--activations", help="Activations endpoint(s), comma-separated (env CDISSECT_ACTIVATIONS).",
+    rich_help_panel=CONNECTION)]
+LabelerOpt = Annotated[Optional[str], typer.Option(
+    "--labeler", help="Labeler endpoint(s), comma-separated (env CDISSECT_LABELER).",
+    rich_help_panel=CONNECTION)]
+DeadlineOpt = Annotated[float, typer.Option(
+    "--deadline", min=0.1, help="Deadline of each shard RPC in seconds (model loading included).",
+    rich_help_panel=CONNECTION)]
+RetryOpt = Annotated[float, typer.Option(
+    "--retry-timeout", min=0.0,
+    help="How long to keep retrying a call that fails with UNAVAILABLE/DEADLINE_EXCEEDED, in seconds.",
+    rich_help_panel=CONNECTION)]
+
+DEFAULT_DEADLINE_S = 900.0
+DEFAULT_RETRY_S = 90.0
+
+
+@dataclass(frozen=True)
+class ConnectionFlags:
+    """The connection flags of one command invocation, as given (None = not given)."""
+
+    config: Path | None = None
+    store: str | None = None
+    embedder: str | None = None
+    activations: str | None = None
+    labeler: str | None = None
+    deadline_s: float = DEFAULT_DEADLINE_S
+    retry_s: float = DEFAULT_RETRY_S
+
+    def overrides(self) -> dict[str, Any]:
+        """Setting overrides for the common config loader."""
+        return {"store": self.store, "embedder": self.embedder, "activations": self.activations,
+                "labeler": self.labeler}

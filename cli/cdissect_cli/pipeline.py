@@ -1,0 +1,213 @@
+"""One dissection run, stage by stage, over the services (the orchestration of `cdissect run`).
+
+  probe set   → registered manifest in the store (reused when unchanged)
+  concepts    → EmbedConcepts: one text-embedding artifact
+  per shard   → EmbedImageShard and ComputeShardActivations (all layers in one pass), both
+                services at once, spread over all their endpoints
+  per layer   → LabelLayer over the shard refs in dataset order
+  results     → quality figure per unit (from the stored embeddings), the RunResult
+
+Every stage counts how many of its artifacts already existed, which is what a rerun reports.
+Nothing here decides where services run: it gets dispatchers and a store from `connection`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from cdissect.v1 import activations_pb2, embedder_pb2, labeler_pb2
+from cdissect_common.artifacts import get_arrays
+from cdissect_common.manifest import manifest_key
+from cdissect_common.store import ObjectStore
+
+from cdissect_cli.datasets import ensure_dataset
+from cdissect_cli.dispatch import ShardDispatcher, ShardTask
+from cdissect_cli.errors import CliError
+from cdissect_cli.jobspec import JobSpec
+from cdissect_cli.progress import RunProgress
+from cdissect_cli.quality import unit_quality
+from cdissect_cli.results import LayerResult, RunResult
+
+STAGE_DATASET = "probe set"
+STAGE_TEXT = "text embeddings"
+STAGE_IMAGES = "image embeddings"
+STAGE_ACTS = "activations"
+STAGE_LABELS = "labels"
+
+
+@dataclass
+class ConceptWords:
+    """The concept list a run labels with."""
+
+    name: str
+    sha256: str
+    words: list[str]
+
+
+def load_concepts(concept_set: str) -> ConceptWords:
+    """Load a concept set by name or path through `cdissect_common.concepts`, with a clear error."""
+    from cdissect_common.concepts import load_concept_set
+
+    try:
+        concepts = load_concept_set(concept_set)
+    except (ValueError, LookupError, OSError) as err:
+        raise CliError(f"concept set {concept_set!r}: {err}", exit_code=2) from err
+    words = list(concepts.words)
+    if not words:
+        raise CliError(f"concept set {concept_set!r} has no concepts (only blank lines); put one concept per "
+                       f"line, or use a shipped set (`cdissect concepts`)", exit_code=2)
+    return ConceptWords(name=concepts.name, sha256=concepts.sha256, words=words)
+
+
+def _text_task(spec: JobSpec, concepts: ConceptWords) -> ShardTask:
+    request = embedder_pb2.EmbedConceptsRequest(
+        model=spec.clip_model, concepts=concepts.words, prompt_templates=list(spec.prompt_templates),
+        precision=spec.clip_precision)
+    return ShardTask(what=f"text embeddings of concept set {concepts.name!r} ({len(concepts.words)} concepts)",
+                     call=lambda stub, timeout: stub.EmbedConcepts(request, timeout=timeout))
+
+
+def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[list[ShardTask], list[ShardTask]]:
+    """Image-embedding and activation tasks, one each per shard."""
+    image_tasks, act_tasks = [], []
+    n = len(manifest.shards)
+    for shard in manifest.shards:
+        label = f"shard {shard.index + 1}/{n} of dataset {manifest.name!r}"
+        image_request = embedder_pb2.EmbedImageShardRequest(
+            model=spec.clip_model, shard=shard, precision=spec.clip_precision, on_bad_image=spec.on_bad_image)
+        act_request = activations_pb2.ComputeShardActivationsRequest(
+            model=spec.target_model, weights=spec.target_weights, layers=list(spec.layers), pooling=spec.pooling,
+            token_pooling=spec.token_pooling, shard=shard, on_bad_image=spec.on_bad_image)
+        image_tasks.append(ShardTask(
+            what=f"image embeddings of {label}",
+            call=lambda stub, timeout, r=image_request: stub.EmbedImageShard(r, timeout=timeout),
+            on_done=lambda resp: progress.advance(STAGE_IMAGES, reused=resp.reused)))
+        act_tasks.append(ShardTask(
+            what=f"activations ({spec.target_model}: {','.join(spec.layers)}) of {label}",
+            call=lambda stub, timeout, r=act_request: stub.ComputeShardActivations(r, timeout=timeout),
+            on_done=lambda resp: progress.advance(STAGE_ACTS, reused=resp.reused >= len(spec.layers))))
+    return image_tasks, act_tasks
+
+
+def _check_skips(spec: JobSpec, image_responses: list[Any], act_responses: list[Any]) -> None:
+    """Both services must have seen the same images, or the rows of the two matrices would not align."""
+    for index, (img, act) in enumerate(zip(image_responses, act_responses)):
+        if img.skipped_images or act.skipped_images:
+            if img.skipped_images != act.skipped_images:
+                raise CliError(f"shard {index + 1}: the embedder skipped {img.skipped_images} unreadable image(s) "
+                               f"but the activations service {act.skipped_images}; the rows would not align. "
+                               f"Remove the unreadable images from the probe folder and rerun")
+
+
+def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], ShardDispatcher],
+                 progress: RunProgress, with_quality: bool = True) -> RunResult:
+    """Run every stage for `spec`; returns the labelled layers with artifact keys and reuse counts."""
+    started = time.monotonic()
+    concepts = load_concepts(spec.concept_set)
+
+    progress.stage(STAGE_DATASET, 1)
+    manifest, dataset_reused = ensure_dataset(store, spec.probe_set, spec.shard_size, spec.on_bad_image)
+    progress.advance(STAGE_DATASET, reused=dataset_reused)
+    progress.done(STAGE_DATASET)
+
+    embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
+    stop = threading.Event()
+    progress.stage(STAGE_TEXT, 1)
+    progress.stage(STAGE_IMAGES, len(manifest.shards))
+    progress.stage(STAGE_ACTS, len(manifest.shards))
+    image_tasks, act_tasks = _shard_tasks(spec, manifest, progress)
+    text_task = _text_task(spec, concepts)
+    text_task.on_done = lambda resp: progress.advance(STAGE_TEXT, reused=resp.reused)
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="stage") as pool:
+        text_future = pool.submit(embedder.run, [text_task], stop)
+        image_future = pool.submit(embedder.run, image_tasks, stop)
+        act_future = pool.submit(activations.run, act_tasks, stop)
+        futures = {"text": text_future, "images": image_future, "acts": act_future}
+        errors = []
+        for future in futures.values():
+            try:
+                future.result()
+            except BaseException as err:  # noqa: BLE001 - the first real failure is raised below
+                errors.append(err)
+        if errors:
+            real = [e for e in errors if "another part of the run failed" not in str(e)]
+            raise (real or errors)[0]
+    text_response = text_future.result()[0]
+    image_responses, act_responses = image_future.result(), act_future.result()
+    for stage in (STAGE_TEXT, STAGE_IMAGES, STAGE_ACTS):
+        progress.done(stage)
+    _check_skips(spec, image_responses, act_responses)
+
+    image_refs = [r.embeddings for r in image_responses]
+    progress.stage(STAGE_LABELS, len(spec.layers))
+    label_tasks = []
+    for layer_index, layer in enumerate(spec.layers):
+        act_refs = [r.activations[layer_index] for r in act_responses]
+        request = labeler_pb2.LabelLayerRequest(
+            layer=layer, image_embeddings=image_refs, text_embeddings=text_response.embeddings,
+            activations=act_refs, similarity=spec.similarity_proto(), top_concepts=spec.top_concepts,
+            top_images=spec.top_images, precision=spec.clip_precision)
+        label_tasks.append(ShardTask(
+            what=f"labels of layer {layer!r} ({len(act_refs)} shards)",
+            call=lambda stub, timeout, r=request: stub.LabelLayer(r, timeout=timeout),
+            on_done=lambda resp: progress.advance(STAGE_LABELS, reused=resp.reused)))
+    label_responses = labeler.run(label_tasks, stop)
+    progress.done(STAGE_LABELS)
+
+    layers = [_layer_result(layer, resp, [r.activations[i] for r in act_responses], image_refs,
+                            text_response.embeddings)
+              for i, (layer, resp) in enumerate(zip(spec.layers, label_responses))]
+    if with_quality:
+        _add_quality(store, layers, image_refs, text_response.embeddings)
+    timings = progress.timings()
+    timings["total"] = round(time.monotonic() - started, 3)
+    dataset = {"name": manifest.name, "digest": manifest.digest, "num_images": int(manifest.num_images),
+               "store_url": store.url, "manifest_key": manifest_key(manifest.name),
+               "shards": len(manifest.shards)}
+    return RunResult(spec=spec, dataset=dataset, concepts_name=concepts.name, concepts_sha256=concepts.sha256,
+                     words=concepts.words, layers=layers, timings=timings, reused=progress.summary())
+
+
+def _layer_result(layer: str, response: Any, act_refs: list[Any], image_refs: list[Any],
+                  text_ref: Any) -> LayerResult:
+    """Arrays of one layer's labels from the labeler's inline summary (units in order)."""
+    units = sorted(response.units, key=lambda u: u.unit)
+    if [u.unit for u in units] != list(range(len(units))):
+        raise CliError(f"the labeler's answer for layer {layer!r} does not list units 0..{len(units) - 1}; "
+                       f"check that the labeler and the CLI run the same version")
+    t = max((len(u.concept_ids) for u in units), default=0)
+    m = max((len(u.top_images) for u in units), default=0)
+    concept_ids = np.full((len(units), t), -1, dtype=np.int64)
+    scores = np.full((len(units), t), np.nan, dtype=np.float32)
+    top_images = np.full((len(units), m), -1, dtype=np.int64)
+    for u in units:
+        concept_ids[u.unit, :len(u.concept_ids)] = list(u.concept_ids)
+        scores[u.unit, :len(u.scores)] = list(u.scores)
+        top_images[u.unit, :len(u.top_images)] = list(u.top_images)
+    dead = np.array([u.dead for u in units], dtype=bool)
+    return LayerResult(name=layer, labels_key=response.labels.key, activation_keys=[r.key for r in act_refs],
+                       image_embedding_keys=[r.key for r in image_refs], text_embedding_key=text_ref.key,
+                       concept_ids=concept_ids, scores=scores, top_images=top_images, dead=dead)
+
+
+def _single_array(store: ObjectStore, ref: Any) -> np.ndarray:
+    arrays = get_arrays(store, ref)
+    if len(arrays) != 1:
+        raise CliError(f"artifact {ref.key} holds arrays {sorted(arrays)}; expected one embeddings array")
+    return next(iter(arrays.values()))
+
+
+def _add_quality(store: ObjectStore, layers: list[LayerResult], image_refs: list[Any], text_ref: Any) -> None:
+    """Per-unit AUC/p-value from the stored CLIP embeddings (see quality.py)."""
+    images = np.concatenate([_single_array(store, ref) for ref in image_refs], axis=0)
+    text = _single_array(store, text_ref)
+    for layer in layers:
+        if layer.concept_ids.shape[1] == 0:
+            continue
+        labels = np.clip(layer.concept_ids[:, 0], 0, len(text) - 1)
+        top = [row[row >= 0] for row in layer.top_images]
+        layer.quality_auc, layer.quality_p = unit_quality(images, text, labels, top)
