@@ -5,7 +5,7 @@
   per shard   → EmbedImageShard and ComputeShardActivations (all layers in one pass), both
                 services at once, spread over all their endpoints
   per layer   → LabelLayer over the shard refs in dataset order
-  results     → quality figure per unit (from the stored embeddings), the RunResult
+  results     → the labels artifacts (top concepts, top images, dead, quality) as a RunResult
 
 Every stage counts how many of its artifacts already existed, which is what a rerun reports.
 Nothing here decides where services run: it gets dispatchers and a store from `connection`.
@@ -29,7 +29,6 @@ from cdissect_cli.dispatch import ShardDispatcher, ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
-from cdissect_cli.quality import unit_quality
 from cdissect_cli.results import LayerResult, RunResult
 
 STAGE_DATASET = "probe set"
@@ -104,7 +103,7 @@ def _check_skips(spec: JobSpec, image_responses: list[Any], act_responses: list[
 
 
 def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], ShardDispatcher],
-                 progress: RunProgress, with_quality: bool = True) -> RunResult:
+                 progress: RunProgress) -> RunResult:
     """Run every stage for `spec`; returns the labelled layers with artifact keys and reuse counts."""
     started = time.monotonic()
     concepts = load_concepts(spec.concept_set)
@@ -158,11 +157,9 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     label_responses = labeler.run(label_tasks, stop)
     progress.done(STAGE_LABELS)
 
-    layers = [_layer_result(layer, resp, [r.activations[i] for r in act_responses], image_refs,
+    layers = [_layer_result(store, layer, resp, [r.activations[i] for r in act_responses], image_refs,
                             text_response.embeddings)
               for i, (layer, resp) in enumerate(zip(spec.layers, label_responses))]
-    if with_quality:
-        _add_quality(store, layers, image_refs, text_response.embeddings)
     timings = progress.timings()
     timings["total"] = round(time.monotonic() - started, 3)
     dataset = {"name": manifest.name, "digest": manifest.digest, "num_images": int(manifest.num_images),
@@ -172,42 +169,24 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
                      words=concepts.words, layers=layers, timings=timings, reused=progress.summary())
 
 
-def _layer_result(layer: str, response: Any, act_refs: list[Any], image_refs: list[Any],
+LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p")
+
+
+def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[Any], image_refs: list[Any],
                   text_ref: Any) -> LayerResult:
-    """Arrays of one layer's labels from the labeler's inline summary (units in order)."""
-    units = sorted(response.units, key=lambda u: u.unit)
-    if [u.unit for u in units] != list(range(len(units))):
-        raise CliError(f"the labeler's answer for layer {layer!r} does not list units 0..{len(units) - 1}; "
-                       f"check that the labeler and the CLI run the same version")
-    t = max((len(u.concept_ids) for u in units), default=0)
-    m = max((len(u.top_images) for u in units), default=0)
-    concept_ids = np.full((len(units), t), -1, dtype=np.int64)
-    scores = np.full((len(units), t), np.nan, dtype=np.float32)
-    top_images = np.full((len(units), m), -1, dtype=np.int64)
-    for u in units:
-        concept_ids[u.unit, :len(u.concept_ids)] = list(u.concept_ids)
-        scores[u.unit, :len(u.scores)] = list(u.scores)
-        top_images[u.unit, :len(u.top_images)] = list(u.top_images)
-    dead = np.array([u.dead for u in units], dtype=bool)
+    """One layer's labels, read from the labels artifact the labeler stored (digest verified).
+
+    The artifact (not the inline summary) is the source, because it also carries the labeler's
+    per-unit quality figure (AUC and p-value of the label separating the unit's top images).
+    """
+    arrays = get_arrays(store, response.labels)
+    missing = [name for name in LABEL_ARRAYS if name not in arrays]
+    if missing:
+        raise CliError(f"the labels artifact {response.labels.key} of layer {layer!r} lacks {', '.join(missing)}; "
+                       f"the labeler and the CLI run different versions: update both")
     return LayerResult(name=layer, labels_key=response.labels.key, activation_keys=[r.key for r in act_refs],
                        image_embedding_keys=[r.key for r in image_refs], text_embedding_key=text_ref.key,
-                       concept_ids=concept_ids, scores=scores, top_images=top_images, dead=dead)
-
-
-def _single_array(store: ObjectStore, ref: Any) -> np.ndarray:
-    arrays = get_arrays(store, ref)
-    if len(arrays) != 1:
-        raise CliError(f"artifact {ref.key} holds arrays {sorted(arrays)}; expected one embeddings array")
-    return next(iter(arrays.values()))
-
-
-def _add_quality(store: ObjectStore, layers: list[LayerResult], image_refs: list[Any], text_ref: Any) -> None:
-    """Per-unit AUC/p-value from the stored CLIP embeddings (see quality.py)."""
-    images = np.concatenate([_single_array(store, ref) for ref in image_refs], axis=0)
-    text = _single_array(store, text_ref)
-    for layer in layers:
-        if layer.concept_ids.shape[1] == 0:
-            continue
-        labels = np.clip(layer.concept_ids[:, 0], 0, len(text) - 1)
-        top = [row[row >= 0] for row in layer.top_images]
-        layer.quality_auc, layer.quality_p = unit_quality(images, text, labels, top)
+                       concept_ids=np.asarray(arrays["concept_ids"]), scores=np.asarray(arrays["scores"]),
+                       top_images=np.asarray(arrays["top_images"]), dead=np.asarray(arrays["dead"]),
+                       quality_auc=np.asarray(arrays["quality_auc"], dtype=np.float64),
+                       quality_p=np.asarray(arrays["quality_p"], dtype=np.float64))

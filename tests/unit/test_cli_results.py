@@ -1,4 +1,4 @@
-"""Run folder writer and the per-unit quality figure (numpy only, no services)."""
+"""Run folder writer: descriptions.csv, results.json, job.yaml, run folder names."""
 from __future__ import annotations
 
 import csv
@@ -7,42 +7,9 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cdissect_cli.jobspec import resolve_spec
-from cdissect_cli.quality import auc_and_p, unit_quality
 from cdissect_cli.results import LayerResult, RunResult, new_run_dir, write_run_folder
-
-
-def test_auc_extremes_and_ties() -> None:
-    scores = np.arange(10, dtype=float)
-    auc, p = auc_and_p(scores, np.array([9, 8]))
-    assert auc == 1.0 and p < 0.05
-    auc, p = auc_and_p(scores, np.array([0, 1]))
-    assert auc == 0.0 and p > 0.95
-    auc, _ = auc_and_p(np.ones(6), np.array([0]))      # all tied → chance
-    assert auc == pytest.approx(0.5)
-    assert np.isnan(auc_and_p(scores, np.array([], dtype=int))[0])
-
-
-def test_auc_matches_pairwise_definition() -> None:
-    rng = np.random.default_rng(1)
-    scores = rng.normal(size=50)
-    pos = rng.choice(50, 7, replace=False)
-    neg = np.setdiff1d(np.arange(50), pos)
-    direct = np.mean([[1.0 if scores[i] > scores[j] else 0.0 for j in neg] for i in pos])
-    assert auc_and_p(scores, pos)[0] == pytest.approx(direct)
-
-
-def test_unit_quality_finds_the_images_of_the_label() -> None:
-    rng = np.random.default_rng(0)
-    text = np.eye(4, 8)                       # concept m points along axis m
-    images = rng.normal(scale=0.1, size=(40, 8))
-    images[:5, 2] += 3.0                      # images 0..4 are about concept 2
-    auc, p = unit_quality(images, text, labels=np.array([2, 3]),
-                          top_images=np.array([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]))
-    assert auc[0] == 1.0 and p[0] < 1e-3
-    assert auc[1] < 0.9
 
 
 def _result(spec_overrides: dict | None = None) -> RunResult:
