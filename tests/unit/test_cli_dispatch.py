@@ -1,0 +1,115 @@
+"""Shard dispatcher: concurrency over replicas, retries on UNAVAILABLE, clear final failures.
+
+The servers are real gRPC servers on loopback with small Embedder servicers whose behaviour
+(fail N times, reject, hang) each test sets; the dispatcher talks to them through real channels.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+from cdissect.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
+from cdissect_common.retry import RetryPolicy
+
+from cdissect_cli.dispatch import ShardDispatcher, ShardFailure, ShardTask
+
+
+class FlakyEmbedder(embedder_pb2_grpc.EmbedderServicer):
+    """Answers EmbedImageShard with a ref naming the server; fails the first `fail` calls."""
+
+    def __init__(self, name: str, fail: int = 0, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        self.name, self.fail, self.code = name, fail, code
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def EmbedImageShard(self, request, context):  # noqa: N802 - gRPC method name
+        with self.lock:
+            self.calls += 1
+            failing = self.calls <= self.fail
+        if failing:
+            context.abort(self.code, f"{self.name} is not ready")
+        return embedder_pb2.EmbedResponse(embeddings=common_pb2.ArtifactRef(key=f"{self.name}/{request.shard.index}"))
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(servicer):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        started.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in started:
+        server.stop(0)
+
+
+def _tasks(n: int) -> list[ShardTask]:
+    return [ShardTask(what=f"image embeddings of shard {i + 1}/{n}",
+                      call=lambda stub, t, i=i: stub.EmbedImageShard(
+                          embedder_pb2.EmbedImageShardRequest(shard=common_pb2.Shard(index=i)), timeout=t))
+            for i in range(n)]
+
+
+def _dispatcher(addresses, retry_s=5.0, deadline_s=5.0) -> ShardDispatcher:
+    channels = []
+
+    def make_stub(address):
+        channels.append(grpc.insecure_channel(address))
+        return embedder_pb2_grpc.EmbedderStub(channels[-1])
+
+    policy = RetryPolicy(initial_backoff=0.05, max_backoff=0.2, max_total_seconds=retry_s)
+    return ShardDispatcher("embedder", addresses, make_stub, deadline_s=deadline_s, policy=policy)
+
+
+def test_results_in_order_and_both_replicas_used(servers) -> None:
+    a, b = FlakyEmbedder("a"), FlakyEmbedder("b")
+    results = _dispatcher([servers(a), servers(b)]).run(_tasks(12))
+    assert [int(r.embeddings.key.split("/")[1]) for r in results] == list(range(12))
+    assert a.calls > 0 and b.calls > 0 and a.calls + b.calls == 12
+
+
+def test_unavailable_is_retried_until_it_succeeds(servers) -> None:
+    flaky = FlakyEmbedder("a", fail=3)
+    results = _dispatcher([servers(flaky)]).run(_tasks(2))
+    assert len(results) == 2 and flaky.calls == 5
+
+
+def test_retry_moves_to_the_other_replica(servers) -> None:
+    dead = FlakyEmbedder("dead", fail=10**6)
+    alive = FlakyEmbedder("alive")
+    results = _dispatcher([servers(dead), servers(alive)]).run(_tasks(4))
+    assert all(r.embeddings.key.startswith("alive/") for r in results)
+
+
+def test_rejection_fails_at_once_naming_shard_service_and_cause(servers) -> None:
+    bad = FlakyEmbedder("bad", fail=10**6, code=grpc.StatusCode.INVALID_ARGUMENT)
+    address = servers(bad)
+    with pytest.raises(ShardFailure) as info:
+        _dispatcher([address]).run(_tasks(3))
+    message = str(info.value)
+    assert "image embeddings of shard" in message and "embedder service" in message
+    assert address in message and "INVALID_ARGUMENT: bad is not ready" in message
+    assert bad.calls <= 2        # no retries; at most the two calls already in flight
+
+
+def test_a_service_that_never_answers_fails_with_a_deadline_message() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)              # accepts connections, never speaks HTTP/2
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(ShardFailure) as info:
+            _dispatcher([address], retry_s=1.0, deadline_s=0.3).run(_tasks(1))
+    finally:
+        listener.close()
+    message = str(info.value)
+    assert "shard 1/1" in message and "embedder service" in message and address in message
+    assert "DEADLINE_EXCEEDED" in message and "attempts" in message
