@@ -1,0 +1,80 @@
+"""LayerLabels: what the labeler produces for one layer, as plain arrays.
+
+Per neuron k: its top concepts (indices into the concept set's word list) with their similarity
+scores, best first; the global indices of its most activating probe images, most activating first;
+whether it is dead (constant activation over the probe set); and a label-quality figure (AUC and a
+one-sided Mann-Whitney p-value, see ``cdissect_labeler.quality``). Arrays only, so the servicer can
+store them as safetensors with ``to_arrays`` and read them back with ``from_arrays``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_FIELDS = {
+    "concept_ids": np.int64,
+    "scores": np.float32,
+    "top_images": np.int64,
+    "dead": np.bool_,
+    "quality_auc": np.float32,
+    "quality_p": np.float32,
+}
+
+
+@dataclass
+class LayerLabels:
+    """Labels of the K neurons of one layer.
+
+    concept_ids [K, t] int64 and scores [K, t] float32: top-t concepts, best first (scores are
+    finite, also for dead neurons); top_images [K, m] int64: global image indices, most activating
+    first (ties: lower index first); dead [K] bool; quality_auc [K] and quality_p [K] float32.
+    """
+
+    concept_ids: np.ndarray
+    scores: np.ndarray
+    top_images: np.ndarray
+    dead: np.ndarray
+    quality_auc: np.ndarray
+    quality_p: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name, dtype in _FIELDS.items():
+            value = np.asarray(getattr(self, name))
+            object.__setattr__(self, name, np.ascontiguousarray(value.astype(dtype, copy=False)))
+        K = self.concept_ids.shape[0] if self.concept_ids.ndim else -1
+        for name in ("concept_ids", "scores", "top_images"):
+            arr = getattr(self, name)
+            if arr.ndim != 2 or arr.shape[0] != K:
+                raise ValueError(f"LayerLabels.{name} must be [K, n] with K={K} neurons, got {arr.shape}.")
+        if self.scores.shape != self.concept_ids.shape:
+            raise ValueError(f"LayerLabels.scores {self.scores.shape} must match concept_ids {self.concept_ids.shape}.")
+        for name in ("dead", "quality_auc", "quality_p"):
+            if getattr(self, name).shape != (K,):
+                raise ValueError(f"LayerLabels.{name} must be [K]=[{K}], got {getattr(self, name).shape}.")
+        if not np.isfinite(self.scores).all():
+            raise ValueError("LayerLabels.scores contains NaN or infinity; scores must be finite.")
+
+    @property
+    def num_units(self) -> int:
+        """K, the number of neurons labelled."""
+        return int(self.concept_ids.shape[0])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fields as a name → array dict (safetensors-ready, contiguous, fixed dtypes)."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "LayerLabels":
+        """Rebuild from ``to_arrays`` output; a missing field is an error naming it."""
+        missing = [name for name in _FIELDS if name not in arrays]
+        if missing:
+            raise ValueError(f"label arrays lack {', '.join(missing)}; expected the keys {', '.join(_FIELDS)}.")
+        return cls(**{name: np.asarray(arrays[name]) for name in _FIELDS})
+
+    def words(self, vocabulary: list[str]) -> list[list[str]]:
+        """Top concepts as words from the concept set the labels index."""
+        if self.concept_ids.size and int(self.concept_ids.max()) >= len(vocabulary):
+            raise ValueError(f"labels index concept {int(self.concept_ids.max())} but the vocabulary has "
+                             f"{len(vocabulary)} words; use the concept set these labels were made with.")
+        return [[vocabulary[int(i)] for i in row] for row in self.concept_ids]
