@@ -1,0 +1,1 @@
+"""Data shipped with cdissect-common (concept sets, reference results); no code."""
