@@ -1,0 +1,98 @@
+"""`cdissect compare`: agreement and |Δ similarity| per layer, with planted differences."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cdissect_cli.analyses.compare import compare_files, read_descriptions, reference_csv
+from cdissect_cli.analysis_commands import register
+from cdissect_cli.errors import CliError
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        return header, list(reader)
+
+
+def _write(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_two_copies_of_a_released_csv_agree_fully(tmp_path: Path) -> None:
+    source = reference_csv("resnet50")
+    copy = shutil.copy(source, tmp_path / "copy.csv")
+    result = compare_files(source, copy)
+    assert [layer.layer for layer in result.layers] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    assert result.total_matched == 64 + 256 + 512 + 1024 + 2048
+    for layer in result.layers:
+        assert layer.agreement == 1.0 and layer.abs_delta_max == 0.0
+        assert not layer.only_in_a and not layer.only_in_b and not layer.label_changes
+
+
+def test_planted_changes_are_exactly_what_is_reported(tmp_path: Path) -> None:
+    header, rows = _rows(reference_csv("resnet18_places"))
+    index = {(r[0], int(r[1])): i for i, r in enumerate(rows)}
+    changed = rows[:]
+    label_changes = {("layer4", 7): "planted word", ("conv1", 3): "another word"}
+    for key, word in label_changes.items():
+        changed[index[key]] = changed[index[key]][:2] + [word] + changed[index[key]][3:]
+    deltas = {("layer3", 100): 0.25, ("layer3", 5): -0.125}
+    for key, delta in deltas.items():
+        row = changed[index[key]]
+        changed[index[key]] = row[:3] + [repr(float(row[3]) + delta)] + row[4:]
+    removed = [("layer2", 11), ("layer4", 0)]
+    changed = [r for r in changed if (r[0], int(r[1])) not in removed]
+    changed.append(["layer4", "99999", "extra", "0.5"])
+    b = _write(tmp_path / "b.csv", header, changed)
+
+    result = compare_files(reference_csv("resnet18_places"), b)
+    by_layer = {layer.layer: layer for layer in result.layers}
+    reported = {(name, c["unit"]): c["b"] for name, layer in by_layer.items() for c in layer.label_changes}
+    assert reported == label_changes
+    assert by_layer["layer3"].abs_delta_max == pytest.approx(0.25, abs=1e-6)
+    assert by_layer["layer3"].abs_delta_mean == pytest.approx(0.375 / by_layer["layer3"].matched, abs=1e-6)
+    assert by_layer["layer1"].abs_delta_max == 0.0 and by_layer["layer1"].agreement == 1.0
+    assert {(n, u) for n, layer in by_layer.items() for u in layer.only_in_a} == set(removed)
+    assert {(n, u) for n, layer in by_layer.items() for u in layer.only_in_b} == {("layer4", 99999)}
+    n4 = by_layer["layer4"].matched
+    assert by_layer["layer4"].agreement == pytest.approx((n4 - 1) / n4)
+
+
+def test_compare_command_writes_json(tmp_path: Path) -> None:
+    copy = shutil.copy(reference_csv("resnet50"), tmp_path / "ours.csv")
+    out = tmp_path / "cmp.json"
+    result = CliRunner().invoke(_app(), ["compare", str(copy), "--reference", "resnet50", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["agreement"] == 1.0 and doc["matched"] == 3904
+    assert "100.00%" in result.output
+
+
+def test_bad_csvs_name_the_problem(tmp_path: Path) -> None:
+    bad = _write(tmp_path / "bad.csv", ["layer", "unit", "label"], [["fc", "0", "x"]])
+    with pytest.raises(CliError, match="lacks the column.*description"):
+        read_descriptions(bad)
+    dup = _write(tmp_path / "dup.csv", ["layer", "unit", "description", "similarity"],
+                 [["fc", "0", "x", "1"], ["fc", "0", "y", "2"]])
+    with pytest.raises(CliError, match="dup.csv:3.*appears twice"):
+        read_descriptions(dup)
+    with pytest.raises(CliError, match="shipped references are: resnet50, resnet18_places"):
+        reference_csv("vgg")
