@@ -1,6 +1,6 @@
 # Shared by up.sh, down.sh and port-forward.sh (sourced, not run).
 # shellcheck shell=bash
-CLUSTER="${CDISSECT_KIND_CLUSTER:-cdissect}"
+CLUSTER="${KIND_CLUSTER_NAME:-cdissect}"
 NAMESPACE=cdissect
 # shellcheck disable=SC2034  # used by the scripts that source this file
 VERSION=0.1.0

