@@ -1,0 +1,203 @@
+"""Dockerfile lint, the lock-derived installs (docker/lockdeps.py) and the HEALTHCHECK probe."""
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import re
+import sys
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from cdissect_common.config import SERVICE_DEFAULTS
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from deploy_helpers import REPO_ROOT
+
+DOCKER = REPO_ROOT / "docker"
+LOCK = REPO_ROOT / "requirements.lock"
+IMAGES = ("embedder", "activations", "labeler", "cli")
+DIGEST = re.compile(r"^[\w.\-/:]+:[\w.\-]+@sha256:[0-9a-f]{64}$")
+
+
+def load_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"cdissect_docker_{name}", DOCKER / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+lockdeps = load_module("lockdeps")
+healthcheck = load_module("healthcheck")
+
+
+def instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    text = (DOCKER / f"{name}.Dockerfile").read_text()
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def base_images(name: str) -> list[str]:
+    """Every FROM image with ${ARG} defaults substituted (stage names are kept as they are)."""
+    args, stages, images = {}, set(), []
+    for word, rest in instructions(name):
+        if word == "ARG" and "=" in rest:
+            key, value = rest.split("=", 1)
+            args.setdefault(key, value)
+        if word == "FROM":
+            parts = rest.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            if image not in stages:
+                images.append(image)
+            if len(parts) == 3 and parts[1].upper() == "AS":
+                stages.add(parts[2])
+    return images
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_base_images_are_pinned_by_tag_and_digest(name: str) -> None:
+    images = base_images(name)
+    assert images, f"{name}.Dockerfile has no FROM"
+    for image in images:
+        assert DIGEST.match(image), f"{name}: base image {image!r} must be name:tag@sha256:<digest>"
+        assert ":latest" not in image and not image.split("@")[0].endswith(":latest")
+    assert "latest" not in (DOCKER / f"{name}.Dockerfile").read_text().lower()
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_multi_stage_non_root_and_installs_from_the_lock(name: str) -> None:
+    steps = instructions(name)
+    words = [word for word, _ in steps]
+    assert words.count("FROM") >= 2 and any(w == "COPY" and r.startswith("--from=") for w, r in steps)
+    final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM"):]
+    users = [rest for word, rest in final if word == "USER"]
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0", \
+        f"{name}: the final stage must switch to a numeric non-root USER (Kubernetes runAsNonRoot checks it)"
+    runs = " ".join(rest for word, rest in steps if word == "RUN")
+    assert any(w == "COPY" and "requirements.lock" in r for w, r in steps), name
+    assert "--constraint requirements.lock" in runs and "lockdeps.py requirements requirements.lock" in runs
+    assert "lockdeps.py verify requirements.lock" in runs
+    assert re.search(r"pip install --no-deps \./services/common \./(services/)?" + name, runs), name
+    assert not any(word == "ADD" for word in words), "use COPY; ADD fetches URLs and unpacks archives"
+
+
+@pytest.mark.parametrize("name", [*SERVICE_DEFAULTS])
+def test_services_have_a_grpc_healthcheck_and_a_weights_volume(name: str) -> None:
+    steps = dict((w, r) for w, r in instructions(name) if w in {"HEALTHCHECK", "VOLUME", "ENV"})
+    assert "/opt/cdissect/healthcheck.py" in steps["HEALTHCHECK"] and "CMD" in steps["HEALTHCHECK"]
+    assert "/var/cache/cdissect" in steps["VOLUME"] and "CDISSECT_CACHE_DIR=/var/cache/cdissect" in steps["ENV"]
+    text = (DOCKER / f"{name}.Dockerfile").read_text()
+    assert not re.search(r"\.(pt|pth|bin|safetensors)\b", text), "weights are downloaded to the cache, not baked in"
+
+
+@pytest.mark.parametrize("name", ["embedder", "activations"])
+def test_gpu_services_have_cpu_and_cuda_variants(name: str) -> None:
+    runs = " ".join(r for w, r in instructions(name) if w == "RUN")
+    assert ("ARG", "VARIANT=cpu") in instructions(name)
+    assert "cpu) index=" in runs and "download.pytorch.org/whl/cpu" in runs and "cuda) index=" in runs
+    assert "VARIANT must be cpu or cuda" in runs
+
+
+def test_cli_image_has_no_healthcheck_and_no_torch() -> None:
+    assert ("HEALTHCHECK", "NONE") in instructions("cli")
+    pins = lockdeps.requirements(LOCK, [REPO_ROOT / "services/common/pyproject.toml", REPO_ROOT / "cli/pyproject.toml"])
+    assert pins and not any(pin.lower().startswith(("torch", "nvidia", "triton")) for pin in pins), pins
+
+
+def test_dockerignore_keeps_out_the_venv_but_not_what_images_copy() -> None:
+    patterns = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for needed in (".venv", ".git", "tests"):
+        assert needed in patterns
+    for name in IMAGES:
+        for word, rest in instructions(name):
+            if word == "COPY" and not rest.startswith("--from="):
+                for source in rest.split()[:-1]:
+                    hit = [p for p in patterns if fnmatch.fnmatch(source, p) or source.startswith(p.rstrip("/") + "/")]
+                    assert not hit, f"{name}: COPY {source} is excluded by .dockerignore {hit}"
+                    assert (REPO_ROOT / source).exists(), f"{name}: COPY source {source} does not exist"
+
+
+def test_lock_requirements_pin_each_direct_dependency_at_the_lock_version() -> None:
+    pins = dict(line.split("==") for line in lockdeps.requirements(
+        LOCK, [REPO_ROOT / "services/common/pyproject.toml", REPO_ROOT / "services/embedder/pyproject.toml"]))
+    lock = lockdeps.read_lock(LOCK)
+    assert {"torch", "grpcio", "clip-anytorch", "minio"} <= set(pins)
+    for name, version in pins.items():
+        assert lock[lockdeps.normalize(name)][1] == version
+    assert not any(name.startswith("cdissect") for name in pins)
+
+
+def test_lock_requirements_refuse_a_dependency_missing_from_the_lock(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\ndependencies = ["numpy>=2", "not-in-the-lock[extra]>=1"]\n')
+    with pytest.raises(lockdeps.LockError, match="not-in-the-lock is a dependency .* not pinned in"):
+        lockdeps.requirements(LOCK, [pyproject])
+    bad_lock = tmp_path / "bad.lock"
+    bad_lock.write_text("numpy>=2\n")
+    with pytest.raises(lockdeps.LockError, match="not an exact pin"):
+        lockdeps.read_lock(bad_lock)
+
+
+def test_lock_verify_flags_unpinned_and_drifted_packages() -> None:
+    installed = {"torch": "2.14.1+cpu", "PyYAML": "6.0.4", "numpy": "1.0.0", "left-pad": "1.0",
+                 "cdissect-common": "0.1.0", "pip": "24.0"}
+    problems = lockdeps.verify(LOCK, installed)
+    assert len(problems) == 2
+    assert any("numpy 1.0.0" in p and "pins 2.4.6" in p for p in problems)
+    assert any("left-pad 1.0 is installed but not pinned" in p for p in problems)
+
+
+def test_lock_verify_passes_on_the_test_environment() -> None:
+    """The images enforce the lock the tests run with: the test venv itself must satisfy it."""
+    assert lockdeps.verify(LOCK) == []
+
+
+@pytest.fixture
+def health_server():
+    """A real gRPC server with only grpc.health.v1, on a free loopback port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, port
+    server.stop(None)
+
+
+def test_healthcheck_exits_0_only_when_serving(health_server, monkeypatch, capsys) -> None:
+    servicer, port = health_server
+    monkeypatch.delenv("CDISSECT_PORT", raising=False)
+    monkeypatch.delenv("CDISSECT_TLS_CERT", raising=False)
+    servicer.set("cdissect.v1.Labeler", health_pb2.HealthCheckResponse.SERVING)
+    assert healthcheck.main(["--service", "cdissect.v1.Labeler", "--port", str(port)]) == 0
+    servicer.set("cdissect.v1.Labeler", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert healthcheck.main(["--service", "cdissect.v1.Labeler", "--port", str(port)]) == 1
+    assert "NOT_SERVING" in capsys.readouterr().err
+    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", str(port)]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_healthcheck_follows_cdissect_port_and_reports_a_dead_server(health_server, monkeypatch, capsys) -> None:
+    from conftest import free_port
+
+    servicer, port = health_server
+    monkeypatch.delenv("CDISSECT_TLS_CERT", raising=False)
+    servicer.set("cdissect.v1.Embedder", health_pb2.HealthCheckResponse.SERVING)
+    monkeypatch.setenv("CDISSECT_PORT", str(port))
+    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", "1", "--timeout", "2"]) == 0
+    monkeypatch.setenv("CDISSECT_PORT", str(free_port()))
+    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", str(port), "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err or "DEADLINE_EXCEEDED" in err, err
+    monkeypatch.setenv("CDISSECT_PORT", "fifty")
+    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", str(port)]) == 1
+    assert "CDISSECT_PORT must be a port number" in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""deploy/kind scripts: syntax, shellcheck, early failures, and the whole `make up` flow run
+against recording stand-ins for docker, kind and kubectl (no daemon exists on CI machines)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy_helpers import REPO_ROOT, tool
+
+KIND_DIR = REPO_ROOT / "deploy" / "kind"
+SCRIPTS = sorted(KIND_DIR.glob("*.sh"))
+BASH = shutil.which("bash")
+
+
+def test_scripts_parse_and_pass_shellcheck() -> None:
+    assert {p.name for p in SCRIPTS} >= {"up.sh", "down.sh", "port-forward.sh", "common.sh"}
+    for script in SCRIPTS:
+        proc = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
+    proc = subprocess.run([tool("shellcheck"), "-x", *[str(s) for s in SCRIPTS]], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kind_config_pins_the_node_image() -> None:
+    config = yaml.safe_load((KIND_DIR / "kind-config.yaml").read_text())
+    assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    for node in config["nodes"]:
+        assert node["image"].startswith("kindest/node:v1.") and "@sha256:" in node["image"]
+
+
+def fake_bin(tmp_path: Path, **programs: str) -> Path:
+    """A bin folder with the basic tools the scripts use plus the given stand-in programs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("dirname", "head", "od", "tr", "grep", "base64", "cat", "sh"):
+        os.symlink(shutil.which(name), bin_dir / name)
+    for name, body in programs.items():
+        path = bin_dir / name
+        path.write_text(f"#!{BASH}\necho \"{name} $*\" >> \"$CALLS\"\n{body}\n")
+        path.chmod(0o755)
+    return bin_dir
+
+
+def run_script(name: str, bin_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {"PATH": str(bin_dir), "CALLS": str(tmp_path / "calls.log"), "HOME": str(tmp_path)}
+    return subprocess.run([BASH, str(KIND_DIR / name)], capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("script", ["up.sh", "down.sh"])
+def test_missing_docker_fails_early_and_says_so(script: str, tmp_path: Path) -> None:
+    proc = run_script(script, fake_bin(tmp_path), tmp_path)
+    assert proc.returncode == 1 and "docker is not installed" in proc.stderr
+    assert "CI machines" in proc.stderr
+
+
+def test_stopped_docker_daemon_fails_early(tmp_path: Path) -> None:
+    proc = run_script("up.sh", fake_bin(tmp_path, docker='[ "$1" = info ] && exit 1; exit 0', kind="exit 0"),
+                      tmp_path)
+    assert proc.returncode == 1 and "Docker daemon is not running" in proc.stderr
+    assert "kind" not in (tmp_path / "calls.log").read_text()
+
+
+def test_the_real_docker_client_without_a_daemon_fails_early(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker client on this machine")
+    bin_dir = fake_bin(tmp_path)
+    os.symlink(docker, bin_dir / "docker")
+    probe = subprocess.run([docker, "info"], capture_output=True, timeout=30)
+    if probe.returncode == 0:
+        pytest.skip("a Docker daemon is running here")
+    proc = run_script("up.sh", bin_dir, tmp_path)
+    assert proc.returncode == 1 and "Docker daemon is not running" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["up.sh", "down.sh"])
+def test_missing_kind_fails_early(script: str, tmp_path: Path) -> None:
+    proc = run_script(script, fake_bin(tmp_path, docker="exit 0"), tmp_path)
+    assert proc.returncode == 1 and "kind is not installed" in proc.stderr
+
+
+def test_up_runs_build_load_secrets_apply_and_waits_in_order(tmp_path: Path) -> None:
+    kubectl = '''case "$*" in
+  *"get secret cdissect-auth -o"*) printf '%s' "$(printf tok | base64)";;
+  *"get secret cdissect-s3 -o jsonpath={.data.access-key}"*) printf '%s' "$(printf ak | base64)";;
+  *"get secret cdissect-s3 -o"*) printf '%s' "$(printf sk | base64)";;
+  *"get secret"*) exit 1;;
+esac
+exit 0'''
+    bin_dir = fake_bin(tmp_path, docker="exit 0", kind="exit 0", kubectl=kubectl)
+    proc = run_script("up.sh", bin_dir, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+
+    def index(fragment: str) -> int:
+        hits = [i for i, call in enumerate(calls) if fragment in call]
+        assert hits, f"no call containing {fragment!r} in:\n" + "\n".join(calls)
+        return hits[0]
+
+    created = index("kind create cluster --name cdissect --config")
+    for image in ("embedder", "activations", "labeler", "cli"):
+        build = index(f"docker/{image}.Dockerfile --tag cdissect/{image}:0.1.0")
+        load = index(f"kind load docker-image --name cdissect cdissect/{image}:0.1.0")
+        assert created < build < load
+    auth = index("create secret generic cdissect-auth --from-literal=token=")
+    s3 = index("create secret generic cdissect-s3 --from-literal=access-key=cdissect --from-literal=secret-key=")
+    apply = index("apply -k " + str(REPO_ROOT / "deploy/k8s/overlays/kind-cpu"))
+    assert max(auth, s3) < apply < index("rollout status statefulset/minio")
+    assert apply < index("wait --for=condition=complete job/cdissect-create-bucket")
+    assert apply < index("rollout status deployment/embedder")
+    assert all("--context kind-cdissect" in call for call in calls if call.startswith("kubectl"))
+    assert "CDISSECT_AUTH_TOKEN=tok" in proc.stdout and "CDISSECT_S3_SECRET_KEY=sk" in proc.stdout
+    assert "port-forward.sh" in proc.stdout and "localhost:9090" in proc.stdout
+    assert not any("rollout restart" in call for call in calls), "a new cluster needs no restart"
+
+
+def test_down_deletes_only_an_existing_cluster(tmp_path: Path) -> None:
+    bin_dir = fake_bin(tmp_path, docker="exit 0", kind='[ "$1 $2" = "get clusters" ] && echo other; exit 0')
+    proc = run_script("down.sh", bin_dir, tmp_path)
+    assert proc.returncode == 0 and "nothing to delete" in proc.stdout
+    assert "delete" not in (tmp_path / "calls.log").read_text()
