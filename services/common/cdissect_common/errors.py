@@ -1,0 +1,57 @@
+"""gRPC status codes for errors, in one place.
+
+Servicers raise ``ServiceError(code, message)`` (or let a known library error propagate);
+the server's interceptor turns it into the status the caller sees. Known errors of the
+common runtime map to specific codes here, so every service answers the same way: a missing
+dataset is NOT_FOUND, a corrupt shard DATA_LOSS, an unreachable store UNAVAILABLE.
+"""
+from __future__ import annotations
+
+import grpc
+
+from .artifacts import ArtifactError
+from .config import ConfigError
+from .manifest import DatasetError, DatasetNotFoundError, ShardCorruptError
+from .retry import is_retryable_store
+from .store import DigestMismatchError, ObjectNotFoundError, StoreConfigError
+
+
+class ServiceError(Exception):
+    """An error with the gRPC status it should produce."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid_argument(message: str) -> ServiceError:
+    """The request itself is wrong (unknown model or layer, empty list, bad image)."""
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServiceError:
+    """A referenced object (artifact, dataset) does not exist."""
+    return ServiceError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def failed_precondition(message: str) -> ServiceError:
+    """The request is valid but the system is not in a state to serve it (inputs disagree)."""
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a caller should get for ``exc``."""
+    if isinstance(exc, ServiceError):
+        return exc.code, exc.message
+    if isinstance(exc, (ObjectNotFoundError, DatasetNotFoundError)):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, (DigestMismatchError, ShardCorruptError, ArtifactError)):
+        return grpc.StatusCode.DATA_LOSS, str(exc)
+    if isinstance(exc, (DatasetError, ConfigError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, StoreConfigError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if is_retryable_store(exc):
+        return grpc.StatusCode.UNAVAILABLE, f"object store unreachable, retry later: {exc}"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

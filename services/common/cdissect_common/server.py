@@ -1,0 +1,224 @@
+"""The one server bootstrap of every cdissect service.
+
+``run_service`` gives each service the same process shape:
+- grpc.health.v1: NOT_SERVING until the service's warm-up (model load) has finished, then
+  SERVING; NOT_SERVING again as soon as shutdown begins;
+- server reflection (grpcurl / grpcui work without the protos);
+- Prometheus metrics over HTTP on the metrics port;
+- interceptors: errors by status code and per-RPC timing (outermost), then bearer-token
+  auth when a token is configured;
+- message-size limits from ``max_message_bytes`` (larger requests get RESOURCE_EXHAUSTED);
+- TLS when certificate files are configured;
+- SIGTERM/SIGINT: NOT_SERVING, refuse new RPCs, let the RPCs in flight (the shard being
+  computed) finish within ``shutdown_grace_seconds``, then exit 0.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .auth import BearerTokenInterceptor, server_credentials
+from .config import ENV_VARS, Settings, load_settings, service_defaults
+from .errors import ServiceError, status_for
+from .metrics import ServiceMetrics
+from .store import ObjectStore, open_store
+
+log = logging.getLogger("cdissect.server")
+
+
+class ServiceRuntime:
+    """What servicers share inside one process: settings, store, metrics, health, device lock."""
+
+    def __init__(self, service: str, settings: Settings, store: ObjectStore | None = None) -> None:
+        self.service = service
+        self.settings = settings
+        self.health_name = service_defaults(service).health_name
+        self.metrics = ServiceMetrics(service)
+        self.store = store if store is not None else open_store(settings.store, settings)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        # Serialises device work (forward passes) across concurrent RPCs; decoding and store
+        # I/O happen outside it, so one request prepares while another computes.
+        self.device_lock = threading.Lock()
+        self.set_serving(False)
+
+    def set_serving(self, serving: bool) -> None:
+        """Report SERVING / NOT_SERVING for the service name and for the whole server ("")."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (self.health_name, ""):
+            self.health.set(name, status)
+
+    def read(self, key: str, sha256: str | None = None) -> bytes:
+        """Read an object from the store, counting bytes and time."""
+        with self.metrics.stage("store_read"):
+            data = self.store.get(key, sha256=sha256)
+        self.metrics.add_bytes("read", len(data))
+        return data
+
+
+def _method_name(full: str) -> str:
+    return full.rsplit("/", 1)[-1] or full
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):
+    """Times every unary RPC into ``stage=rpc_<Method>``, maps exceptions to status codes,
+    and counts non-OK results in ``cdissect_rpc_errors_total{method,code}``."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        """Wrap unary-unary handlers; streaming ones (health Watch, reflection) pass unchanged."""
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        method = _method_name(handler_call_details.method)
+        inner = handler.unary_unary
+        metrics = self.metrics
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                response = inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except Exception as exc:
+                already = context.code()
+                if already is not None and already != grpc.StatusCode.OK:
+                    code = already  # the handler aborted with its own status
+                    raise
+                code, message = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                else:
+                    log.info("%s -> %s: %s", method, code.name, message)
+                context.abort(code, message)
+            finally:
+                metrics.stage_duration.labels(metrics.service, f"rpc_{method}").observe(time.perf_counter() - start)
+                if code != grpc.StatusCode.OK:
+                    metrics.error(method, code.name)
+
+        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+@dataclass
+class Registration:
+    """One servicer to add: the object, its generated ``add_*_to_server`` and its full service name."""
+
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.Server], None]
+    full_name: str
+
+
+class ServiceServer:
+    """A started gRPC server plus metrics endpoint; ``stop`` drains it gracefully."""
+
+    def __init__(self, runtime: ServiceRuntime, registrations: Iterable[Registration]) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(runtime.metrics)]
+        token = settings.token()
+        if token:
+            interceptors.append(BearerTokenInterceptor(token))
+        options = [("grpc.max_receive_message_length", settings.max_message_bytes),
+                   ("grpc.max_send_message_length", settings.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers,
+                                                             thread_name_prefix=runtime.service),
+                                  interceptors=interceptors, options=options)
+        names = [reflection.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        for reg in registrations:
+            reg.add_to_server(reg.servicer, self.server)
+            names.append(reg.full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(runtime.health, self.server)
+        reflection.enable_server_reflection(names, self.server)
+        address = f"{settings.host}:{settings.port}"
+        creds = server_credentials(settings)
+        try:
+            port = (self.server.add_secure_port(address, creds) if creds is not None
+                    else self.server.add_insecure_port(address))
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind the gRPC port {address}: {exc}; choose a free port with "
+                          f"{ENV_VARS['port']}") from None
+        if port == 0:
+            raise OSError(f"cannot bind the gRPC port {address} (in use?); choose a free port with {ENV_VARS['port']}")
+        self.port = port
+        self.metrics_port = runtime.metrics.serve(settings.metrics_port, settings.host)
+        self.server.start()
+        log.info("%s listening on %s:%d (metrics :%d, auth %s, tls %s)", runtime.service, settings.host, port,
+                 self.metrics_port, "on" if token else "off", "on" if creds else "off")
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new RPCs, wait for in-flight ones (up to ``grace`` s), close metrics."""
+        grace = self.runtime.settings.shutdown_grace_seconds if grace is None else grace
+        self.runtime.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.runtime.metrics.close()
+
+
+def configure_logging() -> None:
+    """One log format for every service process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+Builder = Callable[[ServiceRuntime], tuple[list[Registration], Callable[[], None] | None]]
+
+
+def run_service(service: str, build: Builder, settings: Settings | None = None) -> int:
+    """Run a service until SIGTERM/SIGINT; returns the process exit code (0 on a clean stop).
+
+    ``build`` makes the servicers from the runtime and returns them with a warm-up callable
+    (load and exercise the configured model, or None). Warm-up runs after the port is open,
+    while health says NOT_SERVING; SERVING follows it. A failed warm-up exits with code 1 so an
+    orchestrator restarts the process.
+    """
+    configure_logging()
+    settings = settings or load_settings(service)
+    runtime = ServiceRuntime(service, settings)
+    registrations, warmup = build(runtime)
+    server = ServiceServer(runtime, registrations)
+    stop = threading.Event()
+    failed = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: draining (grace %.0fs)", signal.Signals(signum).name, settings.shutdown_grace_seconds)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def warm() -> None:
+        try:
+            if warmup is not None:
+                with runtime.metrics.stage("warmup"):
+                    warmup()
+        except Exception:  # noqa: BLE001 - any warm-up failure makes the process unusable
+            log.exception("warm-up of %s failed", service)
+            failed.set()
+            stop.set()
+            return
+        if not stop.is_set():
+            runtime.set_serving(True)
+            log.info("%s SERVING", service)
+
+    threading.Thread(target=warm, name="warmup", daemon=True).start()
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    log.info("%s stopped", service)
+    return 1 if failed.is_set() else 0
+
+
+__all__ = ["Registration", "ServiceError", "ServiceRuntime", "ServiceServer", "run_service", "configure_logging"]

