@@ -25,6 +25,11 @@ class WeightsUnavailableError(RuntimeError):
     """A weight file is not in the cache and could not be downloaded (usually: no network)."""
 
 
+def _opener() -> urllib.request.OpenerDirector:
+    """A fresh opener per download, so proxy settings in the environment are read each time."""
+    return urllib.request.build_opener()
+
+
 def cache_dir() -> Path:
     """The weights cache folder: $CDISSECT_CACHE_DIR, else ~/.cache/cdissect/weights."""
     env = os.environ.get(CACHE_ENV, "").strip()
@@ -84,7 +89,7 @@ def fetch(url: str, dest: str | os.PathLike[str], expected_sha256_prefix: str | 
     tmp = Path(tmp_name)
     try:
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_timeout()) as src:
+            with os.fdopen(fd, "wb") as out, _opener().open(url, timeout=_timeout()) as src:
                 shutil.copyfileobj(src, out, _CHUNK)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise WeightsUnavailableError(
