@@ -1,5 +1,5 @@
-"""The analysis commands end to end: `cdissect` processes that start the real embedder/labeler
-services locally, on a run whose artifacts this test stores directly through
+"""The analysis commands end to end: `cdissect` processes using the real services (started once
+with `cdissect up`, stopped with `cdissect down`), on a run whose artifacts this test stores directly through
 cdissect_common.artifacts (random-weight "network": random activations and image embeddings of
 the tiny CLIP's width, the CLIP's own text embeddings are not needed for the run's labels).
 
@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def _clip_texts(checkpoint: Path, texts: list[str]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_clip_checkpoint: Path) -> dict:
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_clip_checkpoint: Path) -> Iterator[dict]:
     """A finished run folder whose artifacts live in a filesystem store, plus the raw arrays."""
     tmp = tmp_path_factory.mktemp("analyses")
     store_url = f"file://{tmp / 'store'}"
@@ -88,8 +89,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_clip_checkpoint: Path) 
     env.update({"HOME": str(tmp), "XDG_CACHE_HOME": str(tmp / "cache"), "CDISSECT_STORE": store_url,
                 "CDISSECT_DEVICE": "cpu", "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"})
     doc = json.loads((run_dir / "results.json").read_text())
-    return {"run": run_dir, "env": env, "images": images, "texts": texts, "acts": acts, "doc": doc,
-            "clip": tiny_clip_checkpoint}
+    world = {"run": run_dir, "env": env, "images": images, "texts": texts, "acts": acts, "doc": doc,
+             "clip": tiny_clip_checkpoint}
+    _cdissect(world, "up")  # start the services once; each command finds them via `cdissect up`'s state
+    try:
+        yield world
+    finally:
+        _cdissect(world, "down")
 
 
 def _cdissect(world: dict, *args: str) -> subprocess.CompletedProcess:
