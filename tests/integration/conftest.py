@@ -12,6 +12,9 @@ Reusable pieces (import them or use the fixtures):
 - ``fs_store_url`` (session): a ``file://`` store folder for the shared services.
 - ``fs_services`` (session): embedder, activations and labeler on ``fs_store_url`` with the
   bearer token ``TEST_TOKEN``, SERVING; a dict name → ServiceHandle shared by all tests.
+- ``run_pipeline(stubs, store, clip_path)``: one dissection through the RPCs (register a
+  generated dataset, embed shards and concepts, resnet18 activations, label layer1);
+  ``shard_with_bad_image(store)``: a shard holding a truncated JPEG.
 - ``seaweedfs`` (session): a real S3 server (``weed mini``) with ``.endpoint``,
   ``.access_key``, ``.secret_key``, ``.bucket``, ``.store_url``, ``.env()`` (the
   ``CDISSECT_S3_*`` variables for a service or the CLI), ``.stop()`` / ``.start()`` for outage
@@ -19,12 +22,14 @@ Reusable pieces (import them or use the fixtures):
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,6 +38,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from cdissect.v1 import activations_pb2, common_pb2, embedder_pb2, labeler_pb2
+from cdissect_common.manifest import ImageSource, register_dataset
+from cdissect_common.store import ObjectStore, sha256_hex
+from tests.conftest import make_probe_images
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -302,3 +312,77 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.stop()
+
+
+
+# ---------------------------------------------------------------- one run through the RPCs
+CONCEPTS = ["red", "green", "blue", "circle", "square", "dark background"]
+LAYERS = ["layer1", "fc"]
+TIMEOUT = 120
+
+
+@dataclass
+class PipelineResult:
+    """Refs and responses of one pass, for assertions."""
+
+    manifest: common_pb2.DatasetManifest
+    image_refs: list[common_pb2.ArtifactRef]
+    text_ref: common_pb2.ArtifactRef
+    act_refs: dict[str, list[common_pb2.ArtifactRef]]
+    labels: labeler_pb2.LabelLayerResponse
+    reused: dict[str, int]
+
+
+def register_probe(store: ObjectStore, name: str, n: int = 20, shard_size: int = 10) -> common_pb2.DatasetManifest:
+    """A generated probe set of ``n`` images in shards of ``shard_size``."""
+    images = [ImageSource(name=f"{c}/{f}", data=d, labels={"class": c}) for f, d, c in make_probe_images(n)]
+    return register_dataset(store, name, images, shard_size=shard_size)
+
+
+def run_pipeline(stubs: dict, store: ObjectStore, clip_path: str, dataset: str = "probe") -> PipelineResult:
+    """Every RPC of one run, in the CLI's order; counts how many outputs were reused."""
+    manifest = register_probe(store, dataset)
+    reused = {"image": 0, "text": 0, "activations": 0, "labels": 0}
+    image_refs = []
+    for shard in manifest.shards:
+        resp = stubs["embedder"].EmbedImageShard(embedder_pb2.EmbedImageShardRequest(model=clip_path, shard=shard),
+                                                 timeout=TIMEOUT)
+        image_refs.append(resp.embeddings)
+        reused["image"] += int(resp.reused)
+    text = stubs["embedder"].EmbedConcepts(embedder_pb2.EmbedConceptsRequest(model=clip_path, concepts=CONCEPTS),
+                                           timeout=TIMEOUT)
+    reused["text"] += int(text.reused)
+    act_refs: dict[str, list[common_pb2.ArtifactRef]] = {layer: [] for layer in LAYERS}
+    for shard in manifest.shards:
+        resp = stubs["activations"].ComputeShardActivations(activations_pb2.ComputeShardActivationsRequest(
+            model="resnet18", weights="none", layers=LAYERS, shard=shard), timeout=TIMEOUT)
+        for layer, ref in zip(LAYERS, resp.activations):
+            act_refs[layer].append(ref)
+        reused["activations"] += resp.reused
+    labels = stubs["labeler"].LabelLayer(labeler_pb2.LabelLayerRequest(
+        layer="layer1", image_embeddings=image_refs, text_embeddings=text.embeddings, activations=act_refs["layer1"],
+        similarity=common_pb2.SimilarityParams(function="soft_wpmi", params={"top_k": 5}), top_concepts=3,
+        top_images=4), timeout=TIMEOUT)
+    reused["labels"] += int(labels.reused)
+    return PipelineResult(manifest, image_refs, text.embeddings, act_refs, labels, reused)
+
+
+def shard_with_bad_image(store: ObjectStore, good: int = 3) -> common_pb2.Shard:
+    """A shard written without the manifest's validation, holding one truncated JPEG
+    (as an older or foreign registration could have left it)."""
+    members = [(f, d) for f, d, _ in make_probe_images(good, seed=7)]
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(buf, "JPEG")
+    members.insert(1, ("truncated.jpg", buf.getvalue()[:200]))
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = tar_buf.getvalue()
+    ref = store.put(f"datasets/shards/{sha256_hex(data)}.tar", data)
+    return common_pb2.Shard(index=0, ref=ref, images=[common_pb2.ImageEntry(name=n, sha256=sha256_hex(d))
+                                                      for n, d in members])

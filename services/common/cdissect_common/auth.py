@@ -71,7 +71,8 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         return _deny_stream(message, handler) if handler is not None else _deny(message)
 
 
-class BearerTokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class BearerTokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Adds the bearer token to every outgoing call (works on plaintext and TLS channels)."""
 
     def __init__(self, token: str) -> None:
@@ -91,6 +92,16 @@ class BearerTokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryS
                                request: Any) -> Any:
         """Server-streaming calls (health Watch) with the token attached."""
         return continuation(self._with_token(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation: Any, client_call_details: grpc.ClientCallDetails,
+                               request_iterator: Any) -> Any:
+        """Client-streaming calls with the token attached."""
+        return continuation(self._with_token(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: grpc.ClientCallDetails,
+                                request_iterator: Any) -> Any:
+        """Bidirectional calls (server reflection) with the token attached."""
+        return continuation(self._with_token(client_call_details), request_iterator)
 
 
 class _CallDetails(grpc.ClientCallDetails):

@@ -1,0 +1,217 @@
+"""The Activations gRPC servicer: adapts RPCs to the target zoo and the layer hooks.
+
+ComputeShardActivations runs one forward pass per batch with hooks on every requested layer
+(``hooks.LayerRecorder``) and stores one [images, units] float32 artifact per (shard, layer),
+keyed by model id, checkpoint digest, layer, pooling, preprocessing, shard digest and code
+version. Layers whose artifact exists are not recomputed; when all exist the call returns at
+once. ListLayers and ListModels expose the zoo for discovery.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import grpc
+import numpy as np
+import torch
+
+from cdissect.v1 import activations_pb2, activations_pb2_grpc, common_pb2
+from cdissect_activations.hooks import LayerRecorder
+from cdissect_activations.pooling import check_pooling
+from cdissect_activations.weights import WeightsUnavailableError
+from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelError, available_models, list_layers,
+                                      load_target, resolve_device, resolve_layer)
+from cdissect_common import artifacts
+from cdissect_common.errors import failed_precondition, invalid_argument
+from cdissect_common.images import check_bad_image_policy, decode_images
+from cdissect_common.manifest import read_shard
+from cdissect_common.model_cache import ModelCache
+from cdissect_common.server import Registration, ServiceRuntime
+
+log = logging.getLogger("cdissect.activations")
+SERVICE = "activations"
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def preprocess_id(target: Target) -> str:
+    """A stable description of the target's preprocessing (no memory addresses), for keys."""
+    return _ADDRESS.sub("", " ".join(repr(target.preprocess).split()))
+
+
+class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
+    """Activations RPCs over one process-wide cache of loaded target models."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.device = resolve_device(self.settings.device)
+        self.models: ModelCache[Target] = ModelCache(on_load=lambda k, m: runtime.metrics.set_model_loaded(True))
+        self._shapes: dict[tuple[str, str], dict[str, list[int]]] = {}
+
+    def target(self, model: str, weights: str) -> Target:
+        """The loaded target for a request (default: the served model)."""
+        name = (model or self.settings.model).strip()
+        if not name:
+            raise invalid_argument("no target model given and the service serves none; set the request's model "
+                                   "(e.g. resnet50) or CDISSECT_MODEL")
+
+        def load() -> Target:
+            with self.runtime.metrics.stage("model_load"):
+                log.info("loading target %s (weights %s) on %s", name, weights or "default", self.device)
+                return load_target(name, weights or None, self.device)
+
+        try:
+            return self.models.get((name, weights, str(self.device)), load)
+        except UnknownModelError as exc:
+            raise invalid_argument(str(exc)) from None
+        except (WeightsUnavailableError, FileNotFoundError) as exc:
+            raise failed_precondition(f"cannot load weights of {name!r}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise invalid_argument(f"cannot load target {name!r}: {exc}") from None
+
+    def _check_layers(self, target: Target, layers: list[str]) -> None:
+        for layer in layers:
+            try:
+                resolve_layer(target.model, layer, target.name)
+            except UnknownLayerError as exc:
+                raise invalid_argument(str(exc)) from None
+
+    def ComputeShardActivations(self, request: activations_pb2.ComputeShardActivationsRequest,
+                                context: grpc.ServicerContext) -> activations_pb2.ComputeShardActivationsResponse:
+        """One artifact per requested layer for one shard; existing ones are reused."""
+        policy = check_bad_image_policy(request.on_bad_image)
+        layers = [l.strip() for l in request.layers]
+        if not layers or not all(layers):
+            raise invalid_argument("no layers requested (or a blank name); name at least one, e.g. 'layer4' "
+                                   "(see ListLayers)")
+        if len(set(layers)) != len(layers):
+            raise invalid_argument(f"layer list repeats a name: {layers}; list each layer once")
+        pooling, token_pooling = request.pooling or "avg", request.token_pooling or "cls"
+        try:
+            check_pooling(pooling, token_pooling)
+        except ValueError as exc:
+            raise invalid_argument(str(exc)) from None
+        shard = request.shard
+        if not shard.ref.key or not shard.ref.sha256:
+            raise invalid_argument("the request's shard has no ref.key/ref.sha256; pass a shard from a registered "
+                                   "dataset manifest")
+        try:
+            target = self.target(request.model, request.weights)
+            self._check_layers(target, layers)
+            keys = {layer: artifacts.content_key(
+                "activations", model_id=target.model_id, checkpoint_sha256=target.checkpoint_sha256, layer=layer,
+                pooling=pooling, token_pooling=token_pooling, preprocess_id=preprocess_id(target),
+                shard_sha256=shard.ref.sha256, on_bad_image=policy) for layer in layers}
+            refs = {layer: artifacts.find_artifact(self.runtime.store, key) for layer, key in keys.items()}
+            missing = [layer for layer in layers if refs[layer] is None]
+            reused = len(layers) - len(missing)
+            skipped_count = 0
+            if missing:
+                log.info("ComputeShardActivations shard=%d (%d images) layers=%s started", shard.index,
+                         len(shard.images), ",".join(missing))
+                computed, skipped = self._compute(target, missing, pooling, token_pooling, shard, policy)
+                skipped_count = len(skipped)
+                producer = {"service": SERVICE, "model_id": target.model_id,
+                            "checkpoint_sha256": target.checkpoint_sha256, "device": str(self.device),
+                            "pooling": pooling, "token_pooling": token_pooling, "shard_sha256": shard.ref.sha256,
+                            "code_version": artifacts.CODE_VERSION["activations"],
+                            "skipped_images": str(skipped_count)}
+                with self.runtime.metrics.stage("store_write"):
+                    for layer in missing:
+                        refs[layer] = artifacts.put_arrays(self.runtime.store, keys[layer],
+                                                           {artifacts.ACTIVATIONS: computed[layer]},
+                                                           {**producer, "layer": layer})
+                        self.runtime.metrics.add_bytes("write", computed[layer].nbytes)
+                log.info("ComputeShardActivations shard=%d done", shard.index)
+            else:
+                skipped_count = int(refs[layers[0]].producer.get("skipped_images", "0") or 0)
+            self.runtime.metrics.shard("reused" if not missing else "computed")
+            return activations_pb2.ComputeShardActivationsResponse(
+                activations=[refs[layer] for layer in layers], reused=reused, skipped_images=skipped_count)
+        except Exception:
+            self.runtime.metrics.shard("failed")
+            raise
+
+    def _compute(self, target: Target, layers: list[str], pooling: str, token_pooling: str,
+                 shard: common_pb2.Shard, policy: str) -> tuple[dict[str, np.ndarray], list[str]]:
+        with self.runtime.metrics.stage("read_shard"):
+            pairs = read_shard(self.runtime.store, shard)
+        self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
+        with self.runtime.metrics.stage("decode"):
+            images, skipped = decode_images([(e.name, b) for e, b in pairs], policy, where=f"shard {shard.index}")
+        if not images:
+            raise invalid_argument(f"every image of shard {shard.index} was unreadable ({len(skipped)} skipped)")
+        with self.runtime.metrics.stage("preprocess"):
+            tensors = [target.preprocess(img) for img in images]
+        parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+        recorder = LayerRecorder(target.model, layers, pooling, token_pooling, model_name=target.name)
+        batch = self.settings.batch_size
+        for start in range(0, len(tensors), batch):
+            stacked = torch.stack(tensors[start:start + batch])
+            with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
+                with recorder:
+                    out = recorder.record(stacked)
+                for layer in layers:
+                    parts[layer].append(out[layer].float().cpu().numpy())
+        self.runtime.metrics.add_images(len(tensors))
+        return {layer: np.concatenate(p).astype(np.float32) for layer, p in parts.items()}, skipped
+
+    def ListLayers(self, request: activations_pb2.ListLayersRequest,
+                   context: grpc.ServicerContext) -> activations_pb2.ListLayersResponse:
+        """Every hookable module of the model with its per-image output shape (one probe forward)."""
+        target = self.target(request.model, request.weights)
+        shapes = self._output_shapes(target)
+        return activations_pb2.ListLayersResponse(layers=[
+            activations_pb2.LayerInfo(name=info.name, kind=info.kind, output_shape=shapes.get(info.name, []))
+            for info in list_layers(target.model)])
+
+    def _output_shapes(self, target: Target) -> dict[str, list[int]]:
+        """Output shape of every module on a grey probe image (modules not called get none)."""
+        cache_key = (target.model_id, target.checkpoint_sha256)
+        if cache_key in self._shapes:
+            return self._shapes[cache_key]
+        from PIL import Image
+
+        names = {info.name for info in list_layers(target.model)}
+        shapes: dict[str, list[int]] = {}
+        handles = []
+        for name in names:
+            module = resolve_layer(target.model, name, target.name)
+
+            def hook(_m: torch.nn.Module, _i: object, output: object, name: str = name) -> None:
+                tensor = output[0] if isinstance(output, (tuple, list)) and output else output
+                if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1:
+                    shapes[name] = [int(s) for s in tensor.shape[1:]]
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            probe = target.preprocess(Image.new("RGB", (224, 224), (127, 127, 127))).unsqueeze(0)
+            param = next(target.model.parameters(), None)
+            if param is not None:
+                probe = probe.to(param.device, param.dtype)
+            with self.runtime.device_lock, torch.no_grad():
+                target.model(probe)
+        except Exception as exc:  # noqa: BLE001 - shapes are optional; the names still help
+            log.warning("probe forward of %s failed (%s); listing layers without shapes", target.name, exc)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._shapes[cache_key] = shapes
+        return shapes
+
+    def ListModels(self, request: common_pb2.ListModelsRequest,
+                   context: grpc.ServicerContext) -> common_pb2.ListModelsResponse:
+        """Target models the zoo knows, and the served default."""
+        return common_pb2.ListModelsResponse(models=available_models(), served=self.settings.model)
+
+    def warmup(self) -> None:
+        """Load the served model (CDISSECT_MODEL) and run one probe forward pass through it."""
+        if self.settings.model:
+            self._output_shapes(self.target(self.settings.model, ""))
+
+
+def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], ActivationsServicer]:
+    """The servicers of this service, for ``run_service``."""
+    servicer = ActivationsServicer(runtime)
+    full_name = activations_pb2.DESCRIPTOR.services_by_name["Activations"].full_name
+    return [Registration(servicer, activations_pb2_grpc.add_ActivationsServicer_to_server, full_name)], servicer

@@ -1,0 +1,225 @@
+"""The Embedder gRPC servicer: adapts RPCs to the CLIP backends (``backends.registry``).
+
+Shard and concept RPCs write L2-normalised embeddings to the store under content keys
+(model id, checkpoint digest, preprocessing, precision, input digests, code version) and are
+idempotent: an existing artifact is returned at once with ``reused=true``. The inline RPCs
+return vectors directly, for other projects that want CLIP as a service.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+import torch
+
+from cdissect.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
+from cdissect_common import artifacts
+from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument
+from cdissect_common.images import check_bad_image_policy, decode_images
+from cdissect_common.manifest import read_shard
+from cdissect_common.model_cache import ModelCache
+from cdissect_common.server import Registration, ServiceRuntime
+from cdissect_embedder.backends.base import ClipBackend, resolve_device
+from cdissect_embedder.backends.registry import available_models, load_backend
+
+log = logging.getLogger("cdissect.embedder")
+SERVICE = "embedder"
+MAX_INLINE_ITEMS = 4096
+TEXT_CHUNK = 1024
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
+    """Embedder RPCs over one process-wide cache of loaded backends."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.device = resolve_device(self.settings.device)
+        self.models: ModelCache[ClipBackend] = ModelCache(
+            on_load=lambda key, model: runtime.metrics.set_model_loaded(True))
+
+    # ---------------------------------------------------------------- helpers
+    def backend(self, model: str, precision: str = "") -> ClipBackend:
+        """The loaded backend for a request's model (default: the served model) and precision."""
+        name = (model or self.settings.model).strip()
+        if not name:
+            raise invalid_argument("no CLIP model given and the embedder serves none; set the request's model "
+                                   "(e.g. ViT-B/16 or a checkpoint path) or CDISSECT_MODEL")
+        precision = precision.strip() or None
+
+        def load() -> ClipBackend:
+            with self.runtime.metrics.stage("model_load"):
+                log.info("loading CLIP model %s on %s (precision %s)", name, self.device, precision or "default")
+                return load_backend(name, self.device, precision)
+
+        try:
+            return self.models.get((name, str(self.device), precision), load)
+        except (LookupError, FileNotFoundError, ValueError, TypeError) as exc:
+            raise invalid_argument(f"cannot load CLIP model {name!r}: {exc}") from None
+        except RuntimeError as exc:  # weights unavailable (offline) and similar
+            raise failed_precondition(f"cannot load CLIP model {name!r}: {exc}") from None
+
+    def _encode_images(self, backend: ClipBackend, pil_images: list) -> np.ndarray:
+        """Preprocess on the host, then encode in batches, one batch at a time on the device."""
+        with self.runtime.metrics.stage("preprocess"):
+            tensors = [backend.preprocess(img) for img in pil_images]
+        out = []
+        batch = self.settings.batch_size
+        for start in range(0, len(tensors), batch):
+            stacked = torch.stack(tensors[start:start + batch])
+            with self.runtime.device_lock, self.runtime.metrics.stage("encode_images"):
+                out.append(backend.encode_images(stacked).numpy())
+        self.runtime.metrics.add_images(len(tensors))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, backend.embed_dim), np.float32)
+
+    def _encode_texts(self, backend: ClipBackend, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), TEXT_CHUNK):
+            with self.runtime.device_lock, self.runtime.metrics.stage("encode_texts"):
+                out.append(backend.encode_texts(list(texts[start:start + TEXT_CHUNK]), list(templates) or None).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def _producer(self, backend: ClipBackend, kind: str, **extra: object) -> dict[str, str]:
+        info = {"service": SERVICE, **backend.describe(), "device": str(self.device),
+                "code_version": artifacts.CODE_VERSION[kind]}
+        info.update({k: str(v) for k, v in extra.items()})
+        return info
+
+    def _store(self, key: str, array: np.ndarray, producer: dict[str, str]) -> common_pb2.ArtifactRef:
+        with self.runtime.metrics.stage("store_write"):
+            ref = artifacts.put_arrays(self.runtime.store, key, {artifacts.EMBEDDINGS: array}, producer)
+        self.runtime.metrics.add_bytes("write", self.runtime.store.stat(key).size)
+        return ref
+
+    # ---------------------------------------------------------------- RPCs
+    def EmbedImageShard(self, request: embedder_pb2.EmbedImageShardRequest,
+                        context: grpc.ServicerContext) -> embedder_pb2.EmbedResponse:
+        """Embed every image of one shard; returns the [n, d] artifact (reused if it exists)."""
+        policy = check_bad_image_policy(request.on_bad_image)
+        shard = request.shard
+        if not shard.ref.key or not shard.ref.sha256:
+            raise invalid_argument("the request's shard has no ref.key/ref.sha256; pass a shard from a registered "
+                                   "dataset manifest")
+        try:
+            backend = self.backend(request.model, request.precision)
+            key = artifacts.content_key("embeddings/image", model_id=backend.model_id,
+                                        checkpoint_sha256=backend.checkpoint_sha256,
+                                        preprocess_id=backend.preprocess_id, dtype=backend.dtype,
+                                        shard_sha256=shard.ref.sha256, on_bad_image=policy)
+            existing = artifacts.find_artifact(self.runtime.store, key)
+            if existing is not None:
+                self.runtime.metrics.shard("reused")
+                return _embed_response(existing, reused=True)
+            log.info("EmbedImageShard shard=%d (%d images) started", shard.index, len(shard.images))
+            with self.runtime.metrics.stage("read_shard"):
+                pairs = read_shard(self.runtime.store, shard)
+            self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
+            with self.runtime.metrics.stage("decode"):
+                images, skipped = decode_images([(e.name, b) for e, b in pairs], policy, where=f"shard {shard.index}")
+            if not images:
+                raise invalid_argument(f"every image of shard {shard.index} was unreadable ({len(skipped)} skipped)")
+            emb = self._encode_images(backend, images)
+            ref = self._store(key, emb, self._producer(backend, "embeddings/image", shard_sha256=shard.ref.sha256,
+                                                       skipped_images=len(skipped),
+                                                       skipped_names=",".join(skipped)[:1000]))
+            self.runtime.metrics.shard("computed")
+            log.info("EmbedImageShard shard=%d done", shard.index)
+            return _embed_response(ref, reused=False)
+        except Exception:
+            self.runtime.metrics.shard("failed")
+            raise
+
+    def EmbedConcepts(self, request: embedder_pb2.EmbedConceptsRequest,
+                      context: grpc.ServicerContext) -> embedder_pb2.EmbedResponse:
+        """Embed a concept list (raw strings, or averaged over templates) into a [C, d] artifact."""
+        concepts = list(request.concepts)
+        _check_texts(concepts, "concept list", "concept")
+        backend = self.backend(request.model, request.precision)
+        digest = hashlib.sha256("\n".join(concepts).encode()).hexdigest()
+        key = artifacts.content_key("embeddings/text", model_id=backend.model_id,
+                                    checkpoint_sha256=backend.checkpoint_sha256, dtype=backend.dtype,
+                                    concepts_sha256=digest, templates=list(request.prompt_templates))
+        existing = artifacts.find_artifact(self.runtime.store, key)
+        if existing is not None:
+            return embedder_pb2.EmbedResponse(embeddings=existing, reused=True)
+        emb = self._texts_or_error(backend, concepts, request.prompt_templates)
+        ref = self._store(key, emb, self._producer(backend, "embeddings/text", concepts_sha256=digest,
+                                                   rows=len(concepts)))
+        return embedder_pb2.EmbedResponse(embeddings=ref, reused=False)
+
+    def _texts_or_error(self, backend: ClipBackend, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        try:
+            return self._encode_texts(backend, texts, templates)
+        except (ValueError, TypeError) as exc:
+            raise invalid_argument(str(exc)) from None
+
+    def EmbedTexts(self, request: embedder_pb2.EmbedTextsRequest, context: grpc.ServicerContext) -> embedder_pb2.Vectors:
+        """Inline text embeddings (always L2-normalised: the backends return unit vectors)."""
+        texts = list(request.texts)
+        _check_texts(texts, "text list", "text")
+        if len(texts) > MAX_INLINE_ITEMS:
+            raise invalid_argument(f"{len(texts)} texts in one inline call; send at most {MAX_INLINE_ITEMS} per "
+                                   f"call or use EmbedConcepts")
+        backend = self.backend(request.model)
+        return self._vectors(backend, self._texts_or_error(backend, texts, request.prompt_templates))
+
+    def EmbedImages(self, request: embedder_pb2.EmbedImagesRequest,
+                    context: grpc.ServicerContext) -> embedder_pb2.Vectors:
+        """Inline image embeddings of encoded images (JPEG/PNG bytes), L2-normalised."""
+        if not request.images:
+            raise invalid_argument("no images in the request; send encoded JPEG/PNG bytes in 'images'")
+        if len(request.images) > MAX_INLINE_ITEMS:
+            raise invalid_argument(f"{len(request.images)} images in one inline call; send at most "
+                                   f"{MAX_INLINE_ITEMS} or register a dataset")
+        backend = self.backend(request.model)
+        images, _ = decode_images([(f"images[{i}]", b) for i, b in enumerate(request.images)], "error")
+        return self._vectors(backend, self._encode_images(backend, images))
+
+    def ListModels(self, request: common_pb2.ListModelsRequest,
+                   context: grpc.ServicerContext) -> common_pb2.ListModelsResponse:
+        """The CLIP models this embedder can load, and the one it serves by default."""
+        return common_pb2.ListModelsResponse(models=available_models(), served=self.settings.model)
+
+    def _vectors(self, backend: ClipBackend, array: np.ndarray) -> embedder_pb2.Vectors:
+        return embedder_pb2.Vectors(vectors=[embedder_pb2.Vector(values=row.tolist()) for row in array],
+                                    model_id=backend.model_id, checkpoint_sha256=backend.checkpoint_sha256,
+                                    dtype=backend.dtype, device=str(self.device))
+
+    def warmup(self) -> None:
+        """Load the served model (CDISSECT_MODEL) and run one image and one text through it."""
+        if not self.settings.model:
+            return
+        from PIL import Image
+
+        backend = self.backend(self.settings.model)
+        self._encode_images(backend, [Image.new("RGB", (224, 224), (127, 127, 127))])
+        self._encode_texts(backend, ["warm-up"], [])
+
+
+def _check_texts(texts: list[str], what: str, item: str) -> None:
+    if not texts:
+        raise invalid_argument(f"empty {what}: send at least one {item} (an empty concept file yields none)")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise invalid_argument(f"{item} #{blank[0]} of the {what} is blank ({len(blank)} blank in all); drop "
+                               f"blank lines")
+
+
+def _embed_response(ref: common_pb2.ArtifactRef, reused: bool) -> embedder_pb2.EmbedResponse:
+    names = ref.producer.get("skipped_names", "")
+    return embedder_pb2.EmbedResponse(embeddings=ref, reused=reused,
+                                      skipped_images=int(ref.producer.get("skipped_images", "0") or 0),
+                                      skipped_names=[n for n in names.split(",") if n])
+
+
+def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], EmbedderServicer]:
+    """The servicers of this service, for ``run_service``."""
+    servicer = EmbedderServicer(runtime)
+    full_name = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+    return [Registration(servicer, embedder_pb2_grpc.add_EmbedderServicer_to_server, full_name)], servicer
+
+
+__all__ = ["EmbedderServicer", "registrations", "ServiceError"]
