@@ -131,3 +131,38 @@ def test_labels_cannot_inject_markup(tmp_path: Path) -> None:
 def test_missing_results_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(CliError, match="cdissect run"):
         write_report(tmp_path)
+
+
+def test_report_command_and_analyses_links(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from cdissect_cli.analysis_commands import register
+
+    run_dir = build_run(tmp_path)
+    (run_dir / "analyses").mkdir()
+    (run_dir / "analyses" / "weights_layer4_fc.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(run_dir / "report.html")
+    html = (run_dir / "report.html").read_text()
+    assert 'href="analyses/weights_layer4_fc.svg"' in html and '<img src="analyses/weights_layer4_fc.svg"' in html
+
+
+@pytest.mark.slow
+def test_html_stays_small_for_five_layers_of_2048_units(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    layers = [LayerResult(
+        name=f"layer{i}", labels_key="", activation_keys=[], image_embedding_keys=[], text_embedding_key="",
+        concept_ids=rng.integers(0, len(WORDS), size=(2048, 5)), scores=rng.uniform(size=(2048, 5)),
+        top_images=rng.integers(0, 1000, size=(2048, 10)), dead=np.zeros(2048, dtype=bool),
+        quality_auc=rng.uniform(size=2048), quality_p=rng.uniform(size=2048)) for i in range(5)]
+    write_run_folder(tmp_path, RunResult(
+        spec=resolve_spec(None, {}), dataset={}, concepts_name="w", concepts_sha256="0", words=WORDS,
+        layers=layers))
+    html = write_report(tmp_path, images=False)
+    assert html.stat().st_size < 20_000
+    sizes = [p.stat().st_size for p in (tmp_path / "assets" / "data").glob("layer-*.js")]
+    assert len(sizes) == 5 and max(sizes) < 600_000  # one layer's data loads in well under a second
