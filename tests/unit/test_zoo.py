@@ -50,15 +50,15 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 # (model, input size, {layer: units}); ViTs need their 224 input, the others take a small one.
 ZOO_CASES = [
-    ("resnet18", 64, {"conv1": 64, "layer1": 64, "layer4": 512, "fc": 1000}),
-    ("resnet34", 64, {"layer3": 256, "layer4": 512}),
-    ("resnet50", 64, {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048, "fc": 1000}),
-    ("resnet101", 64, {"layer4": 2048, "layer4[2].conv3": 2048}),
-    ("resnet152", 64, {"layer3": 1024, "fc": 1000}),
+    ("resnet18", 32, {"conv1": 64, "layer1": 64, "layer4": 512, "fc": 1000}),
+    ("resnet34", 32, {"layer3": 256, "layer4": 512}),
+    ("resnet50", 32, {"conv1": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048, "fc": 1000}),
+    ("resnet101", 32, {"layer4": 2048, "layer4[2].conv3": 2048}),
+    ("resnet152", 32, {"layer3": 1024, "fc": 1000}),
     ("vit_b_16", 224, {"encoder": 768, "encoder.layers.encoder_layer_10.mlp[1]": 3072}),
     ("vit_b_32", 224, {"encoder": 768, "heads": 1000}),
-    ("convnext_tiny", 64, {"features[5]": 384, "features[7]": 768, "classifier": 1000}),
-    ("efficientnet_b0", 64, {"features[3]": 40, "features[8]": 1280, "classifier[1]": 1000}),
+    ("convnext_tiny", 32, {"features[5]": 384, "features[7]": 768, "classifier": 1000}),
+    ("efficientnet_b0", 32, {"features[3]": 40, "features[8]": 1280, "classifier[1]": 1000}),
 ]
 
 
@@ -70,8 +70,8 @@ def test_zoo_model_builds_random_and_hooks_its_layers(name: str, size: int, unit
     assert target.checkpoint_sha256 == "random-init:0"
     assert target.model_id == f"torchvision:{name}:random-init:0"
     with LayerRecorder(target.model, list(units)) as rec:
-        out = rec.record(torch.randn(2, 3, size, size))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, u) for k, u in units.items()}
+        out = rec.record(torch.randn(1, 3, size, size))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (1, u) for k, u in units.items()}
     assert all(v.dtype == torch.float32 for v in out.values())
 
 
@@ -222,8 +222,13 @@ def test_unknown_weights_name_lists_choices() -> None:
         load_target("resnet50", "IMAGENET1K_V9")
 
 
-def test_layer_paths_resolve_in_both_syntaxes() -> None:
-    model = load_target("resnet50", "none").model
+@pytest.fixture(scope="module")
+def resnet50() -> torch.nn.Module:
+    return load_target("resnet50", "none").model
+
+
+def test_layer_paths_resolve_in_both_syntaxes(resnet50: torch.nn.Module) -> None:
+    model = resnet50
     conv3 = model.layer4[2].conv3
     assert resolve_layer(model, "layer4[2].conv3") is conv3
     assert resolve_layer(model, "layer4.2.conv3") is conv3
@@ -237,8 +242,8 @@ def test_layer_paths_resolve_in_both_syntaxes() -> None:
         resolve_layer(model, "layer4; import os")
 
 
-def test_unknown_layer_lists_close_names() -> None:
-    model = load_target("resnet50", "none").model
+def test_unknown_layer_lists_close_names(resnet50: torch.nn.Module) -> None:
+    model = resnet50
     with pytest.raises(UnknownLayerError) as err:
         resolve_layer(model, "layer4[2].conv4", model_name="resnet50")
     message = str(err.value)
