@@ -1,0 +1,124 @@
+"""cdissect_common.server in-process: status codes from exceptions, error metrics, bearer auth with
+grpc.health.v1 exempt, TLS, and health switching. The servicer here raises on purpose."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cdissect.v1 import labeler_pb2, labeler_pb2_grpc
+from cdissect_common.clients import make_channel
+from cdissect_common.config import Settings, load_settings
+from cdissect_common.errors import invalid_argument
+from cdissect_common.server import Registration, ServiceRuntime, ServiceServer
+from cdissect_common.store import ObjectNotFoundError
+
+
+class RaisingLabeler(labeler_pb2_grpc.LabelerServicer):
+    """Answers LabelLayer according to the requested layer name, to exercise error mapping."""
+
+    def LabelLayer(self, request: labeler_pb2.LabelLayerRequest, context: grpc.ServicerContext):
+        if request.layer == "missing":
+            raise ObjectNotFoundError("no object 'labels/x' in file:///s")
+        if request.layer == "bad":
+            raise invalid_argument("layer 'bad' is bad; use a good one")
+        if request.layer == "aborted":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+        if request.layer == "crash":
+            raise RuntimeError("kaboom")
+        return labeler_pb2.LabelLayerResponse(reused=True)
+
+
+def _settings(tmp_path: Path, **extra: str) -> Settings:
+    env = {"CDISSECT_HOST": "127.0.0.1", "CDISSECT_PORT": "0", "CDISSECT_METRICS_PORT": "0",
+           "CDISSECT_STORE": f"file://{tmp_path}/store", **extra}
+    return load_settings("labeler", env=env, config_file=None)
+
+
+def _start(settings: Settings) -> ServiceServer:
+    runtime = ServiceRuntime("labeler", settings)
+    full = labeler_pb2.DESCRIPTOR.services_by_name["Labeler"].full_name
+    return ServiceServer(runtime, [Registration(RaisingLabeler(), labeler_pb2_grpc.add_LabelerServicer_to_server,
+                                                full)])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServiceServer]:
+    srv = _start(_settings(tmp_path, CDISSECT_AUTH_TOKEN="tok"))
+    yield srv
+    srv.stop(grace=0)
+
+
+def _client(server: ServiceServer, token: str | None) -> grpc.Channel:
+    settings = load_settings(env={"CDISSECT_AUTH_TOKEN": token} if token else {}, config_file=None)
+    return make_channel(f"127.0.0.1:{server.port}", settings)
+
+
+@pytest.mark.parametrize("layer,code,needle", [
+    ("missing", grpc.StatusCode.NOT_FOUND, "no object 'labels/x'"),
+    ("bad", grpc.StatusCode.INVALID_ARGUMENT, "use a good one"),
+    ("aborted", grpc.StatusCode.PERMISSION_DENIED, "not yours"),
+    ("crash", grpc.StatusCode.INTERNAL, "RuntimeError: kaboom"),
+])
+def test_exceptions_become_status_codes(server: ServiceServer, layer: str, code: grpc.StatusCode,
+                                        needle: str) -> None:
+    stub = labeler_pb2_grpc.LabelerStub(_client(server, "tok"))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.LabelLayer(labeler_pb2.LabelLayerRequest(layer=layer), timeout=10)
+    assert info.value.code() == code and needle in info.value.details()
+    errors = server.runtime.metrics.rpc_errors.labels("labeler", "LabelLayer", code.name)
+    assert errors._value.get() == 1
+
+
+def test_auth_required_but_health_exempt(server: ServiceServer) -> None:
+    ok = labeler_pb2_grpc.LabelerStub(_client(server, "tok")).LabelLayer(labeler_pb2.LabelLayerRequest(layer="x"),
+                                                                         timeout=10)
+    assert ok.reused
+    for token in (None, "nope"):
+        with pytest.raises(grpc.RpcError) as info:
+            labeler_pb2_grpc.LabelerStub(_client(server, token)).LabelLayer(labeler_pb2.LabelLayerRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    health = health_pb2_grpc.HealthStub(_client(server, None))
+    check = health.Check(health_pb2.HealthCheckRequest(service="cdissect.v1.Labeler"), timeout=10)
+    assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    server.runtime.set_serving(True)
+    check = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    assert server.runtime.metrics.rpc_errors.labels("labeler", "LabelLayer", "UNAUTHENTICATED")._value.get() == 2
+
+
+def test_stop_reports_not_serving_and_closes(tmp_path: Path) -> None:
+    srv = _start(_settings(tmp_path))
+    srv.runtime.set_serving(True)
+    srv.stop(grace=1)
+    status = srv.runtime.health.Check(health_pb2.HealthCheckRequest(service="cdissect.v1.Labeler"), None).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    with pytest.raises(grpc.RpcError) as info:
+        labeler_pb2_grpc.LabelerStub(channel).LabelLayer(labeler_pb2.LabelLayerRequest(), timeout=2)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_tls_with_token(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    srv = _start(_settings(tmp_path, CDISSECT_TLS_CERT=str(cert), CDISSECT_TLS_KEY=str(key),
+                           CDISSECT_AUTH_TOKEN="tok"))
+    try:
+        client = load_settings(env={"CDISSECT_TLS_CA": str(cert), "CDISSECT_AUTH_TOKEN": "tok"}, config_file=None)
+        stub = labeler_pb2_grpc.LabelerStub(make_channel(f"localhost:{srv.port}", client))
+        assert stub.LabelLayer(labeler_pb2.LabelLayerRequest(layer="x"), timeout=10).reused
+        plain = labeler_pb2_grpc.LabelerStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}"))
+        with pytest.raises(grpc.RpcError) as info:
+            plain.LabelLayer(labeler_pb2.LabelLayerRequest(layer="x"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        srv.stop(grace=0)
