@@ -229,3 +229,19 @@ def test_every_image_has_a_dockerfile_and_every_dockerfile_is_deployed(rendered:
         assert f'ENTRYPOINT ["python", "-m", "{defaults.module}"]' in text
         assert f'"--service", "{defaults.health_name}", "--port", "{defaults.port}"' in text
         assert re.search(rf"^EXPOSE {defaults.port} {defaults.metrics_port}$", text, re.M), name
+
+
+def test_example_cli_job_points_at_the_services_with_known_settings(rendered: dict, tmp_path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all((K8S / "examples" / "cli-run-job.yaml").read_text()) if d]
+    (job,) = find(docs, "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = container_env(rendered["base"], container)
+    assert secret_references(docs) <= _secrets_created_by_up_sh()
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    settings = load_settings(None, env=env, config_file=config)
+    for name, defaults in SERVICE_DEFAULTS.items():
+        (endpoint,) = settings.endpoints(name)
+        assert endpoint == f"{name}:{defaults.port}", name
+        one(rendered["base"], "Service", name)
+    assert settings.store.startswith("s3://") and settings.auth_token_file.endswith("/token")

@@ -4,10 +4,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import yaml
 
-from deploy_helpers import OVERLAYS, TREES, find, one, pod_specs, rendered, rendered_text, tool  # noqa: F401
+from deploy_helpers import K8S, OVERLAYS, TREES, find, one, pod_specs, rendered, rendered_text, tool  # noqa: F401
 
 SERVICES = ("embedder", "activations", "labeler")
+EXAMPLE = K8S / "examples" / "cli-run-job.yaml"
 
 
 @pytest.mark.parametrize("version", ["1.30", "1.37"])
@@ -133,3 +135,23 @@ def test_overlays_keep_every_base_resource(rendered: dict) -> None:
     names = {(d["kind"], d["metadata"]["name"]) for d in rendered["base"]}
     for overlay in OVERLAYS:
         assert {(d["kind"], d["metadata"]["name"]) for d in rendered[f"overlays/{overlay}"]} == names, overlay
+
+
+def test_example_cli_job_validates_and_is_admitted_by_the_policies(rendered: dict) -> None:
+    text = EXAMPLE.read_text()
+    for version in ("1.30", "1.37"):
+        proc = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", version, "-"], input=text,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    (job,) = find(docs, "Job")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(rendered["base"], "NetworkPolicy")}
+    for policy in ("grpc-from-clients", "minio-from-clients"):
+        (peer,) = policies[policy]["ingress"][0]["from"]
+        assert peer["podSelector"]["matchLabels"].items() <= labels.items(), policy
+    spec = job["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (container,) = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["image"] in {c["image"] for _n, s in pod_specs(rendered["base"]) for c in s["containers"]}
