@@ -47,8 +47,12 @@ def _services(run: RunResults, flags: ConnectionFlags, need: tuple[str, ...], co
         overrides["store"] = run.store_url or None
     settings = load_cli_settings(flags.config, **overrides)
     with Connection(settings, flags, console, need=need, open_object_store=with_store) as connection:
-        console.print(f"[dim]services: {connection.describe()}[/dim]")
         yield connection
+
+
+def _report_hint(run_dir: Path) -> None:
+    """Tell the user how to see the new outputs in the report."""
+    _console().print(f"[dim]`cdissect report {run_dir}` links these outputs from the HTML report[/dim]")
 
 
 def _stub(connection, service: str):
@@ -73,11 +77,16 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
                                           "list: imagenet, places365, ...")] = "imagenet",
                 no_embed: Annotated[bool, typer.Option("--no-embed", help="Accuracy only: skip the cosine "
                                                        "metrics (no services needed).")] = False,
+                sentence_model: Annotated[Optional[str], typer.Option(
+                    "--sentence-model", help="Sentence-embedding model for the second cosine, e.g. "
+                    "sentence:/path/to/all-mpnet-base-v2 (default: sentence:all-mpnet-base-v2 when the "
+                    "embedder can load it, else sentence:all-MiniLM-L6-v2).")] = None,
                 config: ConfigOpt = None, embedder: EmbedderOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
                 retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
     """Top-1/top-5 accuracy of "label == class name" and mean label-class cosine (paper Tables 2/3)."""
     from cdissect_cli.analyses.class_names import load_class_names
     from cdissect_cli.analyses.final_layer import add_cosines, accuracy, write_final_layer
+    from cdissect_cli.analyses.service_calls import SENTENCE_MODELS
 
     console = _console()
     run = load_run(run_dir)
@@ -85,7 +94,8 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
     if not no_embed:
         flags = ConnectionFlags(config=config, embedder=embedder, deadline_s=deadline, retry_s=retry_timeout)
         with _services(run, flags, ("embedder",), console, with_store=False) as connection:
-            add_cosines(result, _stub(connection, "embedder"), run.clip_model)
+            add_cosines(result, _stub(connection, "embedder"), run.clip_model,
+                        [sentence_model] if sentence_model else SENTENCE_MODELS)
     table = Table(title=f"final layer {layer}: {result.units} units vs {class_names}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -100,6 +110,7 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
     Console().print(table)
     for path in write_final_layer(run_dir, result):
         typer.echo(str(path))
+    _report_hint(run_dir)
 
 
 def compose(run_dir: RunDirArg, layer: LayerOpt,
@@ -134,6 +145,7 @@ def compose(run_dir: RunDirArg, layer: LayerOpt,
     Console().print(table)
     for path in write_compose(run_dir, layer, top, rows):
         typer.echo(str(path))
+    _report_hint(run_dir)
 
 
 def weights(run_dir: RunDirArg,
@@ -177,6 +189,7 @@ def weights(run_dir: RunDirArg,
                    f"{result.pearson_similarity_max_weight:.4f} (p = {result.pearson_similarity_max_weight_p:.2g})")
     for path in write_weights(run_dir, result):
         typer.echo(str(path))
+    _report_hint(run_dir)
 
 
 def compare(a: Annotated[Path, typer.Argument(help="Descriptions CSV (or run folder).")],

@@ -115,8 +115,9 @@ def histogram_svg(values: Sequence[float], title: str, xlabel: str, bins: int = 
 
 
 def line_plot_svg(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str,
-                  ylabel: str, log_x: bool = False, reference_y: float | None = None) -> str:
-    """Line plot with markers (x on a log2 axis when `log_x`), optional dashed horizontal line."""
+                  ylabel: str, log_x: bool = False, reference_y: float | None = None,
+                  reference_label: str = "") -> str:
+    """Line plot with markers (x on a log2 axis when `log_x`), optional labelled dashed horizontal line."""
     x = np.asarray(xs, dtype=np.float64)
     y = np.asarray(ys, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
@@ -160,6 +161,8 @@ def line_plot_svg(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: 
         ry = to_y(reference_y)
         parts.append(f'<line x1="{MARGIN_LEFT}" y1="{ry:.1f}" x2="{WIDTH - MARGIN_RIGHT}" y2="{ry:.1f}" '
                      f'stroke="#777" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{WIDTH - MARGIN_RIGHT}" y="{ry - 4:.1f}" text-anchor="end" font-size="10" '
+                     f'fill="#555" {FONT}>{escape(reference_label)} {reference_y:.4g}</text>')
     points = " ".join(f"{to_x(a):.1f},{to_y(b):.1f}" for a, b in zip(tx, y))
     parts.append(f'<polyline points="{points}" fill="none" stroke="{LINE_COLOUR}" stroke-width="1.5"/>')
     for a, b, raw in zip(tx, y, x):

@@ -164,5 +164,5 @@ def write_weights(run_dir: Path, report: WeightsReport) -> list[Path]:
     svg_path.write_text(line_plot_svg(
         report.ks, report.mean_cos_top_k, f"{report.from_layer} -> {report.to_layer}: label similarity "
         f"of the top-k weights", "k (largest weights)", "mean CLIP cos", log_x=True,
-        reference_y=report.mean_cos_all), encoding="utf-8")
+        reference_y=report.mean_cos_all, reference_label="all weights:"), encoding="utf-8")
     return [json_path, csv_path, svg_path]
