@@ -23,7 +23,7 @@ from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelErr
                                       load_target, resolve_device, resolve_layer)
 from cdissect_common import artifacts
 from cdissect_common.errors import failed_precondition, invalid_argument
-from cdissect_common.images import check_bad_image_policy, decode_images
+from cdissect_common.images import check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
 from cdissect_common.server import Registration, ServiceRuntime
@@ -137,23 +137,25 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         with self.runtime.metrics.stage("read_shard"):
             pairs = read_shard(self.runtime.store, shard)
         self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
-        with self.runtime.metrics.stage("decode"):
-            images, skipped = decode_images([(e.name, b) for e, b in pairs], policy, where=f"shard {shard.index}")
-        if not images:
-            raise invalid_argument(f"every image of shard {shard.index} was unreadable ({len(skipped)} skipped)")
-        with self.runtime.metrics.stage("preprocess"):
-            tensors = [target.preprocess(img) for img in images]
         parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+        skipped: list[str] = []
         recorder = LayerRecorder(target.model, layers, pooling, token_pooling, model_name=target.name)
-        batch = self.settings.batch_size
-        for start in range(0, len(tensors), batch):
-            stacked = torch.stack(tensors[start:start + batch])
+        batches = prepared_batches([(e.name, b) for e, b in pairs], self.settings.batch_size, target.preprocess,
+                                   policy, where=f"shard {shard.index}")
+        for tensors, skipped_here in batches:
+            skipped.extend(skipped_here)
+            if not tensors:
+                continue
+            batch = torch.stack(tensors)
             with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
                 with recorder:
-                    out = recorder.record(stacked)
+                    out = recorder.record(batch)
                 for layer in layers:
                     parts[layer].append(out[layer].float().cpu().numpy())
-        self.runtime.metrics.add_images(len(tensors))
+            self.runtime.metrics.add_images(len(tensors))
+        if not parts[layers[0]]:
+            raise invalid_argument(f"every image of shard {shard.index} was unreadable ({len(skipped)} skipped); "
+                                   f"check the probe set")
         return {layer: np.concatenate(p).astype(np.float32) for layer, p in parts.items()}, skipped
 
     def ListLayers(self, request: activations_pb2.ListLayersRequest,

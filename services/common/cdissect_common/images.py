@@ -6,12 +6,14 @@ shard, or the labeler would pair the wrong rows; so both decode through ``decode
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from .errors import invalid_argument
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+T = TypeVar("T")
 
 
 def check_bad_image_policy(value: str) -> str:
@@ -44,3 +46,31 @@ def decode_images(items: Sequence[tuple[str, bytes]], on_bad_image: str = "error
                     f"{exc}); remove or replace it, or set on_bad_image=skip") from None
             skipped.append(name)
     return images, skipped
+
+
+def prepared_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prepare: Callable[[Any], T],
+                     on_bad_image: str = "error", where: str = "") -> Iterator[tuple[list[T], list[str]]]:
+    """Decode and ``prepare`` (e.g. the model's preprocessing) the images batch by batch.
+
+    The next batch is prepared on a helper thread while the caller computes on the current one,
+    so the device does not wait for JPEG decoding; only two batches are held in memory at a
+    time. Yields (prepared images, names skipped in that batch).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    policy = check_bad_image_policy(on_bad_image)
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+
+    def work(chunk: Sequence[tuple[str, bytes]]) -> tuple[list[T], list[str]]:
+        images, skipped = decode_images(chunk, policy, where)
+        return [prepare(img) for img in images], skipped
+
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
+        pending: Future = pool.submit(work, chunks[0])
+        for nxt in chunks[1:]:
+            current = pending.result()
+            pending = pool.submit(work, nxt)
+            yield current
+        yield pending.result()

@@ -18,7 +18,7 @@ import torch
 from cdissect.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from cdissect_common import artifacts
 from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument
-from cdissect_common.images import check_bad_image_policy, decode_images
+from cdissect_common.images import check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
 from cdissect_common.server import Registration, ServiceRuntime
@@ -62,18 +62,24 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         except RuntimeError as exc:  # weights unavailable (offline) and similar
             raise failed_precondition(f"cannot load CLIP model {name!r}: {exc}") from None
 
-    def _encode_images(self, backend: ClipBackend, pil_images: list) -> np.ndarray:
-        """Preprocess on the host, then encode in batches, one batch at a time on the device."""
-        with self.runtime.metrics.stage("preprocess"):
-            tensors = [backend.preprocess(img) for img in pil_images]
-        out = []
-        batch = self.settings.batch_size
-        for start in range(0, len(tensors), batch):
-            stacked = torch.stack(tensors[start:start + batch])
+    def _embed_images(self, backend: ClipBackend, items: list[tuple[str, bytes]], policy: str,
+                      where: str = "") -> tuple[np.ndarray, list[str]]:
+        """Decode+preprocess on a helper thread, encode batch by batch under the device lock."""
+        parts: list[np.ndarray] = []
+        skipped: list[str] = []
+        for tensors, skipped_here in prepared_batches(items, self.settings.batch_size, backend.preprocess, policy,
+                                                      where):
+            skipped.extend(skipped_here)
+            if not tensors:
+                continue
+            batch = torch.stack(tensors)
             with self.runtime.device_lock, self.runtime.metrics.stage("encode_images"):
-                out.append(backend.encode_images(stacked).numpy())
-        self.runtime.metrics.add_images(len(tensors))
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, backend.embed_dim), np.float32)
+                parts.append(backend.encode_images(batch).numpy())
+            self.runtime.metrics.add_images(len(tensors))
+        if not parts:
+            raise invalid_argument(f"every image{' of ' + where if where else ''} was unreadable "
+                                   f"({len(skipped)} skipped); check the probe set")
+        return np.concatenate(parts).astype(np.float32), skipped
 
     def _encode_texts(self, backend: ClipBackend, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         out = []
@@ -117,11 +123,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             with self.runtime.metrics.stage("read_shard"):
                 pairs = read_shard(self.runtime.store, shard)
             self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
-            with self.runtime.metrics.stage("decode"):
-                images, skipped = decode_images([(e.name, b) for e, b in pairs], policy, where=f"shard {shard.index}")
-            if not images:
-                raise invalid_argument(f"every image of shard {shard.index} was unreadable ({len(skipped)} skipped)")
-            emb = self._encode_images(backend, images)
+            emb, skipped = self._embed_images(backend, [(e.name, b) for e, b in pairs], policy,
+                                              where=f"shard {shard.index}")
             ref = self._store(key, emb, self._producer(backend, "embeddings/image", shard_sha256=shard.ref.sha256,
                                                        skipped_images=len(skipped),
                                                        skipped_names=",".join(skipped)[:1000]))
@@ -175,8 +178,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             raise invalid_argument(f"{len(request.images)} images in one inline call; send at most "
                                    f"{MAX_INLINE_ITEMS} or register a dataset")
         backend = self.backend(request.model)
-        images, _ = decode_images([(f"images[{i}]", b) for i, b in enumerate(request.images)], "error")
-        return self._vectors(backend, self._encode_images(backend, images))
+        emb, _ = self._embed_images(backend, [(f"images[{i}]", b) for i, b in enumerate(request.images)], "error")
+        return self._vectors(backend, emb)
 
     def ListModels(self, request: common_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> common_pb2.ListModelsResponse:
@@ -192,10 +195,14 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         """Load the served model (CDISSECT_MODEL) and run one image and one text through it."""
         if not self.settings.model:
             return
+        import io
+
         from PIL import Image
 
         backend = self.backend(self.settings.model)
-        self._encode_images(backend, [Image.new("RGB", (224, 224), (127, 127, 127))])
+        grey = io.BytesIO()
+        Image.new("RGB", (224, 224), (127, 127, 127)).save(grey, format="PNG")
+        self._embed_images(backend, [("warm-up.png", grey.getvalue())], "error")
         self._encode_texts(backend, ["warm-up"], [])
 
 

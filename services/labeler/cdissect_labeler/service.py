@@ -43,7 +43,7 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
-        self.device = self.settings.device if self.settings.device != "auto" else "auto"
+        self.device = self.settings.device
 
     def _read(self, ref: common_pb2.ArtifactRef, name: str, what: str) -> np.ndarray:
         if not ref.key:
