@@ -142,6 +142,8 @@ def test_report_command_and_analyses_links(tmp_path: Path) -> None:
     run_dir = build_run(tmp_path)
     (run_dir / "analyses").mkdir()
     (run_dir / "analyses" / "weights_layer4_fc.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (run_dir / "analyses" / "final_layer_fc.json").write_text(json.dumps(
+        {"top1": 0.5, "top5": 0.75, "clip_cos_mean": 0.8, "sentence_model": "sentence:m", "sentence_cos_mean": 0.4}))
     app = typer.Typer()
     register(app)
     result = CliRunner().invoke(app, ["report", str(run_dir)])
@@ -149,6 +151,7 @@ def test_report_command_and_analyses_links(tmp_path: Path) -> None:
     assert result.output.strip() == str(run_dir / "report.html")
     html = (run_dir / "report.html").read_text()
     assert 'href="analyses/weights_layer4_fc.svg"' in html and '<img src="analyses/weights_layer4_fc.svg"' in html
+    assert "top-1 50.00%, top-5 75.00%, CLIP cos 0.8000, sentence:m cos 0.4000" in html
 
 
 @pytest.mark.slow

@@ -86,6 +86,22 @@ def _layer_row(summary: LayerSummary) -> str:
             f'alt="similarity histogram of {name}"></a></td></tr>')
 
 
+def _final_layer_summary(path: Path) -> str:
+    """One line of a final-layer evaluation JSON: accuracies and mean cosines."""
+    if path.suffix != ".json":
+        return ""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        parts = [f"top-1 {100 * doc['top1']:.2f}%", f"top-5 {100 * doc['top5']:.2f}%"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if doc.get("clip_cos_mean") is not None:
+        parts.append(f"CLIP cos {doc['clip_cos_mean']:.4f}")
+    if doc.get("sentence_cos_mean") is not None:
+        parts.append(f"{doc.get('sentence_model')} cos {doc['sentence_cos_mean']:.4f}")
+    return ", ".join(parts)
+
+
 def _analyses_section(run_dir: Path) -> str:
     """Links to whatever the analysis commands wrote (plots shown inline), or nothing."""
     folder = run_dir / ANALYSES_DIR
@@ -96,6 +112,9 @@ def _analyses_section(run_dir: Path) -> str:
     for path in files:
         rel = f"{ANALYSES_DIR}/{path.name}"
         link = f'<a href="{escape(rel, quote=True)}">{escape(path.name)}</a>'
+        summary = _final_layer_summary(path) if path.name.startswith("final_layer_") else ""
+        if summary:
+            link += f": {escape(summary)}"
         if path.suffix == ".svg":
             link += f'<br><img src="{escape(rel, quote=True)}" loading="lazy" alt="{escape(path.name)}">'
         items.append(f"    <li>{link}</li>")
