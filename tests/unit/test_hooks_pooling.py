@@ -149,3 +149,35 @@ def test_unused_layer_and_bad_input_are_explained(resnet: nn.Module) -> None:
         LayerRecorder(resnet, ["fc"]).record(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="avg, max"):
         LayerRecorder(resnet, ["fc"], pooling="median")
+
+
+def test_channels_last_swin_stages_pool_over_space() -> None:
+    torch.manual_seed(0)
+    swin = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+                                              window_size=[2, 2], num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stem = swin.features[0][0](x)              # [B, C, H, W]
+        nhwc = swin.norm(swin.features(x))         # [B, H, W, C]
+    layers = ["features[0][0]", "features", "norm", "permute", "features[1][0].mlp"]
+    with LayerRecorder(swin, layers, pooling="max") as rec:
+        out = rec.record(x)
+    assert torch.allclose(out["features[0][0]"], stem.amax((2, 3)), atol=1e-5)
+    assert torch.allclose(out["norm"], nhwc.amax((1, 2)), atol=1e-5)
+    assert torch.allclose(out["permute"], out["norm"])
+    assert out["features"].shape == (2, 16) and out["features[1][0].mlp"].shape == (2, 8)
+
+
+def test_channels_last_inside_convnext_block_only() -> None:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)  # convnext_tiny's layout at a small width
+    model = ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=3).eval()
+    block = model.features[1][0]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        inner = block.block[:4](model.features[0](x))  # conv, permute, norm, linear: [B, H, W, 4C]
+    with LayerRecorder(model, ["features[1][0].block[3]", "features[1][0]"]) as rec:
+        out = rec.record(x)
+    assert torch.allclose(out["features[1][0].block[3]"], inner.mean((1, 2)), atol=1e-5)
+    assert out["features[1][0]"].shape == (1, 8)

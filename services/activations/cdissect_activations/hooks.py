@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .layers import resolve_layer
+from .layers import channels_last_modules, resolve_layer
 from .pooling import check_pooling, first_tensor, pool
 
 
@@ -22,7 +22,8 @@ class LayerRecorder:
     """Forward hooks on `layers` of `model`; `record(x)` runs one forward and returns pooled outputs.
 
     pooling: 'avg' | 'max' for 4-D conv maps. token_pooling: 'cls' | 'mean' | 'patch_mean' for
-    3-D token outputs. Layer paths are validated at construction (UnknownLayerError lists close
+    3-D token outputs. Channels-last maps (Swin stages) are recognised and pooled over H, W.
+    Layer paths are validated at construction (UnknownLayerError lists close
     names), so a typo fails before any image is processed.
     """
 
@@ -37,13 +38,16 @@ class LayerRecorder:
         self.pooling = pooling
         self.token_pooling = token_pooling
         self.modules = {name: resolve_layer(model, name, model_name) for name in names}
+        nhwc = channels_last_modules(model)
+        self.channels_last = {name for name, module in self.modules.items() if id(module) in nhwc}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._outputs: dict[str, torch.Tensor] = {}
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
             tensor = first_tensor(output, layer=name)
-            self._outputs[name] = pool(tensor, self.pooling, self.token_pooling, layer=name)
+            self._outputs[name] = pool(tensor, self.pooling, self.token_pooling, layer=name,
+                                       channels_last=name in self.channels_last)
         return hook
 
     def attach(self) -> "LayerRecorder":

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["LayerInfo", "UnknownLayerError", "parse_layer_path", "resolve_layer", "list_layers", "display_name"]
+__all__ = ["LayerInfo", "UnknownLayerError", "parse_layer_path", "resolve_layer", "list_layers", "display_name",
+           "channels_last_modules"]
 
 _SEGMENT = re.compile(r"(?P<attr>[A-Za-z_][A-Za-z0-9_]*|\d+)?(?P<indexes>(?:\[\s*-?\d+\s*\])*)$")
 _INDEX = re.compile(r"\[\s*(-?\d+)\s*\]")
@@ -103,3 +104,36 @@ def _unknown_layer(model: nn.Module, path: str, model_name: str | None) -> Unkno
     return UnknownLayerError(
         f"unknown layer {wanted!r} in {label}.{hint} List all {len(names)} layers with `{listing}`."
     )
+
+
+def channels_last_modules(model: nn.Module) -> set[int]:
+    """ids of the submodules whose 4-D output is channels-last [B, H, W, C].
+
+    Swin (and the inside of ConvNeXt blocks) switch layout with torchvision's `Permute` modules:
+    dims (0, 2, 3, 1) turns [B, C, H, W] into [B, H, W, C], (0, 3, 1, 2) turns it back. Walking
+    the modules in registration order (which is their forward order in these models) and
+    flipping a layout flag at each Permute tells which outputs are channels-last; a container's
+    output has the layout its last descendant leaves. Models without Permute modules: none.
+    """
+    from torchvision.ops.misc import Permute
+
+    found: set[int] = set()
+    nhwc = False
+
+    def visit(module: nn.Module, is_root: bool) -> None:
+        nonlocal nhwc
+        if isinstance(module, Permute):
+            dims = tuple(module.dims)
+            if dims == (0, 2, 3, 1):
+                nhwc = True
+            elif dims == (0, 3, 1, 2):
+                nhwc = False
+        else:
+            for child in module._modules.values():
+                if child is not None:
+                    visit(child, False)
+        if nhwc and not is_root:
+            found.add(id(module))
+
+    visit(model, True)
+    return found

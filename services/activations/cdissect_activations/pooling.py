@@ -5,7 +5,9 @@ The reference (utils.get_activation) pools by rank of the hooked output:
 - 3-D [B, T, D] token sequences: token 0, the CLS token, in both modes. We add two options:
   'mean' (all tokens) and 'patch_mean' (tokens 1.., i.e. without CLS);
 - 2-D [B, D]: unchanged.
-Tuple outputs (attention blocks, some custom modules) use their first element.
+Tuple outputs (attention blocks, some custom modules) use their first element. Channels-last
+maps [B, H, W, C] (Swin stages, the inside of ConvNeXt blocks) are pooled over H, W as well when
+the caller says so (hooks.py finds them with layers.channels_last_modules).
 """
 from __future__ import annotations
 
@@ -40,10 +42,16 @@ def first_tensor(output: object, layer: str = "layer") -> torch.Tensor:
     return output
 
 
-def pool(output: torch.Tensor, pooling: str = "avg", token_pooling: str = "cls", layer: str = "layer") -> torch.Tensor:
-    """Pool one hooked output to float32 [B, units], on the output's own device."""
+def pool(output: torch.Tensor, pooling: str = "avg", token_pooling: str = "cls", layer: str = "layer",
+         channels_last: bool = False) -> torch.Tensor:
+    """Pool one hooked output to float32 [B, units], on the output's own device.
+
+    channels_last=True: a 4-D output is [B, H, W, C] rather than [B, C, H, W].
+    """
     check_pooling(pooling, token_pooling)
     x = output.detach()
+    if x.dim() == 4 and channels_last:
+        x = x.permute(0, 3, 1, 2)
     if x.dim() == 4:
         pooled = x.mean(dim=(2, 3)) if pooling == "avg" else x.amax(dim=(2, 3))
     elif x.dim() == 3:
