@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = signal.signal(signal.SIGTERM, _sigterm)
     args = sys.argv[1:] if argv is None else argv
     if _ANALYSIS_NOTE and args[:1] in (["report"], ["eval"], ["explain"], ["analyze"], ["compare"]):
-        console.print(f"[yellow]note: {_ANALYSIS_NOTE}[/yellow]")
+        console.print(f"note: {_ANALYSIS_NOTE}", style="yellow", markup=False)
     try:
         app(args=args, prog_name="cdissect", standalone_mode=True)
     except _user_error_types() as err:

@@ -95,13 +95,13 @@ def concepts(name: Annotated[Optional[str], typer.Argument(help="Concept set nam
     try:
         cs = api.load_concept_set(name)
     except (ValueError, LookupError, OSError) as err:
-        raise CliError(f"concept set {name!r}: {err}", exit_code=2) from err
+        raise CliError(str(err), exit_code=2) from err
     console.print(f"[bold]{cs.name}[/bold]  sha256 {cs.sha256[:12]}", highlight=False)
     console.print(f"concepts: {len(cs.words)}   blank lines dropped: {cs.dropped_blank}   "
                   f"duplicates: {len(cs.duplicates)}")
     if cs.duplicates:
-        shown = list(cs.duplicates)[:10]
-        console.print("duplicated: " + ", ".join(map(str, shown)) + (" ..." if len(cs.duplicates) > 10 else ""),
+        shown = [f"{word!r} (entries {first + 1} and {repeat + 1})" for word, first, repeat in cs.duplicates[:10]]
+        console.print("duplicated: " + ", ".join(shown) + (" ..." if len(cs.duplicates) > 10 else ""),
                       highlight=False)
     console.print("first: " + ", ".join(cs.words[:10]), highlight=False)
 

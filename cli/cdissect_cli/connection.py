@@ -90,7 +90,7 @@ class Connection:
                 channel.close()
         self._channels.clear()
         if self.local is not None:
-            self.console.print("[dim]stopping local services[/dim]")
+            self.console.print("stopping local services", style="dim")
             self.local.stop()
             self.local = None
 
@@ -117,17 +117,23 @@ class Connection:
             for service in missing:
                 self.endpoints[service], self.mode[service] = [services[service].endpoint], "up"
             return
-        if self.settings.store.startswith("file://"):
-            Path(self.settings.store[len("file://"):]).mkdir(parents=True, exist_ok=True)
-        self.console.print(f"[dim]starting local services ({', '.join(missing)}) with store "
-                           f"{self.settings.store}[/dim]")
+        for service in missing:
+            self.mode[service] = "embedded"  # started on first use (see _start_embedded)
+
+    def _start_embedded(self) -> None:
+        """Start every service marked 'embedded' as a local process (once), with the CLI's store."""
+        missing = [s for s in self.need if self.mode.get(s) == "embedded" and s not in self.endpoints]
+        if not missing:
+            return
+        self.console.print(f"starting local services ({', '.join(missing)}) with store {self.settings.store}",
+                           style="dim", markup=False)
         self.local = LocalServices(
             store_url=self.settings.store, log_dir=cdissect_home() / "logs",
             health_check=lambda ep, name, t: health_status(ep, name, local_settings(self.settings), t),
             extra_env=service_env(self.settings))
-        started = self.local.start(timeout_s=max(60.0, self.flags.retry_s), names=missing)
+        started = self.local.start(timeout_s=max(120.0, self.flags.retry_s), names=missing)
         for service in missing:
-            self.endpoints[service], self.mode[service] = [started[service].endpoint], "embedded"
+            self.endpoints[service] = [started[service].endpoint]
 
     def _open_store(self) -> ObjectStore:
         try:
@@ -150,7 +156,12 @@ class Connection:
         return self.settings if self.mode[service] == "configured" else local_settings(self.settings)
 
     def addresses(self, service: str) -> list[tuple[str, str]]:
-        """(address, endpoint) pairs of a service, DNS names expanded to every address."""
+        """(address, endpoint) pairs of a service, DNS names expanded to every address.
+
+        The first call for an embedded service starts the local services, so commands that fail
+        on their input (a missing concept file, a corrupt image) fail before any process starts.
+        """
+        self._start_embedded()
         try:
             return expand_endpoints(self.endpoints[service])
         except EndpointError as err:
@@ -174,7 +185,8 @@ class Connection:
 
     def describe(self) -> str:
         """One line per service: where it runs."""
-        return "; ".join(f"{s}: {','.join(self.endpoints[s])} ({self.mode[s]})" for s in self.need)
+        return "; ".join(f"{s}: {','.join(self.endpoints.get(s, ['(not started)']))} ({self.mode[s]})"
+                         for s in self.need)
 
 
 def health_name(service: str) -> str:

@@ -54,7 +54,7 @@ def load_concepts(concept_set: str) -> ConceptWords:
     try:
         concepts = load_concept_set(concept_set)
     except (ValueError, LookupError, OSError) as err:
-        raise CliError(f"concept set {concept_set!r}: {err}", exit_code=2) from err
+        raise CliError(str(err), exit_code=2) from err
     words = list(concepts.words)
     if not words:
         raise CliError(f"concept set {concept_set!r} has no concepts (only blank lines); put one concept per "
@@ -164,7 +164,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     timings["total"] = round(time.monotonic() - started, 3)
     dataset = {"name": manifest.name, "digest": manifest.digest, "num_images": int(manifest.num_images),
                "store_url": store.url, "manifest_key": manifest_key(manifest.name),
-               "shards": len(manifest.shards)}
+               "shards": len(manifest.shards),
+               "skipped_images": int(manifest.info.get("skipped_images", "0") or 0)}
     return RunResult(spec=spec, dataset=dataset, concepts_name=concepts.name, concepts_sha256=concepts.sha256,
                      words=concepts.words, layers=layers, timings=timings, reused=progress.summary())
 

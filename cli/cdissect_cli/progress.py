@@ -57,14 +57,16 @@ class RunProgress:
             count = self.counts[name]
             count.done += 1
             count.reused += int(reused)
+            count.seconds = time.monotonic() - count.started
             text = note if note is not None else (f"{count.reused} reused" if count.reused else "")
             self._progress.update(self._tasks[name], advance=1, note=text)
 
     def done(self, name: str) -> None:
-        """Close a stage and record its duration."""
+        """Close a stage; its duration runs from `stage` to its last finished unit."""
         with self._lock:
             count = self.counts[name]
-            count.seconds = time.monotonic() - count.started
+            if count.done == 0:
+                count.seconds = time.monotonic() - count.started
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per stage: total, computed and reused counts (what results.json records as `reused`)."""

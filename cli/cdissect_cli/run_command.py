@@ -42,14 +42,14 @@ def write_report_soft(run_dir: Path, console: Console) -> Path | None:
     try:
         from cdissect_cli.report import write_report
     except ImportError as err:
-        console.print(f"[yellow]note: the HTML report is not available in this build ({err}); "
-                      f"results are in descriptions.csv and results.json[/yellow]")
+        console.print(f"note: the HTML report is not available in this build ({err}); "
+                      f"results are in descriptions.csv and results.json", style="yellow", markup=False)
         return None
     try:
         return Path(write_report(run_dir))
     except Exception as err:  # noqa: BLE001 - results are written; the report can be regenerated
-        console.print(f"[yellow]note: writing report.html failed ({type(err).__name__}: {err}); "
-                      f"regenerate it with `cdissect report {run_dir}`[/yellow]")
+        console.print(f"note: writing report.html failed ({type(err).__name__}: {err}); "
+                      f"regenerate it with `cdissect report {run_dir}`", style="yellow", markup=False)
         return None
 
 
@@ -75,9 +75,9 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
     connection = Connection(settings, flags, console)
     connection.__enter__()
     try:
-        console.print(f"[dim]services: {connection.describe()}[/dim]")
         with RunProgress(console=console, enabled=show_progress) as progress:
             result = run_pipeline(spec, connection.store, connection.dispatcher, progress)
+        console.print(f"services: {connection.describe()}", style="dim", markup=False)
         run_dir = new_run_dir(Path(settings.runs_dir).expanduser(), spec.target_model)
         write_run_folder(run_dir, result)
         report = write_report_soft(run_dir, console)
@@ -153,6 +153,10 @@ def run(
     console.print(reuse_table(outcome.result))
     units = sum(layer.units for layer in outcome.result.layers)
     console.print(f"labelled {units} units in {len(outcome.result.layers)} layer(s)")
+    skipped = outcome.result.dataset.get("skipped_images", 0)
+    if skipped:
+        console.print(f"skipped {skipped} unreadable image(s) of the probe set (on_bad_image=skip)",
+                      style="yellow")
     typer.echo(f"run folder: {outcome.run_dir}")
     if outcome.report is not None:
         typer.echo(f"report: {outcome.report}")
