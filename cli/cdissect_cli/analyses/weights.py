@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
 
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import embed_texts_checked
@@ -96,6 +95,8 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
     """Pearson r and two-sided p, or (None, None) when undefined (constant input, n < 3)."""
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None, None
+    from scipy import stats  # only this command needs scipy; keep CLI start-up light
+
     result = stats.pearsonr(x, y)
     return float(result.statistic), float(result.pvalue)
 
