@@ -160,16 +160,16 @@ class ServiceHandle:
 def launch_service(name: str, env: dict[str, str] | None, log_dir: Path, wait: bool = True,
                    timeout: float = 90.0) -> ServiceHandle:
     """Start ``python -m cdissect_<name>`` on free loopback ports (see the module docstring)."""
-    port, metrics_port = free_port(), free_port()
-    full_env = clean_env({"CDISSECT_PORT": str(port), "CDISSECT_METRICS_PORT": str(metrics_port),
+    full_env = clean_env({"CDISSECT_PORT": str(free_port()), "CDISSECT_METRICS_PORT": str(free_port()),
                           "CDISSECT_SHUTDOWN_GRACE_SECONDS": "60", **(env or {})})
+    port = int(full_env["CDISSECT_PORT"]) if full_env["CDISSECT_PORT"].isdigit() else 0
+    metrics_port = int(full_env["CDISSECT_METRICS_PORT"]) if full_env["CDISSECT_METRICS_PORT"].isdigit() else 0
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([PYTHON, "-m", f"cdissect_{name}"], env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=str(log_dir))
-    handle = ServiceHandle(name, proc, int(full_env["CDISSECT_PORT"]), int(full_env["CDISSECT_METRICS_PORT"]),
-                           log_path, full_env)
+    handle = ServiceHandle(name, proc, port, metrics_port, log_path, full_env)
     if wait:
         try:
             handle.wait_serving(timeout)

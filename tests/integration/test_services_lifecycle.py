@@ -93,3 +93,13 @@ def test_services_on_s3_survive_a_store_outage(seaweedfs, tiny_clip_checkpoint: 
     finally:
         for handle in handles.values():
             handle.kill()
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"CDISSECT_PORT": "fifty"}, "port (from CDISSECT_PORT) must be an integer"),
+    ({"CDISSECT_STORE": "ftp://somewhere"}, "unsupported store URL 'ftp://somewhere'"),
+])
+def test_bad_settings_exit_2_with_one_clear_line(start_service, env: dict, needle: str) -> None:
+    handle = start_service("labeler", env, wait=False)
+    assert handle.proc.wait(60) == 2
+    assert needle in handle.log()

@@ -28,10 +28,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .auth import BearerTokenInterceptor, server_credentials
-from .config import ENV_VARS, Settings, load_settings, service_defaults
+from .config import ENV_VARS, ConfigError, Settings, load_settings, service_defaults
 from .errors import ServiceError, status_for
 from .metrics import ServiceMetrics
-from .store import ObjectStore, open_store
+from .store import ObjectStore, StoreConfigError, open_store
 
 log = logging.getLogger("cdissect.server")
 
@@ -182,13 +182,18 @@ def run_service(service: str, build: Builder, settings: Settings | None = None) 
     ``build`` makes the servicers from the runtime and returns them with a warm-up callable
     (load and exercise the configured model, or None). Warm-up runs after the port is open,
     while health says NOT_SERVING; SERVING follows it. A failed warm-up exits with code 1 so an
-    orchestrator restarts the process.
+    orchestrator restarts the process; unusable settings (bad value, port in use, unreadable
+    certificate) exit with code 2 and one log line naming the problem.
     """
     configure_logging()
-    settings = settings or load_settings(service)
-    runtime = ServiceRuntime(service, settings)
-    registrations, warmup = build(runtime)
-    server = ServiceServer(runtime, registrations)
+    try:
+        settings = settings or load_settings(service)
+        runtime = ServiceRuntime(service, settings)
+        registrations, warmup = build(runtime)
+        server = ServiceServer(runtime, registrations)
+    except (ConfigError, StoreConfigError, OSError) as exc:
+        log.error("%s cannot start: %s", service, exc)
+        return 2
     stop = threading.Event()
     failed = threading.Event()
 
