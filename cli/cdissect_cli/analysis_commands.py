@@ -77,6 +77,9 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
                                           "list: imagenet, places365, ...")] = "imagenet",
                 no_embed: Annotated[bool, typer.Option("--no-embed", help="Accuracy only: skip the cosine "
                                                        "metrics (no services needed).")] = False,
+                nameable_only: Annotated[bool, typer.Option(
+                    "--nameable-only", help="Score only units whose class some concept of the run's set "
+                    "names (the paper's Table 2: 267 of 365 Places classes with Broden labels).")] = False,
                 sentence_model: Annotated[Optional[str], typer.Option(
                     "--sentence-model", help="Sentence-embedding model for the second cosine, e.g. "
                     "sentence:/path/to/all-mpnet-base-v2 (default: sentence:all-mpnet-base-v2 when the "
@@ -90,13 +93,15 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
 
     console = _console()
     run = load_run(run_dir)
-    result = accuracy(run.layer(layer), load_class_names(class_names))
+    result = accuracy(run.layer(layer), load_class_names(class_names),
+                      run.concept_words if nameable_only else None)
     if not no_embed:
         flags = ConnectionFlags(config=config, embedder=embedder, deadline_s=deadline, retry_s=retry_timeout)
         with _services(run, flags, ("embedder",), console, with_store=False) as connection:
             add_cosines(result, _stub(connection, "embedder"), run.clip_model,
                         [sentence_model] if sentence_model else SENTENCE_MODELS)
-    table = Table(title=f"final layer {layer}: {result.units} units vs {class_names}")
+    scored = f"{result.units} of {result.classes} units (nameable classes)" if nameable_only else f"{result.units} units"
+    table = Table(title=f"final layer {layer}: {scored} vs {class_names}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("top-1 accuracy", f"{100 * result.top1:.2f}% ({result.top1_hits}/{result.units})")

@@ -124,3 +124,15 @@ def test_composed_concepts_are_singles_then_ordered_pairs() -> None:
     assert compose_concepts(["textile", "embroidered", "textile", " "]) == [
         "textile", "embroidered", "textile embroidered", "embroidered textile"]
     assert len(compose_concepts([f"w{i}" for i in range(100)])) == 10_000  # the paper's count
+
+
+def test_final_layer_can_score_only_nameable_classes(tmp_path: Path) -> None:
+    run = load_run(_final_layer_run(tmp_path, k=6))
+    classes = ["tench, Tinca tinca", "no such thing", "Goldfish", "kite-s", "unnamed", "zebra"]
+    full = accuracy(run.layer("fc"), classes)
+    subset = accuracy(run.layer("fc"), classes, run.concept_words)
+    assert (full.units, subset.units, subset.classes) == (6, 4, 6)
+    assert [s.unit for s in subset.per_unit] == [0, 2, 3, 5]
+    assert subset.top5_hits == full.top5_hits  # unnameable classes can never be hits
+    with pytest.raises(CliError, match="nothing can be scored"):
+        accuracy(run.layer("fc"), ["x"] * 6, run.concept_words)

@@ -53,10 +53,9 @@ def unit_concepts(reply: Any, store: Any) -> dict[int, tuple[list[int], list[flo
             for k in range(arrays["concept_ids"].shape[0])}
 
 
-def top_concepts_per_unit(run: RunResults, layer: LayerResult, store: Any, labeler: Any,
-                          top: int) -> dict[int, list[str]]:
+def top_concepts_per_unit(run: RunResults, layer: LayerResult, store: Any, labeler: Any, top: int,
+                          images: list, activations: list) -> dict[int, list[str]]:
     """Each unit's top-`top` concept words, from LabelLayer on the run's own artifacts."""
-    images, activations = layer_artifact_refs(store, layer)
     text = stored_ref(store, layer.text_embedding_key, f"text-embedding ({layer.name})")
     reply = label_layer(labeler, run, layer, images, activations, text, top_concepts=top)
     words = run.concept_words
@@ -73,8 +72,8 @@ def explain_units(run: RunResults, layer_name: str, units: Sequence[int] | None,
         raise CliError(f"--top must be at least 1 (got {top}).")
     layer = run.layer(layer_name)
     chosen = [layer.unit(u) for u in units] if units else list(layer.units)
-    per_unit = top_concepts_per_unit(run, layer, store, labeler, top)
     images, activations = layer_artifact_refs(store, layer)
+    per_unit = top_concepts_per_unit(run, layer, store, labeler, top, images, activations)
     results = []
     for done, unit in enumerate(chosen):
         concepts = compose_concepts(per_unit.get(unit.unit, [unit.label]))

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cdissect_cli.analyses.class_names import matches
+from cdissect_cli.analyses.class_names import matches, normalize
 from cdissect_cli.analyses.run_results import LayerResult, RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (SENTENCE_MODELS, TextVectors, embed_texts_checked,
                                                  sentence_vectors)
@@ -49,6 +49,8 @@ class FinalLayerReport:
     top5: float
     top1_hits: int
     top5_hits: int
+    classes: int = 0  # units of the layer; `units` may be fewer when only nameable classes are scored
+    scored_only_nameable: bool = False
     clip_model: str | None = None
     clip_cos_mean: float | None = None
     sentence_model: str | None = None
@@ -66,18 +68,37 @@ def class_rank(top: Sequence[tuple[str, float]], class_name: str, k: int = TOP_K
     return None
 
 
-def accuracy(layer: LayerResult, class_names: Sequence[str]) -> FinalLayerReport:
-    """Top-1 / top-5 accuracy of unit i ↔ class i; the layer must have one unit per class."""
+def nameable(class_name: str, normalized_words: set[str]) -> bool:
+    """True when some concept (given in `normalize`d form) names the class, so a hit is possible."""
+    wanted = {normalize(class_name)} | {normalize(part) for part in class_name.split(",")}
+    return not wanted.isdisjoint(normalized_words)
+
+
+def accuracy(layer: LayerResult, class_names: Sequence[str],
+             concept_words: Sequence[str] | None = None) -> FinalLayerReport:
+    """Top-1 / top-5 accuracy of unit i ↔ class i; the layer must have one unit per class.
+
+    With `concept_words`, only units whose class the concept set can name are scored (the
+    paper's Table 2 scores the 267 Places365 classes that have a Broden scene label).
+    """
     if len(layer.units) != len(class_names):
         raise CliError(f"layer {layer.name!r} has {len(layer.units)} units but the class-name list has "
                        f"{len(class_names)} names; pass the class names of this layer's outputs, in order.")
+    units = layer.units
+    if concept_words is not None:
+        normalized = {normalize(w) for w in concept_words}
+        units = tuple(u for u in units if nameable(class_names[u.unit], normalized))
+        if not units:
+            raise CliError("no class of the list is named by any concept of the run's concept set, so "
+                           "nothing can be scored; drop --nameable-only or check the class names.")
     scores = [UnitScore(unit=u.unit, class_name=class_names[u.unit], label=u.label,
-                        rank=class_rank(u.top, class_names[u.unit])) for u in layer.units]
+                        rank=class_rank(u.top, class_names[u.unit])) for u in units]
     n = len(scores)
     top1 = sum(s.rank == 1 for s in scores)
     top5 = sum(s.rank is not None for s in scores)
     return FinalLayerReport(layer=layer.name, units=n, top1=top1 / n if n else 0.0,
                             top5=top5 / n if n else 0.0, top1_hits=top1, top5_hits=top5,
+                            classes=len(layer.units), scored_only_nameable=concept_words is not None,
                             per_unit=scores)
 
 
@@ -107,9 +128,9 @@ def add_cosines(report: FinalLayerReport, embedder: Any, clip_model: str,
 
 
 def evaluate_final_layer(run: RunResults, layer_name: str, class_names: Sequence[str],
-                         embedder: Any | None) -> FinalLayerReport:
+                         embedder: Any | None, nameable_only: bool = False) -> FinalLayerReport:
     """Accuracy from results.json, plus cosines when an embedder stub is given."""
-    report = accuracy(run.layer(layer_name), class_names)
+    report = accuracy(run.layer(layer_name), class_names, run.concept_words if nameable_only else None)
     if embedder is not None:
         add_cosines(report, embedder, run.clip_model)
     return report
