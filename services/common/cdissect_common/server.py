@@ -134,7 +134,12 @@ class ServiceServer:
             interceptors.append(BearerTokenInterceptor(token))
         options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                    ("grpc.max_send_message_length", settings.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 0),
+                   # Clients ping every 30 s during long shard RPCs (clients.channel_options);
+                   # accept that instead of answering GOAWAY "too_many_pings" mid-shard.
+                   ("grpc.keepalive_permit_without_calls", 1),
+                   ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                   ("grpc.http2.max_ping_strikes", 0)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                                              thread_name_prefix=runtime.service),
                                   interceptors=interceptors, options=options)
