@@ -44,6 +44,8 @@ def test_torchscript_checkpoint_loads_and_is_identified(tiny, tiny_clip_checkpoi
     assert tiny.model_id == f"openai-clip:file:{tiny_clip_checkpoint.name}"
     assert tiny.checkpoint_sha256 == hashlib.sha256(tiny_clip_checkpoint.read_bytes()).hexdigest()
     assert (tiny.dtype, tiny.device_type, tiny.embed_dim) == ("float32", "cpu", 32)
+    assert {p.dtype for p in tiny.model.parameters()} == {torch.float32}  # clip.load casts to fp32 on CPU
+    assert tiny.describe()["checkpoint_sha256"] == tiny.checkpoint_sha256
     assert "Resize(size=32" in tiny.preprocess_id and "0x" not in tiny.preprocess_id
 
 
