@@ -237,6 +237,24 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         assert browser.wait_for("document.querySelector('#unit-0-1500.highlight') !== null")
         assert browser.evaluate("document.getElementById('row-count').dataset.count") == "2048"
 
+        # The unit box jumps too; the pager moves by pages; the flag filter counts what the rule says.
+        browser.evaluate("(() => { const s = document.getElementById('sort'); s.value = 'unit';"
+                         " s.dispatchEvent(new Event('change')); })()")
+        browser.evaluate("(() => { document.getElementById('jump-unit').value = '777';"
+                         " document.getElementById('controls').requestSubmit(); })()")
+        assert browser.wait_for("document.querySelector('#unit-0-777.highlight') !== null")
+        browser.evaluate("document.querySelector('.pager .next').click()")
+        assert browser.wait_for("document.querySelector('#units tbody tr td.unit').textContent") == "800"
+        units = results["layers"][0]["units"]
+        low = sum(not u["dead"] and (u["quality"]["auc"] < 0.6 or u["quality"]["p_value"] > 0.01) for u in units)
+        browser.evaluate("(() => { const s = document.getElementById('filter'); s.value = 'low';"
+                         " s.dispatchEvent(new Event('change')); })()")
+        assert browser.wait_for(f"document.getElementById('row-count').dataset.count === '{low}'")
+        assert browser.evaluate("Array.from(document.querySelectorAll('#units tbody tr'))"
+                                ".every(tr => tr.querySelector('.badge.low') !== null)")
+        browser.evaluate("(() => { const s = document.getElementById('filter'); s.value = 'all';"
+                         " s.dispatchEvent(new Event('change')); })()")
+
         browser.evaluate("location.hash = 'layer=layer4'")
         browser.evaluate("(() => { const s = document.getElementById('sort'); s.value = 'unit';"
                          " s.dispatchEvent(new Event('change')); window.scrollTo(0, 0); })()")
