@@ -57,13 +57,6 @@ class ServiceRuntime:
         for name in (self.health_name, ""):
             self.health.set(name, status)
 
-    def read(self, key: str, sha256: str | None = None) -> bytes:
-        """Read an object from the store, counting bytes and time."""
-        with self.metrics.stage("store_read"):
-            data = self.store.get(key, sha256=sha256)
-        self.metrics.add_bytes("read", len(data))
-        return data
-
 
 def _method_name(full: str) -> str:
     return full.rsplit("/", 1)[-1] or full

@@ -152,8 +152,8 @@ class FilesystemStore(ObjectStore):
     def _meta_path(self, key: str) -> Path:
         return self.root / ".meta" / (check_key(key) + ".json")
 
-    def _write_atomic(self, target: Path, data: bytes) -> str:
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def _write_atomic(self, target: Path, data: bytes, key: str) -> None:
+        """Write a temporary file, fsync, re-read and verify its sha256, then rename it over ``target``."""
         fd, tmp_name = tempfile.mkstemp(dir=self.root / ".tmp", prefix="put-")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -161,8 +161,11 @@ class FilesystemStore(ObjectStore):
                 fh.flush()
                 os.fsync(fh.fileno())
             written = sha256_hex(Path(tmp_name).read_bytes())
+            if written != sha256_hex(data):
+                raise DigestMismatchError(f"write of {key!r} to {self.root} was corrupted (sha256 {written} != "
+                                          f"{sha256_hex(data)}); check the disk and retry")
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_name, target)
-            return written
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
@@ -174,22 +177,8 @@ class FilesystemStore(ObjectStore):
         digest = sha256_hex(data)
         meta[SHA256_META] = digest
         # The side file first: once the data file is visible, its metadata is too.
-        self._write_atomic(self._meta_path(key), json.dumps(meta, sort_keys=True).encode())
-        fd, tmp_name = tempfile.mkstemp(dir=self.root / ".tmp", prefix="put-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            written = sha256_hex(Path(tmp_name).read_bytes())
-            if written != digest:
-                raise DigestMismatchError(f"write of {key!r} to {self.root} was corrupted (sha256 {written} != "
-                                          f"{digest}); check the disk and retry")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        self._write_atomic(self._meta_path(key), json.dumps(meta, sort_keys=True).encode(), key)
+        self._write_atomic(path, data, key)
         return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=digest)
 
     def get(self, key: str, sha256: str | None = None) -> bytes:
