@@ -275,7 +275,7 @@ class S3Store(ObjectStore):
         return isinstance(exc, S3Error) and exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> common_pb2.ArtifactRef:
-        """Upload to a temporary key, read it back and verify, server-side copy to the key, drop the temp."""
+        """Upload to a temporary key, verify it (server MD5 or read-back), server-side copy to the key, drop the temp."""
         from minio.commonconfig import CopySource
 
         name = self._name(key)
@@ -284,9 +284,14 @@ class S3Store(ObjectStore):
         meta[SHA256_META] = digest
         tmp = self.prefix + TMP_PREFIX + uuid.uuid4().hex
 
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+
         def upload() -> None:
-            self.client.put_object(self.bucket, tmp, io.BytesIO(data), len(data), metadata=meta)
-            self._verify(tmp, self._read(tmp), digest)
+            result = self.client.put_object(self.bucket, tmp, io.BytesIO(data), len(data), metadata=meta)
+            # A single-part upload's ETag is the MD5 the server computed of what it stored;
+            # anything else (multipart ETags) is verified by reading the bytes back.
+            if (result.etag or "").strip('"') != md5:
+                self._verify(tmp, self._read(tmp), digest)
             self.client.copy_object(self.bucket, name, CopySource(self.bucket, tmp))
             published = self._stat_raw(name)
             if published.sha256 != digest:
