@@ -161,7 +161,8 @@ def launch_service(name: str, env: dict[str, str] | None, log_dir: Path, wait: b
                    timeout: float = 90.0) -> ServiceHandle:
     """Start ``python -m cdissect_<name>`` on free loopback ports (see the module docstring)."""
     full_env = clean_env({"CDISSECT_PORT": str(free_port()), "CDISSECT_METRICS_PORT": str(free_port()),
-                          "CDISSECT_SHUTDOWN_GRACE_SECONDS": "60", **(env or {})})
+                          "CDISSECT_SHUTDOWN_GRACE_SECONDS": "60", "CDISSECT_CACHE_DIR": str(log_dir / "weights"),
+                          **(env or {})})
     port = int(full_env["CDISSECT_PORT"]) if full_env["CDISSECT_PORT"].isdigit() else 0
     metrics_port = int(full_env["CDISSECT_METRICS_PORT"]) if full_env["CDISSECT_METRICS_PORT"].isdigit() else 0
     log_dir.mkdir(parents=True, exist_ok=True)

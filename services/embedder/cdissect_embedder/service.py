@@ -97,7 +97,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def _store(self, key: str, array: np.ndarray, producer: dict[str, str]) -> common_pb2.ArtifactRef:
         with self.runtime.metrics.stage("store_write"):
             ref = artifacts.put_arrays(self.runtime.store, key, {artifacts.EMBEDDINGS: array}, producer)
-        self.runtime.metrics.add_bytes("write", self.runtime.store.stat(key).size)
+        self.runtime.metrics.add_bytes("write", array.nbytes)
         return ref
 
     # ---------------------------------------------------------------- RPCs
