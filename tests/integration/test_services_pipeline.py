@@ -12,7 +12,7 @@ from cdissect.v1 import activations_pb2, common_pb2, embedder_pb2, labeler_pb2
 from cdissect_common import artifacts
 from cdissect_common.store import open_store
 from cdissect_labeler.labels import LayerLabels
-from tests.integration.conftest import (CONCEPTS, LAYERS, PipelineResult, ServiceHandle, run_pipeline,
+from tests.integration.conftest import (CONCEPTS, PipelineResult, ServiceHandle, run_pipeline,
                                         shard_with_bad_image)
 
 pytestmark = pytest.mark.slow
