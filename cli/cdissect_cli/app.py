@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from cdissect_cli import catalog_commands, local_commands, run_command
+from cdissect_cli import catalog_commands, demo_command, local_commands, run_command
 from cdissect_cli.errors import CliError
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("status")(local_commands.status)
 app.command("models")(catalog_commands.models)
 app.command("layers")(catalog_commands.layers)
 app.command("concepts")(catalog_commands.concepts)
+app.command("demo")(demo_command.demo)
 app.add_typer(catalog_commands.datasets_app, name="datasets")
 
 _ANALYSIS_NOTE = ""

@@ -92,6 +92,18 @@ def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[l
     return image_tasks, act_tasks
 
 
+def check_sizes(spec: JobSpec, num_images: int) -> None:
+    """Parameters that need more probe images than there are fail here, before any RPC, naming the fix."""
+    if spec.top_images > num_images:
+        raise CliError(f"top_images={spec.top_images} exceeds the {num_images} images of probe set "
+                       f"{spec.probe_set!r}; lower --top-images or use a larger probe set", exit_code=2)
+    top_k = spec.similarity_params.get("top_k", {"soft_wpmi": 100, "wpmi": 28}.get(spec.similarity_function))
+    if top_k is not None and top_k > num_images:
+        raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe set "
+                       f"{spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "
+                       f"probe set", exit_code=2)
+
+
 def _check_skips(spec: JobSpec, image_responses: list[Any], act_responses: list[Any]) -> None:
     """Both services must have seen the same images, or the rows of the two matrices would not align."""
     for index, (img, act) in enumerate(zip(image_responses, act_responses)):
@@ -112,6 +124,7 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     manifest, dataset_reused = ensure_dataset(store, spec.probe_set, spec.shard_size, spec.on_bad_image)
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
+    check_sizes(spec, int(manifest.num_images))
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()

@@ -120,11 +120,14 @@ def test_corrupt_image_is_named_with_error_policy(tmp_path: Path, tiny_clip_chec
 @pytest.mark.slow
 def test_corrupt_image_is_skipped_and_counted_with_skip_policy(up_env: dict[str, str], tmp_path: Path,
                                                                tiny_clip_checkpoint: Path) -> None:
-    probe = write_probe(tmp_path / "probe", 6)
+    probe = write_probe(tmp_path / "probe", 12)
     (probe / "red" / "broken.png").write_bytes(b"garbage")
     words = write_words(tmp_path / "words.txt")
     proc = run_cli([*run_args(probe, words, tiny_clip_checkpoint, layers="layer4"), "--on-bad-image", "skip"],
                    up_env)
     doc = results(run_dir_of(proc))
-    assert doc["dataset"]["num_images"] == 6
-    assert doc["dataset"]["skipped_images"] == 1
+    assert doc["dataset"]["num_images"] == 12 and doc["dataset"]["skipped_images"] == 1
+    assert "skipped 1 unreadable image" in proc.stderr
+    too_many = run_cli([*run_args(probe, words, tiny_clip_checkpoint, layers="layer4"), "--on-bad-image", "skip",
+                        "--top-images", "50"], up_env, expect=2)
+    assert "top_images=50 exceeds the 12 images" in too_many.stderr

@@ -1,0 +1,148 @@
+"""`cdissect demo`: the whole product path on the shapes world, scored against its known truth.
+
+Generates (once, cached) a probe folder of the shapes world, runs exactly the `cdissect run`
+path with the settings of `cdissect_shapes.demo.DEMO` (shapes CNN, shapes CLIP, the world's
+concept set), then scores the labels with `cdissect_shapes.scores.score_run`: the final layer
+and the planted units against their by-construction concepts, conv units against the attribute
+that best separates their activations (read back from the run's activation artifacts).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+from cdissect_common.artifacts import get_arrays
+from cdissect_common.manifest import load_manifest
+from cdissect_common.store import ObjectStore
+from rich.console import Console
+from rich.table import Table
+
+from cdissect_cli.cli_settings import cdissect_home
+from cdissect_cli.errors import CliError
+from cdissect_cli.jobspec import resolve_spec
+from cdissect_cli.options import (
+    DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ConfigOpt, ConnectionFlags, DeadlineOpt, RetryOpt, StoreOpt)
+from cdissect_cli.results import LayerResult, RunResult
+from cdissect_cli.run_command import execute_run, reuse_table
+
+SCORE_KEYS = ("final_top1", "final_top3", "planted_top1", "conv_selective_top1", "conv_selective_top3",
+              "conv_top1", "conv_top3")
+COUNT_KEYS = ("n_final", "n_planted", "n_conv", "n_conv_selective", "n_conv_dead")
+
+
+def _shapes() -> tuple[dict, Any, Any]:
+    """(DEMO settings, write_probe_folder, score_run) from the shapes world package (no torch)."""
+    try:
+        from cdissect_shapes.demo import DEMO
+        from cdissect_shapes.generator import write_probe_folder
+        from cdissect_shapes.scores import score_run
+    except ImportError as err:
+        raise CliError(f"the shapes world package is not installed ({err}); install shapes_world "
+                       f"(make install) to run the demo") from err
+    return DEMO, write_probe_folder, score_run
+
+
+def demo_probe_folder(n_images: int, seed: int, write_probe_folder: Any) -> Path:
+    """The cached probe folder of n shapes-world images; generated once into a temp dir, then renamed."""
+    root = cdissect_home() / "demo"
+    folder = root / f"shapes-{n_images}-seed{seed}"
+    if (folder / "attributes.csv").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    write_probe_folder(partial, n_images, seed)
+    try:
+        os.rename(partial, folder)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)   # another demo finished the same folder first
+        if not (folder / "attributes.csv").is_file():
+            raise
+    return folder
+
+
+def _layer_activations(store: ObjectStore, layer: LayerResult) -> np.ndarray:
+    """[N, units] activations of a layer, concatenated from its per-shard artifacts in order."""
+    parts = []
+    for key in layer.activation_keys:
+        arrays = get_arrays(store, key)
+        if len(arrays) != 1:
+            raise CliError(f"activation artifact {key} holds {sorted(arrays)}; expected one array")
+        parts.append(next(iter(arrays.values())))
+    return np.concatenate(parts, axis=0)
+
+
+def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_run: Any) -> dict:
+    """score_run over a finished run: labels as words, activations and attributes from the store."""
+    labels = {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
+              for layer in result.layers}
+    special = {settings["final_layer"], settings.get("planted_layer")}
+    activations = {layer.name: _layer_activations(store, layer) for layer in result.layers
+                   if layer.name not in special}
+    manifest = load_manifest(store, result.dataset["name"])
+    attributes = [dict(entry.labels) for shard in manifest.shards for entry in shard.images]
+    if not attributes or not all(attributes):
+        raise CliError(f"the demo's probe set {result.dataset['name']} carries no image attributes; delete "
+                       f"{cdissect_home() / 'demo'} and rerun `cdissect demo` to regenerate it")
+    return score_run(labels, activations, attributes, settings["final_layer"], settings.get("planted_layer"))
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def demo(
+    images: Annotated[Optional[int], typer.Option("--images", min=1, help="Probe images to generate "
+                                                  "(default: the demo's full set).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as one JSON object.")] = False,
+    runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (env CDISSECT_RUNS_DIR).")] = None,
+    config: ConfigOpt = None, store: StoreOpt = None,
+    deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Run the whole pipeline offline on the shapes world and score its labels against the known truth."""
+    console = Console(stderr=True)
+    settings, write_probe_folder, score_run = _shapes()
+    n_images = images or int(settings["n_images"])
+    folder = demo_probe_folder(n_images, int(settings["seed"]), write_probe_folder)
+    spec = resolve_spec(None, {
+        "target_model": settings["model"], "target_weights": settings.get("weights", ""),
+        "layers": list(settings["layers"]), "probe_set": str(folder), "concept_set": settings["concept_set"],
+        "clip_model": settings["clip_model"]})
+    flags = ConnectionFlags(config=config, store=store, deadline_s=deadline, retry_s=retry_timeout)
+    try:
+        outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress and not as_json,
+                              keep_connection=True)
+    except KeyboardInterrupt:
+        raise CliError("interrupted; rerun `cdissect demo` to resume", exit_code=130) from None
+    try:
+        scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
+    finally:
+        outcome.connection.close()
+    summary = {"run_dir": str(outcome.run_dir), "report": str(outcome.report) if outcome.report else None,
+               **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},
+               "images": n_images}
+    (outcome.run_dir / "demo_scores.json").write_text(
+        json.dumps({**summary, "per_layer": scores.get("per_layer", {})}, indent=1, default=float) + "\n")
+    if as_json:
+        typer.echo(json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v)
+                               for k, v in summary.items()}))
+        return
+    console.print(reuse_table(outcome.result))
+    table = Table(title="label quality against the shapes world's truth", show_edge=False)
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    table.add_column("units", justify="right")
+    units = {"final": "n_final", "planted": "n_planted", "conv_selective": "n_conv_selective", "conv": "n_conv"}
+    for key in SCORE_KEYS:
+        group = key.rsplit("_top", 1)[0]
+        table.add_row(key, _fmt(scores[key]), str(scores.get(units.get(group, ""), "")))
+    Console().print(table)
+    typer.echo(f"run folder: {outcome.run_dir}")
+    if outcome.report is not None:
+        typer.echo(f"report: {outcome.report}")
