@@ -2,7 +2,7 @@
 
 `main()` is the console-script entry point. It turns the user-facing errors of every part
 (CliError, the common config/store/dataset errors) into one red line and an exit code instead
-of a traceback, and turns SIGTERM into an exception so local services are always stopped.
+of a traceback, and turns SIGINT/SIGTERM into `Interrupted` so local services are always stopped.
 This module and everything it imports must never import torch (a test checks it).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cdissect_cli import catalog_commands, demo_command, local_commands, run_command
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, Interrupted
 
 app = typer.Typer(
     name="cdissect", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -50,15 +50,14 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (CliError, ConfigError, DatasetError, StoreError)
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise CliError(f"stopped by signal {signum}; finished artifacts are kept: rerun the same command to resume",
-                   exit_code=128 + signum)
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one message and exit non-zero."""
     console = Console(stderr=True)
-    previous = signal.signal(signal.SIGTERM, _sigterm)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     args = sys.argv[1:] if argv is None else argv
     if _ANALYSIS_NOTE and args[:1] in (["report"], ["eval"], ["explain"], ["analyze"], ["compare"]):
         console.print(f"note: {_ANALYSIS_NOTE}", style="yellow", markup=False)
@@ -67,8 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     except _user_error_types() as err:
         console.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False, soft_wrap=True)
         sys.exit(getattr(err, "exit_code", 1))
+    except Interrupted as err:
+        console.print(str(err), style="yellow", markup=False)
+        sys.exit(err.exit_code)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -115,11 +115,8 @@ def demo(
         "layers": list(settings["layers"]), "probe_set": str(folder), "concept_set": settings["concept_set"],
         "clip_model": settings["clip_model"]})
     flags = ConnectionFlags(config=config, store=store, deadline_s=deadline, retry_s=retry_timeout)
-    try:
-        outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress and not as_json,
-                              keep_connection=True)
-    except KeyboardInterrupt:
-        raise CliError("interrupted; rerun `cdissect demo` to resume", exit_code=130) from None
+    outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress and not as_json,
+                          keep_connection=True)
     try:
         scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
     finally:

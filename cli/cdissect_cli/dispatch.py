@@ -61,8 +61,8 @@ class ShardDispatcher:
         self.policy = policy
         self.per_address = max(1, per_address)
 
-    def call_one(self, task: ShardTask, home: int = 0) -> Any:
-        """Run one task with retries, moving to the next address on each retry."""
+    def call_one(self, task: ShardTask, home: int = 0, stop: threading.Event | None = None) -> Any:
+        """Run one task with retries, moving to the next address on each retry (none once `stop` is set)."""
         attempt = [0]
         last_address = [self.addresses[home % len(self.addresses)]]
 
@@ -73,8 +73,9 @@ class ShardDispatcher:
             return task.call(self.stubs[index], self.deadline_s)
 
         try:
-            result = self.policy.call(attempt_call, is_retryable_grpc,
-                                      describe=f"{task.what} on {self.service}")
+            result = self.policy.call(
+                attempt_call, lambda err: is_retryable_grpc(err) and not (stop is not None and stop.is_set()),
+                describe=f"{task.what} on {self.service}")
         except grpc.RpcError as err:
             raise ShardFailure(self.service, task.what, last_address[0], err, attempt[0]) from err
         if task.on_done is not None:
@@ -101,7 +102,7 @@ class ShardDispatcher:
                 except queue.Empty:
                     return
                 try:
-                    results[index] = self.call_one(task, home)
+                    results[index] = self.call_one(task, home, stop)
                 except BaseException as err:  # noqa: BLE001 - reported to the caller below
                     errors.append(err)
                     stop.set()
@@ -109,10 +110,14 @@ class ShardDispatcher:
         n_workers = min(len(tasks), len(self.addresses) * self.per_address)
         threads = [threading.Thread(target=worker, args=(i % len(self.addresses),), daemon=True,
                                     name=f"{self.service}-{i}") for i in range(n_workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            stop.set()  # interrupted: workers start no new task and stop retrying
+            raise
         if errors:
             raise errors[0]
         if stop.is_set() and any(r is None for r in results):

@@ -19,3 +19,13 @@ class SpecError(CliError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=2)
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived. A BaseException, so no `except Exception` (health polling, retries)
+    can swallow it on its way to `app.main`, which stops local services and exits 128+signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}; finished artifacts are kept: rerun the same command "
+                         f"to resume")
+        self.exit_code = 128 + signum

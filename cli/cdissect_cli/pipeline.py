@@ -134,20 +134,25 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     image_tasks, act_tasks = _shard_tasks(spec, manifest, progress)
     text_task = _text_task(spec, concepts)
     text_task.on_done = lambda resp: progress.advance(STAGE_TEXT, reused=resp.reused)
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="stage") as pool:
+    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="stage")
+    try:
         text_future = pool.submit(embedder.run, [text_task], stop)
         image_future = pool.submit(embedder.run, image_tasks, stop)
         act_future = pool.submit(activations.run, act_tasks, stop)
-        futures = {"text": text_future, "images": image_future, "acts": act_future}
         errors = []
-        for future in futures.values():
+        for future in (text_future, image_future, act_future):
             try:
                 future.result()
-            except BaseException as err:  # noqa: BLE001 - the first real failure is raised below
+            except Exception as err:  # noqa: BLE001 - the first real failure is raised below
                 errors.append(err)
-        if errors:
-            real = [e for e in errors if "another part of the run failed" not in str(e)]
-            raise (real or errors)[0]
+    except BaseException:
+        stop.set()  # an interrupt: start nothing new, retry nothing, let the caller stop services
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if errors:
+        real = [e for e in errors if "another part of the run failed" not in str(e)]
+        raise (real or errors)[0]
     text_response = text_future.result()[0]
     image_responses, act_responses = image_future.result(), act_future.result()
     for stage in (STAGE_TEXT, STAGE_IMAGES, STAGE_ACTS):

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from cdissect_cli.cli_settings import load_cli_settings
 from cdissect_cli.connection import Connection
-from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec, load_spec_file, parse_param_flags, resolve_spec
 from cdissect_cli.options import (
     DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, DeadlineOpt, EmbedderOpt,
@@ -145,11 +144,7 @@ def run(
         "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size})
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, activations=activations,
                             labeler=labeler, deadline_s=deadline, retry_s=retry_timeout)
-    try:
-        outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress)
-    except KeyboardInterrupt:
-        raise CliError("interrupted; finished artifacts are kept: rerun the same command to resume",
-                       exit_code=130) from None
+    outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress)
     console.print(reuse_table(outcome.result))
     units = sum(layer.units for layer in outcome.result.layers)
     console.print(f"labelled {units} units in {len(outcome.result.layers)} layer(s)")

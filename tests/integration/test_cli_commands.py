@@ -6,11 +6,15 @@ every command after it finds them through the state file, as a user's later comm
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 from test_cli_support import (
-    REPO, labels_by_unit, make_env, results, run_args, run_cli, run_dir_of, write_probe, write_words)
+    REPO, assert_no_torch, child_pids, labels_by_unit, make_env, results, run_args, run_cli, run_dir_of, start_cli,
+    stop_process, wait_for, write_probe, write_words)
+
+from cdissect_cli.local import pid_alive
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +135,19 @@ def test_corrupt_image_is_skipped_and_counted_with_skip_policy(up_env: dict[str,
     too_many = run_cli([*run_args(probe, words, tiny_clip_checkpoint, layers="layer4"), "--on-bad-image", "skip",
                         "--top-images", "50"], up_env, expect=2)
     assert "top_images=50 exceeds the 12 images" in too_many.stderr
+
+
+def test_sigterm_while_local_services_start_stops_all_of_them(tmp_path: Path, tiny_clip_checkpoint: Path) -> None:
+    probe, words = write_probe(tmp_path / "probe", 12), write_words(tmp_path / "words.txt")
+    env = make_env(tmp_path)
+    proc = start_cli(run_args(probe, words, tiny_clip_checkpoint), env)
+    try:
+        children = wait_for(lambda: [pid for pid, cmd in child_pids(proc.pid) if "-m cdissect_" in cmd]
+                            if len(child_pids(proc.pid)) >= 3 else None, 120, "three local service processes")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)
+    assert_no_torch(env)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by signal 15" in err, err[-3000:]
+    assert len(children) == 3 and not any(pid_alive(pid) for pid in children)
