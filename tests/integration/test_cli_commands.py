@@ -90,6 +90,11 @@ def test_run_on_up_services_and_datasets_commands(up_env: dict[str, str], inputs
     doc = results(run_dir_of(proc))
     assert doc["dataset"]["name"] == "mini" and doc["dataset"]["shards"] == 3
     assert len(labels_by_unit(run_dir_of(proc))) == 512
+    # The echoed job spec reproduces the run: every artifact is reused.
+    again = run_cli(["run", "--spec", str(run_dir_of(proc) / "job.yaml"), "--no-progress"], up_env)
+    reused = results(run_dir_of(again))["reused"]
+    assert all(counts["computed"] == 0 for counts in reused.values()), reused
+    assert labels_by_unit(run_dir_of(again)) == labels_by_unit(run_dir_of(proc))
 
 
 def test_unknown_dataset_and_concept_set_fail_before_any_service_starts(
