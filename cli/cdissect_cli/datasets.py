@@ -53,25 +53,23 @@ def _fingerprint(images: list[Any], shard_size: int, on_bad_image: str) -> str:
     return digest.hexdigest()
 
 
-def _resolve_source(probe_set: str) -> tuple[str, Iterable[Any], dict[str, str]]:
-    """(dataset name, images, info) for a folder or a built-in probe set name."""
+def _resolve_source(source: str) -> tuple[Iterable[Any], dict[str, str]]:
+    """(images, manifest info) of a folder or a built-in probe set name, via cdissect_common.probesets."""
     from cdissect_common import probesets
 
-    path = Path(probe_set).expanduser()
+    path = Path(source).expanduser()
     try:
         if path.is_dir():
-            resolved = probesets.resolve_probe_set(str(path.resolve()))
-            return folder_dataset_name(path), resolved, {"source": str(path.resolve())}
-        resolved = probesets.resolve_probe_set(probe_set)
+            return probesets.resolve_probe_set(str(path.resolve())), {"source": str(path.resolve())}
+        return probesets.resolve_probe_set(source), {"source": f"builtin:{source}"}
     except (ValueError, LookupError, OSError) as err:
-        raise CliError(f"probe set {probe_set!r}: {err}") from err
-    return probe_set, resolved, {"source": f"builtin:{probe_set}"}
+        raise CliError(f"probe set {source!r}: {err}") from err
 
 
 def register_source(store: ObjectStore, name: str, source: str, shard_size: int,
                     on_bad_image: str) -> tuple[common_pb2.DatasetManifest, bool]:
     """Register a folder or built-in probe set under `name`; (manifest, reused?)."""
-    _, images, info = _resolve_source(source)
+    images, info = _resolve_source(source)
     images = list(images)
     fingerprint = _fingerprint(images, shard_size, on_bad_image)
     if store.exists(manifest_key(name)):
