@@ -3,8 +3,8 @@
 A service may be given as several endpoints (replicas) and each endpoint as a DNS name that
 resolves to several addresses (a Kubernetes headless service): `connection` expands them into one
 address each (`cdissect_common.clients.expand_endpoints`), and `ShardDispatcher` runs workers per
-address that pull tasks from one shared queue, so a fast replica takes more shards. Every call carries a deadline. UNAVAILABLE and
-DEADLINE_EXCEEDED are retried with the common backoff policy, each retry on the next address,
+address that pull tasks from one shared queue, so a fast replica takes more shards. Every call
+carries a deadline. UNAVAILABLE and DEADLINE_EXCEEDED are retried with the common backoff policy, each retry on the next address,
 so a dead replica does not stall its shards. When a task finally fails, `ShardFailure` names the
 shard, the service, the address and the cause, and no further tasks are started.
 """

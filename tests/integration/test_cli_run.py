@@ -108,8 +108,8 @@ def test_s3_store_outage_mid_run_waits_and_gives_the_same_labels(reference, job,
     env = make_env(tmp_path, **{**seaweedfs.env(), "CDISSECT_STORE": f"{seaweedfs.store_url}/{prefix}"})
     proc = start_cli(job("layer4"), env)
     try:
-        wait_for(lambda: _s3_keys(seaweedfs, f"{prefix}/activations/") or _s3_keys(seaweedfs, f"{prefix}/embeddings/image/"),
-                 300, "the first shard artifact in S3")
+        wait_for(lambda: (_s3_keys(seaweedfs, f"{prefix}/activations/")
+                          or _s3_keys(seaweedfs, f"{prefix}/embeddings/image/")), 300, "the first shard artifact in S3")
         seaweedfs.stop()
         time.sleep(10)
         assert proc.poll() is None, "the run gave up during the store outage"
