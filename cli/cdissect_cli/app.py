@@ -7,6 +7,7 @@ This module and everything it imports must never import torch (a test checks it)
 """
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from typing import Any
@@ -54,9 +55,17 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def _quiet_library_logs() -> None:
+    """Retry notices of the common code and urllib3 are for service logs; the CLI reports a
+    failure once, in its own words (ShardFailure), instead of Python's last-resort log lines."""
+    for name in ("cdissect_common", "cdissect", "urllib3"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print one message and exit non-zero."""
     console = Console(stderr=True)
+    _quiet_library_logs()
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     args = sys.argv[1:] if argv is None else argv
     if _ANALYSIS_NOTE and args[:1] in (["report"], ["eval"], ["explain"], ["analyze"], ["compare"]):

@@ -183,6 +183,10 @@ class Connection:
                 deadline_s=self.flags.deadline_s, policy=self.policy, per_address=per_address)
         return self._dispatchers[service]
 
+    def exit_note(self, service: str) -> str | None:
+        """Why a local service this connection started is gone (exit code, log tail), if it is."""
+        return self.local.exit_note(service) if self.local is not None else None
+
     def describe(self) -> str:
         """One line per service: where it runs."""
         return "; ".join(f"{s}: {','.join(self.endpoints.get(s, ['(not started)']))} ({self.mode[s]})"

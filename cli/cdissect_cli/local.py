@@ -155,6 +155,14 @@ class LocalServices:
                                f"see the log {first.log}:\n{_log_tail(first.log)}")
             time.sleep(0.2)
 
+    def exit_note(self, name: str) -> str | None:
+        """If the local `name` service has died, a note with its exit code and log tail; else None."""
+        proc, svc = self._popen.get(name), self.processes.get(name)
+        if proc is None or svc is None or proc.poll() is None:
+            return None
+        return f"the local {name} service exited with code {proc.returncode}; its log ({svc.log}) ends with:\n" \
+               f"{_log_tail(svc.log)}"
+
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop every started service: SIGTERM, then SIGKILL after `grace_s`."""
         stop_processes(list(self.processes.values()), grace_s, self._popen)

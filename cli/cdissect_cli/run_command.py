@@ -15,6 +15,8 @@ from rich.table import Table
 
 from cdissect_cli.cli_settings import load_cli_settings
 from cdissect_cli.connection import Connection
+from cdissect_cli.dispatch import ShardFailure
+from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec, load_spec_file, parse_param_flags, resolve_spec
 from cdissect_cli.options import (
     DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, DeadlineOpt, EmbedderOpt,
@@ -75,7 +77,13 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
     connection.__enter__()
     try:
         with RunProgress(console=console, enabled=show_progress) as progress:
-            result = run_pipeline(spec, connection.store, connection.dispatcher, progress)
+            try:
+                result = run_pipeline(spec, connection.store, connection.dispatcher, progress)
+            except ShardFailure as err:
+                note = connection.exit_note(err.service)
+                if note is None:
+                    raise
+                raise CliError(f"{err}\n{note}") from err
         console.print(f"services: {connection.describe()}", style="dim", markup=False)
         run_dir = new_run_dir(Path(settings.runs_dir).expanduser(), spec.target_model)
         write_run_folder(run_dir, result)
