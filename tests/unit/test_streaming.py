@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cdissect_labeler import similarity as sim
-from cdissect_labeler.streaming import StreamingLabeler, top_concepts
+from cdissect_labeler.streaming import StreamingLabeler, shard_top_candidates, top_concepts
 
 TOLERANCE = {"soft_wpmi": 2e-4, "wpmi": 5e-5, "cos_similarity": 2e-6, "cos_similarity_cubed": 2e-6,
              "rank_reorder": 2e-5}
@@ -57,10 +57,13 @@ def check_equal(labels, ref: np.ndarray, function: str) -> None:
 
 
 @pytest.mark.parametrize("function", sim.FUNCTIONS)
-@pytest.mark.parametrize("shard,neuron_chunk,image_chunk", [(1, 3, 7), (7, 256, None), (N, 1, 50)])
-def test_streaming_equals_dense(function: str, shard: int, neuron_chunk: int, image_chunk: int | None) -> None:
+@pytest.mark.parametrize("shard,neuron_chunk,image_chunk,concept_tile", [(1, 3, 7, 7), (7, 256, None, 1024),
+                                                                        (N, 1, 50, 13)])
+def test_streaming_equals_dense(function: str, shard: int, neuron_chunk: int, image_chunk: int | None,
+                                concept_tile: int) -> None:
     I, T, A = make_world()
-    labels = stream(function, I, T, A, shard, neuron_chunk=neuron_chunk, image_chunk=image_chunk)
+    labels = stream(function, I, T, A, shard, neuron_chunk=neuron_chunk, image_chunk=image_chunk,
+                    concept_tile=concept_tile)
     check_equal(labels, dense(function, I, T, A), function)
     assert list(np.flatnonzero(labels.dead)) == [2, 5]
 
@@ -100,6 +103,16 @@ def test_top_images_global_indices_with_lower_index_on_ties() -> None:
     expected = np.argsort(-A, axis=0, kind="stable")[:10].T
     assert np.array_equal(labels.top_images, expected)
     assert labels.top_images[2].tolist() == list(range(10))             # dead unit: first images
+
+
+def test_shard_candidates_equal_a_stable_sort_with_many_ties() -> None:
+    rng = np.random.default_rng(8)
+    values = torch.from_numpy(rng.integers(0, 4, size=(50, 40)).astype(np.float32))   # heavy ties
+    values[3] = 0.0
+    vals, idx = shard_top_candidates(values, 6, offset=100)
+    ref_vals, ref_idx = torch.sort(values, dim=1, descending=True, stable=True)
+    assert torch.equal(vals, ref_vals[:, :6]) and torch.equal(idx, ref_idx[:, :6] + 100)
+    assert idx[3].tolist() == list(range(100, 106))
 
 
 def test_top_concepts_breaks_ties_by_lower_concept_index() -> None:

@@ -14,15 +14,19 @@ activations [n, K])``, then call ``finish()`` for a ``LayerLabels``. What is kep
 
 At ``finish`` the concept scores are computed from the kept data, P = Î·T̂ᵀ one block at a time:
 
-- soft_wpmi / wpmi: image chunks of P → Q = softmax(a·P) rows, and for every (neuron, rank) whose
-  image is in the chunk the factor (a_r + p_r·Q) is multiplied into a float64 product per
-  (neuron, concept); one log per (neuron, concept) at the end replaces the reference's log per
-  (neuron, rank, concept). The prior over all neurons is a running logsumexp over neuron chunks,
-  subtracted afterwards, so it is exact whatever the chunking;
+- soft_wpmi / wpmi: only the images in some neuron's top-k are used. A first pass computes each
+  image's softmax log-normaliser over all concepts; then, one concept tile at a time, Q = softmax
+  rows restricted to the tile, and for every neuron the product over its ranks of
+  (1 + c_r·Q[top_r, m]) (with L = Σ_r log a_r + log Π): one fused multiply per (neuron, rank,
+  concept) and one log per ~14 ranks, instead of the reference's log per (neuron, rank, concept).
+  Every tile holds all K neurons, so the prior (logsumexp over neurons) is exact; each tile's
+  scores are reduced at once to a running top-t per neuron, so no [K, C] array exists either;
 - rank_reorder: P rows for the union of a neuron chunk's top images only;
 - cos_similarity: S = (Σ A·Î)·T̂ᵀ / (‖A‖·‖P‖) with ‖P_m‖² = t̂_mᵀ(ÎᵀÎ)t̂_m — exact moments;
 - cos_similarity_cubed: a second pass over the kept activations and image chunks of P.
 
+Memory at finish is about N·d (embeddings) + N·tile (one Q tile) + K·tile (scores of the tile)
+floats; neuron_chunk and concept_tile trade memory for speed on CPU (on CUDA tiles are larger).
 ``precision='float16'`` reproduces the reference's fp16 CLIP features (GPU runs): embeddings are
 cast to float16 and back before normalising. Everything runs on ``device`` (cpu or cuda).
 """
@@ -39,9 +43,10 @@ from cdissect_labeler.labels import LayerLabels
 from cdissect_labeler.quality import label_quality, quality_positive_count
 
 PRECISIONS = ("float32", "float16")
-_FLOAT32_TINY = 1e-37      # float32 partial products stay above this (normal range)
-_FLOAT64_TINY = 1e-290     # float64 running products stay above this, else sums of logs are kept
+_LOG_FLOAT32_MAX = 88.0    # float32 partial products stay below e^88 (max 3.4e38)
 _SCRATCH_BYTES = 64 * 2**20
+_LSE_TILE = 4096           # concepts per block when computing softmax normalisers
+_GPU_SCRATCH_BYTES = 2**30
 
 
 def _tensor(x: Any, what: str, ndim: int) -> torch.Tensor:
@@ -50,7 +55,8 @@ def _tensor(x: Any, what: str, ndim: int) -> torch.Tensor:
         raise ValueError(f"{what} must be {ndim}-D, got shape {tuple(t.shape)}.")
     if not t.is_floating_point():
         t = t.float()
-    if not bool(torch.isfinite(t).all()):
+    # One reduction first: a finite sum proves every value finite; else the exact check.
+    if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{what} contains NaN or infinite values; check the upstream artifact.")
     return t
 
@@ -62,7 +68,8 @@ class StreamingLabeler:
     text_embeddings [C, d]: CLIP text embeddings of the concept set, in its word order;
     device: 'cpu', 'cuda', 'cuda:N' or 'auto'; precision: 'float32' or 'float16' (reference GPU
     features); neuron_chunk: neurons processed together at finish (memory/speed trade-off);
-    image_chunk: rows of P computed at once (default: ~64 MB of float32); num_images: the probe
+    concept_tile: concepts per tile in soft_wpmi/wpmi; image_chunk: rows of P computed at once
+    by cos_similarity_cubed (default: ~64 MB of float32); num_images: the probe
     set size when known in advance (lets rank_reorder and the cosine functions keep only running
     top lists instead of all activations; finish checks it); max_top_images: how many top images
     per neuron are kept for ``finish(top_images=...)``.
@@ -71,7 +78,7 @@ class StreamingLabeler:
     def __init__(self, function: str, params: dict[str, Any] | None, text_embeddings: Any,
                  device: str | torch.device | None = "cpu", precision: str = "float32",
                  neuron_chunk: int = 256, image_chunk: int | None = None,
-                 num_images: int | None = None, max_top_images: int = 100) -> None:
+                 num_images: int | None = None, max_top_images: int = 100, concept_tile: int = 1024) -> None:
         self.function = function
         self.params = sim.resolve_params(function, params)
         if precision not in PRECISIONS:
@@ -85,6 +92,9 @@ class StreamingLabeler:
         self.neuron_chunk = int(neuron_chunk)
         self.num_images = num_images
         self.max_top_images = int(max_top_images)
+        if concept_tile < 1:
+            raise ValueError(f"concept_tile must be ≥ 1, got {concept_tile}.")
+        self.concept_tile = int(concept_tile)
         T = _tensor(text_embeddings, "text_embeddings", 2)
         if T.shape[0] == 0:
             raise ValueError("text_embeddings has no rows: the concept set is empty.")
@@ -171,15 +181,19 @@ class StreamingLabeler:
         self._n += n
 
     def _merge_top(self, A: torch.Tensor) -> None:
-        """Merge a shard into the running top list; stable sort keeps lower indices first on ties."""
-        idx = torch.arange(self._n, self._n + A.shape[0], device=self.device).unsqueeze(1).expand_as(A)
+        """Merge a shard into the running top list, ties ordered by the lower image index.
+
+        Kept neuron-major ([K, kept], rows contiguous); ``_final_top`` hands it out image-major
+        ([kept, K]) like ``similarity.stable_topk``. The shard is first cut to its own top
+        candidates (``shard_top_candidates``), so the stable sort runs on 2×kept columns only."""
+        vals, idx = shard_top_candidates(A.T, self._buffer, self._n)
         if self._top_vals is not None:
-            A = torch.cat([self._top_vals, A], dim=0)
-            idx = torch.cat([self._top_idx, idx], dim=0)
-        vals, order = torch.sort(A, dim=0, descending=True, stable=True)
-        keep = min(self._buffer, vals.shape[0])
-        self._top_vals = vals[:keep].contiguous()
-        self._top_idx = torch.gather(idx, 0, order[:keep]).contiguous()
+            vals = torch.cat([self._top_vals, vals], dim=1)
+            idx = torch.cat([self._top_idx, idx], dim=1)
+        keep = min(self._buffer, vals.shape[1])
+        vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
+        self._top_vals = vals[:, :keep].contiguous()
+        self._top_idx = torch.gather(idx, 1, order[:, :keep])
 
     # ------------------------------------------------------------------ finish
     def finish(self, top_concepts: int = 5, top_images: int = 10, quality: bool = True) -> LayerLabels:
@@ -215,7 +229,7 @@ class StreamingLabeler:
 
     def _final_top(self, N: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._keep_activations:
-            return self._top_vals, self._top_idx
+            return self._top_vals.T, self._top_idx.T
         A = torch.cat(self._kept_acts, dim=0).to(self.device)
         need = max(quality_positive_count(self.function, self.params, N), self.max_top_images)
         if self.function == "rank_reorder":
@@ -229,8 +243,7 @@ class StreamingLabeler:
             k = int(self.params["top_k"])
             if k > images.shape[0]:
                 raise ValueError(f"top_k={k} exceeds the {images.shape[0]} probe images; lower top_k.")
-            L = self._log_membership(images, top_idx[:k])
-            return self._pmi_top(L, float(self.params["lam"]), t)
+            return self._pmi_labels(images, top_idx[:k], t)
         if f == "rank_reorder":
             return self._rank_reorder(images, top_vals, top_idx, t)
         if f == "cos_similarity":
@@ -238,105 +251,108 @@ class StreamingLabeler:
         return self._cos_cubed(images, t)
 
     # soft_wpmi / wpmi ----------------------------------------------------------
-    def _log_membership(self, images: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
-        """L [K, C] float64 = Σ_r log(a_r + p_r·Q[top_r(k)]), from image chunks of Q."""
+    def _pmi_labels(self, images: torch.Tensor, inds: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-t concepts of L − lam·prior, concept tile by concept tile; no [K, C] array is kept.
+
+        L[k, m] = Σ_r log(a_r + p_r·Q[top_r(k), m]) = Σ_r log a_r + log Π_r (1 + c_r·Q), c_r = p_r / a_r.
+        The product runs in float32 over at most ``group`` ranks (so it cannot overflow), then its
+        log is added in float64. Q rows exist only for the images some neuron needs, one concept
+        tile at a time, from a per-image log-normaliser computed first. Within a tile all K neurons
+        are present, so the prior (logsumexp over neurons) of each of its concepts is exact.
+        """
         dev = self.device
         off_np, slope_np = sim.membership_weights(self.function, self.params)
+        lam, a = float(self.params["lam"]), float(self.params["a"])
         k, K = inds.shape
         C = self.text.shape[0]
-        min_factor = float(np.min(off_np))
-        # Partial products in float32 over at most `group` factors, then into float64.
-        group = max(1, int(math.log(_FLOAT32_TINY) / math.log(min_factor))) if 0 < min_factor < 1 else 1
-        log_mode = not (0 < min_factor and k * math.log(min_factor) > math.log(_FLOAT64_TINY))
-        acc = torch.zeros(K, C, dtype=torch.float64, device=dev) if log_mode else \
-            torch.ones(K, C, dtype=torch.float64, device=dev)
+        needed, pos = torch.unique(inds.to(dev), return_inverse=True)          # pos [k, K] rows of Q
+        I = images[needed]
+        lse = self._log_normaliser(I, a)                                        # [u] float32
+        with np.errstate(divide="ignore"):
+            ratio = np.where(off_np > 0, slope_np / np.where(off_np > 0, off_np, 1.0), np.inf)
+        product_mode = bool(np.all(off_np > 0)) and np.isfinite(ratio).all()
+        group = int(_LOG_FLOAT32_MAX // math.log1p(float(ratio.max()))) if product_mode else 1
+        product_mode = product_mode and group >= 1
+        const = float(np.sum(np.log(off_np))) if product_mode else 0.0
         off = torch.as_tensor(off_np, dtype=torch.float32, device=dev)
         slope = torch.as_tensor(slope_np, dtype=torch.float32, device=dev)
-        a = float(self.params["a"])
-        b = self.image_chunk
-        # Entries (neuron, rank, image) grouped by image chunk, then neuron, ranks ascending.
-        img = inds.T.reshape(-1).to(dev)
-        nrn = torch.arange(K, device=dev).repeat_interleave(k)
-        rnk = torch.arange(k, device=dev).repeat(K)
-        chunk_of = torch.div(img, b, rounding_mode="floor")
-        order = torch.argsort(chunk_of * K + nrn, stable=True)
-        img, nrn, rnk, chunk_of = img[order], nrn[order], rnk[order], chunk_of[order]
-        n_chunks = (images.shape[0] + b - 1) // b
-        bounds = torch.searchsorted(chunk_of, torch.arange(n_chunks + 1, device=dev)).cpu().tolist()
-        kb = min(self.neuron_chunk, K)
-        part = torch.empty(kb, C, device=dev)
-        buf = torch.empty(kb, C, device=dev)
-        part64 = torch.empty(kb, C, dtype=torch.float64, device=dev)
-        for c in range(n_chunks):
-            e0, e1 = bounds[c], bounds[c + 1]
-            if e0 == e1:
-                continue
-            i0 = c * b
-            Q = torch.softmax(a * (images[i0:i0 + b] @ self.text.T), dim=1)
-            c_nrn, c_img, c_rnk = nrn[e0:e1], img[e0:e1] - i0, rnk[e0:e1]
-            counts = torch.bincount(c_nrn, minlength=K)
-            first = torch.cumsum(counts, 0) - counts
-            counts_host = counts.cpu()
+        ratio_list = [float(x) for x in ratio]
+        if dev.type == "cuda":   # big tiles, all neurons at once: few kernel launches, Q tile ≤ ~1 GB
+            tile, kb = min(C, max(self.concept_tile, _GPU_SCRATCH_BYTES // (4 * max(1, I.shape[0])))), K
+        else:                    # small tiles: part/buffer rows stay in cache
+            tile, kb = min(C, self.concept_tile), min(K, self.neuron_chunk)
+        part = torch.empty(kb, tile, device=dev)
+        buf = torch.empty(kb, tile, device=dev)
+        part64 = torch.empty(kb, tile, dtype=torch.float64, device=dev)
+        L = torch.empty(K, tile, dtype=torch.float64, device=dev)
+        best_ids = best_vals = None
+        log_k = math.log(K)
+        for c0 in range(0, C, tile):
+            c1 = min(C, c0 + tile)
+            w = c1 - c0
+            Q = torch.matmul(I, self.text[c0:c1].T)                              # [u, w]
+            Q.mul_(a).sub_(lse.unsqueeze(1)).exp_()
             for k0 in range(0, K, kb):
                 k1 = min(K, k0 + kb)
-                cnt = counts_host[k0:k1]
-                if int(cnt.max()) == 0:
-                    continue
-                perm_host = torch.argsort(cnt, descending=True, stable=True)
-                sorted_cnt = cnt[perm_host].tolist()
-                perm = perm_host.to(dev)
-                inv_perm = torch.argsort(perm_host).to(dev)
-                start = first[k0:k1][perm]
                 rows = k1 - k0
-                pv = part[:rows]
-                pv.fill_(1.0)
-                since_flush = 0
-                active = rows
-                for j in range(sorted_cnt[0]):
-                    while active > 0 and sorted_cnt[active - 1] <= j:
-                        active -= 1
-                    pos = start[:active] + j
-                    r = c_rnk[pos]
-                    out = buf[:active]
-                    torch.index_select(Q, 0, c_img[pos], out=out)
-                    torch.addcmul(off[r].unsqueeze(1), slope[r].unsqueeze(1), out, out=out)
-                    pv[:active].mul_(out)
-                    since_flush += 1
-                    if since_flush == group and j + 1 < sorted_cnt[0]:
-                        self._flush(acc[k0:k1], pv, inv_perm, buf[:rows], part64[:rows], log_mode)
-                        pv.fill_(1.0)
-                        since_flush = 0
-                self._flush(acc[k0:k1], pv, inv_perm, buf[:rows], part64[:rows], log_mode)
+                acc = L[k0:k1, :w]
+                acc.fill_(const)
+                p, g = part[:rows, :w], buf[:rows, :w]
+                if product_mode:
+                    p.fill_(1.0)
+                    since = 0
+                    for r in range(k):
+                        torch.index_select(Q, 0, pos[r, k0:k1], out=g)
+                        p.addcmul_(p, g, value=ratio_list[r])                   # p ·= 1 + c_r·Q
+                        since += 1
+                        if since == group or r == k - 1:
+                            p64 = part64[:rows, :w]
+                            p64.copy_(p)
+                            acc.add_(p64.log_())
+                            p.fill_(1.0)
+                            since = 0
+                else:                                                            # a_r may be 0: plain logs
+                    for r in range(k):
+                        torch.index_select(Q, 0, pos[r, k0:k1], out=g)
+                        g.mul_(slope[r]).add_(off[r])
+                        p64 = part64[:rows, :w]
+                        p64.copy_(g)
+                        acc.add_(p64.log_())
             del Q
-        if not log_mode:
-            torch.log(acc, out=acc)
-        return acc
+            Lt = L[:, :w]
+            prior = torch.logsumexp(Lt, dim=0, keepdim=True) - log_k            # exact: all K neurons
+            ids, vals = top_concepts(Lt - lam * prior, min(t, w))
+            best_ids, best_vals = _merge_top_concepts(best_ids, best_vals, ids + c0, vals, t)
+        return best_ids, best_vals
 
-    @staticmethod
-    def _flush(acc_rows: torch.Tensor, part: torch.Tensor, inv_perm: torch.Tensor, scratch: torch.Tensor,
-               part64: torch.Tensor, log_mode: bool) -> None:
-        """acc_rows[i] ∘= part[inv_perm[i]] (multiply, or add the log in log mode), no allocation."""
-        torch.index_select(part, 0, inv_perm, out=scratch)
-        part64.copy_(scratch)
-        if log_mode:
-            acc_rows.add_(torch.log(part64))
-        else:
-            acc_rows.mul_(part64)
+    def _log_normaliser(self, I: torch.Tensor, a: float) -> torch.Tensor:
+        """log Σ_m exp(a·P[i, m]) per image (softmax denominator), by blocks of images × concepts.
 
-    def _pmi_top(self, L: torch.Tensor, lam: float, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Subtract lam × prior (logsumexp over ALL neurons, accumulated chunk by chunk), keep top t."""
-        K = L.shape[0]
-        lse = None
-        for s in range(0, K, self.neuron_chunk):
-            part = torch.logsumexp(L[s:s + self.neuron_chunk], dim=0)
-            lse = part if lse is None else torch.logaddexp(lse, part)
-        prior = lam * (lse - math.log(K))
-        ids, vals = [], []
-        for s in range(0, K, self.neuron_chunk):
-            i, v = top_concepts(L[s:s + self.neuron_chunk] - prior, t)
-            ids.append(i)
-            vals.append(v)
-        return torch.cat(ids), torch.cat(vals)
+        Per block: shift by the block's row maximum, exponentiate in place, sum; blocks combine
+        in float64 with a running maximum, as a streaming logsumexp."""
+        C = self.text.shape[0]
+        out = torch.empty(I.shape[0], dtype=torch.float32, device=I.device)
+        tile = min(C, _LSE_TILE)
+        rows = max(1, _SCRATCH_BYTES // (4 * tile))
+        buf = torch.empty(min(rows, I.shape[0]), tile, device=I.device)
+        for i0 in range(0, I.shape[0], rows):
+            i1 = min(I.shape[0], i0 + rows)
+            run_max = run_sum = None
+            for c0 in range(0, C, tile):
+                P = buf[:i1 - i0, :min(tile, C - c0)]
+                torch.matmul(I[i0:i1], self.text[c0:c0 + tile].T, out=P)
+                P.mul_(a)
+                block_max = P.amax(dim=1, keepdim=True)
+                block_sum = P.sub_(block_max).exp_().sum(dim=1).double()
+                block_max = block_max.squeeze(1).double()
+                if run_max is None:
+                    run_max, run_sum = block_max, block_sum
+                else:
+                    new_max = torch.maximum(run_max, block_max)
+                    run_sum = run_sum * torch.exp(run_max - new_max) + block_sum * torch.exp(block_max - new_max)
+                    run_max = new_max
+            out[i0:i1] = (run_max + torch.log(run_sum)).float()
+        return out
 
     # rank_reorder ---------------------------------------------------------------
     def _rank_reorder(self, images: torch.Tensor, top_vals: torch.Tensor, top_idx: torch.Tensor,
@@ -417,9 +433,43 @@ class StreamingLabeler:
     # quality --------------------------------------------------------------------------
     def _quality(self, images: torch.Tensor, label: torch.Tensor,
                  positives: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Label quality per unit, a block of distinct label concepts at a time (bounded memory)."""
+        K = label.shape[0]
         uniq, column = torch.unique(label, return_inverse=True)
-        concept_scores = (images @ self.text[uniq].T).float().cpu().numpy()   # [N, U]
-        return label_quality(concept_scores, column.cpu().numpy(), positives.cpu().numpy())
+        column_np, positives_np = column.cpu().numpy(), positives.cpu().numpy()
+        auc, pval = np.full(K, 0.5), np.ones(K)
+        block = max(1, _SCRATCH_BYTES // (16 * images.shape[0]))
+        for u0 in range(0, uniq.shape[0], block):
+            units = np.flatnonzero((column_np >= u0) & (column_np < u0 + block))
+            scores = (images @ self.text[uniq[u0:u0 + block]].T).float().cpu().numpy()   # [N, block]
+            auc[units], pval[units] = label_quality(scores, column_np[units] - u0, positives_np[units])
+        return auc, pval
+
+
+def shard_top_candidates(values: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of values [K, n] (one neuron's activations over a shard) its k largest values and
+    their global image indices (offset + column), sorted by value descending and, among equal
+    values, by index ascending: exactly the first k of a stable descending sort, but via topk.
+
+    topk may pick any of several equal values at the cut; rows where that happens (more values
+    equal to the k-th than were picked) are redone with a stable sort."""
+    K, n = values.shape
+    dev = values.device
+    if k >= n:
+        vals, order = torch.sort(values, dim=1, descending=True, stable=True)
+        return vals, order + offset
+    vals, cols = torch.topk(values, k, dim=1, sorted=False)
+    cut = vals.min(dim=1, keepdim=True).values
+    ambiguous = (values == cut).sum(dim=1) > (vals == cut).sum(dim=1)
+    if bool(ambiguous.any()):
+        rows = torch.nonzero(ambiguous).flatten()
+        sv, so = torch.sort(values[rows], dim=1, descending=True, stable=True)
+        vals[rows], cols[rows] = sv[:, :k], so[:, :k]
+    # Order candidates by (value desc, index asc): sort by index, then stable sort by value.
+    by_index = torch.argsort(cols, dim=1)
+    cols, vals = torch.gather(cols, 1, by_index), torch.gather(vals, 1, by_index)
+    vals, by_value = torch.sort(vals, dim=1, descending=True, stable=True)
+    return vals, torch.gather(cols, 1, by_value).to(dev) + offset
 
 
 def top_concepts(S: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -438,3 +488,15 @@ def top_concepts(S: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids, vals = torch.gather(ids, 1, key_order), torch.gather(vals, 1, key_order)
     order = torch.sort(vals, dim=1, descending=True, stable=True)[1]
     return torch.gather(ids, 1, order), torch.gather(vals, 1, order)
+
+
+def _merge_top_concepts(ids: torch.Tensor | None, vals: torch.Tensor | None, new_ids: torch.Tensor,
+                        new_vals: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge running top-t concept lists with those of a later tile (higher concept indices):
+    a stable sort keeps the earlier, lower index first among equal values."""
+    if ids is None:
+        return new_ids, new_vals
+    all_vals = torch.cat([vals, new_vals], dim=1)
+    all_ids = torch.cat([ids, new_ids], dim=1)
+    order = torch.sort(all_vals, dim=1, descending=True, stable=True)[1][:, :t]
+    return torch.gather(all_ids, 1, order), torch.gather(all_vals, 1, order)
