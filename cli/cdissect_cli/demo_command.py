@@ -92,6 +92,19 @@ def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_
     return score_run(labels, activations, attributes, settings["final_layer"], settings.get("planted_layer"))
 
 
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: NaN → None, numpy scalars → Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
@@ -125,10 +138,9 @@ def demo(
                **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},
                "images": n_images}
     (outcome.run_dir / "demo_scores.json").write_text(
-        json.dumps({**summary, "per_layer": scores.get("per_layer", {})}, indent=1, default=float) + "\n")
+        json.dumps(_plain({**summary, "per_layer": scores.get("per_layer", {})}), indent=1) + "\n")
     if as_json:
-        typer.echo(json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v)
-                               for k, v in summary.items()}))
+        typer.echo(json.dumps(_plain(summary)))
         return
     console.print(reuse_table(outcome.result))
     table = Table(title="label quality against the shapes world's truth", show_edge=False)
