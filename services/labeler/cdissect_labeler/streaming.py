@@ -210,6 +210,7 @@ class StreamingLabeler:
             raise ValueError(f"top_images must be ≥ 1, got {top_images}.")
         with torch.no_grad():
             images = torch.cat(self._images, dim=0)
+            self._images = [images]                   # one copy only (finish may be called again)
             top_vals, top_idx = self._final_top(N)
             if top_images > top_idx.shape[0]:
                 raise ValueError(f"top_images={top_images} but only {top_idx.shape[0]} are kept per neuron; "
@@ -266,7 +267,7 @@ class StreamingLabeler:
         k, K = inds.shape
         C = self.text.shape[0]
         needed, pos = torch.unique(inds.to(dev), return_inverse=True)          # pos [k, K] rows of Q
-        I = images[needed]
+        I = images if needed.numel() == images.shape[0] else images[needed]   # (needed is sorted)
         lse = self._log_normaliser(I, a)                                        # [u] float32
         with np.errstate(divide="ignore"):
             ratio = np.where(off_np > 0, slope_np / np.where(off_np > 0, off_np, 1.0), np.inf)
