@@ -44,7 +44,7 @@ from cdissect_labeler.quality import label_quality, quality_positive_count
 
 PRECISIONS = ("float32", "float16")
 _LOG_FLOAT32_MAX = 88.0    # float32 partial products stay below e^88 (max 3.4e38)
-_SCRATCH_BYTES = 64 * 2**20
+_SCRATCH_BYTES = 32 * 2**20
 _LSE_TILE = 4096           # concepts per block when computing softmax normalisers
 _GPU_SCRATCH_BYTES = 2**30
 
@@ -78,7 +78,7 @@ class StreamingLabeler:
     def __init__(self, function: str, params: dict[str, Any] | None, text_embeddings: Any,
                  device: str | torch.device | None = "cpu", precision: str = "float32",
                  neuron_chunk: int = 256, image_chunk: int | None = None,
-                 num_images: int | None = None, max_top_images: int = 100, concept_tile: int = 1024) -> None:
+                 num_images: int | None = None, max_top_images: int = 100, concept_tile: int = 512) -> None:
         self.function = function
         self.params = sim.resolve_params(function, params)
         if precision not in PRECISIONS:
