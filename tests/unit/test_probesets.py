@@ -97,6 +97,7 @@ def test_cifar100_pickles_become_png_images_in_file_order(tmp_path: Path) -> Non
     assert decoded.shape == (32, 32, 3)
     assert np.array_equal(decoded, pixels[3].transpose(1, 2, 0))
     assert images[3].path is None and images[0].name == "00000_img_0.png"
+    assert images[3].path_or_bytes == images[3].read_bytes()
 
 
 class _Evil:

@@ -82,6 +82,11 @@ class ProbeImage:
     data: bytes | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def path_or_bytes(self) -> Path | bytes | None:
+        """The contract's single source field: the in-memory bytes if any, else the file path."""
+        return self.data if self.data is not None else self.path
+
     def read_bytes(self) -> bytes:
         """The encoded image (JPEG/PNG/...) bytes."""
         if self.data is not None:

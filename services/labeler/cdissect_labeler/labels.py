@@ -28,7 +28,8 @@ class LayerLabels:
 
     concept_ids [K, t] int64 and scores [K, t] float32: top-t concepts, best first (scores are
     finite, also for dead neurons); top_images [K, m] int64: global image indices, most activating
-    first (ties: lower index first); dead [K] bool; quality_auc [K] and quality_p [K] float32.
+    first (ties: lower index first); dead [K] bool; quality_auc [K] and quality_p [K] float32
+    (dead units get AUC 0.5 and p 1: their top images are an arbitrary tie, not a signal).
     """
 
     concept_ids: np.ndarray
