@@ -83,12 +83,19 @@ def test_prior_exact_whatever_the_neuron_chunk() -> None:
     assert np.abs(one.scores - full.scores).max() < 1e-6
 
 
-def test_long_products_fall_back_to_sums_of_logs() -> None:
-    """wpmi with top_k=60: 60 factors ≥ 1e-7 could underflow float64, so logs are summed."""
+@pytest.mark.parametrize("params", [{"top_k": 60, "lam": 0.6}, {"min_prob": 1e-40}])
+def test_extreme_parameters_stay_exact(params: dict) -> None:
+    """top_k=60: float32 products are flushed every few ranks; min_prob=1e-40: c_r is too large
+    for float32 products at all, so logs are summed rank by rank."""
     I, T, A = make_world(3)
-    params = {"top_k": 60, "lam": 0.6}
-    labels = stream("wpmi", I, T, A, 16, params, image_chunk=30)
+    labels = stream("wpmi", I, T, A, 16, params, concept_tile=9)
     check_equal(labels, dense("wpmi", I, T, A, **params), "wpmi")
+
+
+def test_parameters_giving_log_of_zero_are_refused() -> None:
+    _, T, _ = make_world()
+    with pytest.raises(ValueError, match="min_prob > 0"):
+        StreamingLabeler("soft_wpmi", {"min_prob": 0.0, "p_start": 1.0}, T)
 
 
 def test_float16_precision_mimics_reference_gpu_features() -> None:

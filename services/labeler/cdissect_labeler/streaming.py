@@ -87,6 +87,11 @@ class StreamingLabeler:
             raise ValueError(f"neuron_chunk must be ≥ 1, got {neuron_chunk}.")
         if num_images is not None and num_images < 1:
             raise ValueError(f"num_images must be ≥ 1 when given, got {num_images}.")
+        if function in ("soft_wpmi", "wpmi"):
+            off, _ = sim.membership_weights(function, self.params)
+            if not bool(np.all(off > 0)):
+                raise ValueError(f"{function} parameters {self.params} make a membership factor ≤ 0 (log of 0 "
+                                 "or less); keep min_prob > 0 and p_start, p_end ≤ 1.")
         self.device = sim.resolve_device(device)
         self.precision = precision
         self.neuron_chunk = int(neuron_chunk)
@@ -312,7 +317,7 @@ class StreamingLabeler:
                             acc.add_(p64.log_())
                             p.fill_(1.0)
                             since = 0
-                else:                                                            # a_r may be 0: plain logs
+                else:                                 # c_r too large for float32 products: plain logs
                     for r in range(k):
                         torch.index_select(Q, 0, pos[r, k0:k1], out=g)
                         g.mul_(slope[r]).add_(off[r])
