@@ -274,6 +274,7 @@ class StreamingLabeler:
         needed, pos = torch.unique(inds.to(dev), return_inverse=True)          # pos [k, K] rows of Q
         I = images if needed.numel() == images.shape[0] else images[needed]   # (needed is sorted)
         lse = self._log_normaliser(I, a)                                        # [u] float32
+        neg_lse = (-lse).unsqueeze(1)
         with np.errstate(divide="ignore"):
             ratio = np.where(off_np > 0, slope_np / np.where(off_np > 0, off_np, 1.0), np.inf)
         product_mode = bool(np.all(off_np > 0)) and np.isfinite(ratio).all()
@@ -296,8 +297,8 @@ class StreamingLabeler:
         for c0 in range(0, C, tile):
             c1 = min(C, c0 + tile)
             w = c1 - c0
-            Q = torch.matmul(I, self.text[c0:c1].T)                              # [u, w]
-            Q.mul_(a).sub_(lse.unsqueeze(1)).exp_()
+            # Q = exp(a·P − lse): scaling and shift fused into the GEMM, then exp in place.
+            Q = torch.addmm(neg_lse, I, self.text[c0:c1].T, alpha=a).exp_()      # [u, w]
             for k0 in range(0, K, kb):
                 k1 = min(K, k0 + kb)
                 rows = k1 - k0
@@ -346,8 +347,7 @@ class StreamingLabeler:
             run_max = run_sum = None
             for c0 in range(0, C, tile):
                 P = buf[:i1 - i0, :min(tile, C - c0)]
-                torch.matmul(I[i0:i1], self.text[c0:c0 + tile].T, out=P)
-                P.mul_(a)
+                torch.addmm(P, I[i0:i1], self.text[c0:c0 + tile].T, beta=0.0, alpha=a, out=P)
                 block_max = P.amax(dim=1, keepdim=True)
                 block_sum = P.sub_(block_max).exp_().sum(dim=1).double()
                 block_max = block_max.squeeze(1).double()
