@@ -40,7 +40,7 @@ bench-pipeline: install
 	$(PY) bench/bench_pipeline.py
 
 bench-labeler: install
-	$(PY) bench/bench_labeler.py
+	$(PY) bench/bench_labeler.py --threads 1
 
 shapes-models: install
 	$(PY) -m cdissect_shapes.train_all
