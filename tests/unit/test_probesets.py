@@ -162,7 +162,7 @@ def test_unknown_and_missing_sets_explain_the_fix(tmp_path: Path) -> None:
         download_probe_set("imagenet_val", root=tmp_path)
 
 
-def test_default_root_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_root_defaults_to_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_broden(tmp_path)
     monkeypatch.setenv("CDISSECT_DATA_DIR", str(tmp_path))
     assert len(resolve_probe_set("broden")) == 12

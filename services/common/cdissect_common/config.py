@@ -64,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "max_message_bytes": 64 * 1024 * 1024,
     "cache_dir": "~/.cache/cdissect/weights",
+    "data_dir": "~/.cache/cdissect/data",
+    "download_timeout": 20.0,
     "shutdown_grace_seconds": 120.0,
     "max_workers": 8,
     "embedder": (),
@@ -92,6 +94,8 @@ ENV_VARS: dict[str, str] = {
     "batch_size": "CDISSECT_BATCH_SIZE",
     "max_message_bytes": "CDISSECT_MAX_MESSAGE_BYTES",
     "cache_dir": "CDISSECT_CACHE_DIR",
+    "data_dir": "CDISSECT_DATA_DIR",
+    "download_timeout": "CDISSECT_DOWNLOAD_TIMEOUT",
     "shutdown_grace_seconds": "CDISSECT_SHUTDOWN_GRACE_SECONDS",
     "max_workers": "CDISSECT_MAX_WORKERS",
     "embedder": "CDISSECT_EMBEDDER",
@@ -102,7 +106,7 @@ ENV_VARS: dict[str, str] = {
 CONFIG_ENV_VAR = "CDISSECT_CONFIG"
 
 _INT_KEYS = {"port", "metrics_port", "batch_size", "max_message_bytes", "max_workers"}
-_FLOAT_KEYS = {"shutdown_grace_seconds"}
+_FLOAT_KEYS = {"shutdown_grace_seconds", "download_timeout"}
 _BOOL_KEYS = {"s3_secure"}
 _LIST_KEYS = {"embedder", "activations", "labeler"}
 _DEVICES = {"auto", "cpu", "cuda"}
@@ -132,6 +136,8 @@ class Settings:
     batch_size: int = DEFAULTS["batch_size"]
     max_message_bytes: int = DEFAULTS["max_message_bytes"]
     cache_dir: str = DEFAULTS["cache_dir"]
+    data_dir: str = DEFAULTS["data_dir"]
+    download_timeout: float = DEFAULTS["download_timeout"]
     shutdown_grace_seconds: float = DEFAULTS["shutdown_grace_seconds"]
     max_workers: int = DEFAULTS["max_workers"]
     embedder: tuple[str, ...] = ()
@@ -198,8 +204,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             number = float(str(value).strip())
         except ValueError:
             raise ConfigError(f"{where} must be a number of seconds, got {value!r}") from None
-        if number < 0:
-            raise ConfigError(f"{where} must be >= 0, got {number}")
+        if number < 0 or (key == "download_timeout" and number == 0):
+            raise ConfigError(f"{where} must be {'positive' if key == 'download_timeout' else '>= 0'}, got {number}")
         return number
     if key in _BOOL_KEYS:
         if isinstance(value, bool):

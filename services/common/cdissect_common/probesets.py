@@ -24,9 +24,10 @@ any folder         class subfolders → ImageFolder order, label ``class``; othe
                    labels (the shapes world writes attributes.csv this way).
 =================  ==========================================================================
 
-ROOT is ``root`` if given, else ``$CDISSECT_DATA_DIR``, else ``~/.cache/cdissect/data``.
-``download_probe_set`` fetches the sets with public addresses (broden, cifar100) and fails fast
-with a message saying where to put the files when there is no network. torch-free.
+ROOT is ``root`` if given, else ``cdissect_common.downloads.data_dir()`` (``$CDISSECT_DATA_DIR``,
+the config file's ``data_dir``, else ``~/.cache/cdissect/data``). ``download_probe_set`` fetches
+the sets with public addresses (broden, cifar100) through ``cdissect_common.downloads.fetch`` and
+fails fast with a message saying where to put the files when there is no network. torch-free.
 
 The CIFAR-100 batches are Python pickles (the dataset's official format). They are read with an
 unpickler that only admits numpy arrays and plain containers, so a tampered file cannot run code.
@@ -38,16 +39,14 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
 import tarfile
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .concepts import parse_concept_lines, shipped_path
+from .downloads import DownloadError, data_dir, fetch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared in lower case as ImageFolder does.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -58,7 +57,6 @@ LABEL_FILES = ("attributes.csv", "labels.csv")
 BRODEN_URL = "http://netdissect.csail.mit.edu/data/broden1_224.zip"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-DOWNLOAD_TIMEOUT_S = 15.0
 
 
 class ProbeSetError(ValueError):
@@ -69,8 +67,10 @@ class ProbeSetNotFoundError(ProbeSetError, FileNotFoundError):
     """The probe set's files are not where they should be."""
 
 
-class ProbeSetDownloadError(ProbeSetError):
+class ProbeSetDownloadError(ProbeSetError, DownloadError):
     """A download failed (no network, host down, bad archive)."""
+
+    __init__ = DownloadError.__init__  # (message, url, dest, reason), not ValueError's
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,6 @@ class ProbeSet:
 
     def __len__(self) -> int:
         return self.num_images
-
-
-def default_root() -> Path:
-    """$CDISSECT_DATA_DIR, else ~/.cache/cdissect/data."""
-    env = os.environ.get("CDISSECT_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cdissect" / "data"
 
 
 # ----------------------------------------------------------------------------- folder order
@@ -303,7 +297,7 @@ def _plain_folder(directory: Path) -> list[ProbeImage]:
 def resolve_probe_set(name_or_path: str | Path, root: str | Path | None = None) -> ProbeSet:
     """A named probe set under ``root`` (see module doc) or any image folder by path."""
     key = str(name_or_path)
-    base = Path(root).expanduser() if root is not None else default_root()
+    base = Path(root).expanduser() if root is not None else data_dir()
     if key in ("cifar100_train", "cifar100_val"):
         split = "train" if key == "cifar100_train" else "test"
         count = _count_cifar(base, split, key)
@@ -327,19 +321,18 @@ def resolve_probe_set(name_or_path: str | Path, root: str | Path | None = None) 
     return ProbeSet(key, base, len(images), lambda: iter(images))
 
 
-def download_probe_set(name: str, root: str | Path | None = None, url: str | None = None,
-                       timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
+def download_probe_set(name: str, root: str | Path | None = None, url: str | None = None) -> Path:
     """Download and unpack ``broden`` or ``cifar100`` (both splits) under ``root``; returns root.
 
     Does nothing if the set is already there. ``url`` overrides the public address (a mirror, or
-    a ``file://`` archive). Fails fast with ``ProbeSetDownloadError`` when the host cannot be reached.
+    a ``file://`` archive). Fails fast (``CDISSECT_DOWNLOAD_TIMEOUT``) with ``ProbeSetDownloadError``
+    when the host cannot be reached; no partial archive is left behind.
     """
-    base = Path(root).expanduser() if root is not None else default_root()
+    base = Path(root).expanduser() if root is not None else data_dir()
     if name == "broden":
         if (base / "broden1_224" / "index.csv").is_file():
             return base
-        archive = _fetch(name, url or BRODEN_URL, base / "broden1_224.zip", base, "broden1_224/images/<source>/*.jpg",
-                         timeout_s)
+        archive = _fetch(name, url or BRODEN_URL, base / "broden1_224.zip", base, "broden1_224/images/<source>/*.jpg")
         try:
             _unzip_broden(archive, base)
         finally:
@@ -349,7 +342,7 @@ def download_probe_set(name: str, root: str | Path | None = None, url: str | Non
         if (base / "cifar-100-python" / "meta").is_file():
             return base
         archive = _fetch("cifar100", url or CIFAR100_URL, base / "cifar-100-python.tar.gz", base,
-                         "cifar-100-python/{train,test,meta}", timeout_s)
+                         "cifar-100-python/{train,test,meta}")
         try:
             if url is None and _md5(archive) != CIFAR100_MD5:
                 raise ProbeSetDownloadError(f"{archive} does not have the published MD5 {CIFAR100_MD5}; "
@@ -363,21 +356,16 @@ def download_probe_set(name: str, root: str | Path | None = None, url: str | Non
                         "(imagenet_val/<wnid>/*.JPEG, places365/val_256 + places365_val.txt).")
 
 
-def _fetch(name: str, url: str, dest: Path, base: Path, layout: str, timeout_s: float) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
+def _fetch(name: str, url: str, dest: Path, base: Path, layout: str) -> Path:
+    """downloads.fetch, with the probe set's own instructions when it fails."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(partial, "wb") as out:
-            shutil.copyfileobj(resp, out, length=1 << 20)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        partial.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
+        return fetch(url, dest)
+    except DownloadError as exc:
         raise ProbeSetDownloadError(
-            f"could not download probe set {name!r} from {url}: {reason}. Without network access, "
+            f"could not download probe set {name!r} from {url}: {exc.reason}. Without network access, "
             f"fetch that file elsewhere and unpack it under {base} so that {base}/{layout} exists "
-            "(or pass url= a mirror or a file:// path).") from exc
-    partial.replace(dest)
-    return dest
+            f"(or pass url= a mirror or a file:// path; the default root is set by $CDISSECT_DATA_DIR).",
+            url, dest, exc.reason) from exc
 
 
 def _md5(path: Path) -> str:
@@ -433,4 +421,4 @@ def probe_set_names() -> list[str]:
 
 
 __all__ = ["ProbeImage", "ProbeSet", "ProbeSetError", "ProbeSetNotFoundError", "ProbeSetDownloadError",
-           "resolve_probe_set", "download_probe_set", "default_root", "image_folder_files", "probe_set_names"]
+           "resolve_probe_set", "download_probe_set", "image_folder_files", "probe_set_names"]
