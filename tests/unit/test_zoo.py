@@ -19,11 +19,11 @@ from PIL import Image
 from cdissect_activations.checkpoints import CheckpointError
 from cdissect_activations.hooks import LayerRecorder
 from cdissect_activations.layers import UnknownLayerError, display_name, parse_layer_path
-from cdissect_activations.weights import WeightsUnavailableError
 from cdissect_activations.zoo import (
     PLACES365_URL, UnknownModelError, available_models, list_layers, load_target,
     places365_checkpoint_path, resolve_layer, state_dict_sha256, torchvision_weights_path,
 )
+from cdissect_common.downloads import DownloadError
 from conftest import free_port
 
 
@@ -132,7 +132,7 @@ def test_places365_checkpoint_loads_from_the_download_location(cache: Path) -> N
 
 
 def test_places365_offline_error_names_url_and_cache_path(cache: Path) -> None:
-    with pytest.raises(WeightsUnavailableError) as err:
+    with pytest.raises(DownloadError) as err:
         load_target("resnet18_places")
     assert PLACES365_URL in str(err.value) and str(places365_checkpoint_path()) in str(err.value)
     assert not list(places365_checkpoint_path().parent.glob("*.part"))  # no partial file left
@@ -153,10 +153,10 @@ def test_torchvision_weights_load_from_cache_with_reference_default(cache: Path)
 
 
 def test_reference_default_vs_torchvision_default_offline(cache: Path) -> None:
-    with pytest.raises(WeightsUnavailableError) as v1:
+    with pytest.raises(DownloadError) as v1:
         load_target("resnet50", "")
     assert torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url in str(v1.value)
-    with pytest.raises(WeightsUnavailableError) as default:
+    with pytest.raises(DownloadError) as default:
         load_target("resnet50", "DEFAULT")
     assert torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url in str(default.value)
     assert str(cache / "torchvision") in str(default.value)

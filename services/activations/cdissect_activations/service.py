@@ -18,10 +18,10 @@ import torch
 from cdissect.v1 import activations_pb2, activations_pb2_grpc, common_pb2
 from cdissect_activations.hooks import LayerRecorder
 from cdissect_activations.pooling import check_pooling
-from cdissect_activations.weights import WeightsUnavailableError
 from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelError, available_models, list_layers,
                                       load_target, resolve_device, resolve_layer)
 from cdissect_common import artifacts
+from cdissect_common.downloads import DownloadError
 from cdissect_common.errors import failed_precondition, invalid_argument
 from cdissect_common.images import check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
@@ -64,7 +64,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             return self.models.get((name, weights, str(self.device)), load)
         except UnknownModelError as exc:
             raise invalid_argument(str(exc)) from None
-        except (WeightsUnavailableError, FileNotFoundError) as exc:
+        except (DownloadError, FileNotFoundError) as exc:
             raise failed_precondition(f"cannot load weights of {name!r}: {exc}") from None
         except (ValueError, TypeError) as exc:
             raise invalid_argument(f"cannot load target {name!r}: {exc}") from None

@@ -33,9 +33,10 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from cdissect_common.downloads import cache_dir, fetch, sha256_file
+
 from .checkpoints import apply_state_dict, load_state_dict_file, read_checkpoint, strip_prefix, unwrap_state_dict
 from .layers import LayerInfo, UnknownLayerError, list_layers, resolve_layer
-from .weights import cache_dir, fetch, sha256_file
 
 __all__ = [
     "Target", "UnknownModelError", "available_models", "load_target", "parse_model_spec",
@@ -242,7 +243,7 @@ def _load_torchvision(arch: str, weights: str | None, device: torch.device) -> T
         return _finish(arch, model, preprocess, f"torchvision:{arch}:file:{path.name}",
                        sha256_file(path), str(path), device)
     enum = _weights_enum(arch, weights or _reference_weights_name(arch))
-    path = fetch(enum.url, torchvision_weights_path(enum), _expected_prefix(enum.url))
+    path = fetch(enum.url, torchvision_weights_path(enum), expected_sha256_prefix=_expected_prefix(enum.url))
     model = _random_model(lambda: torchvision.models.get_model(arch, weights=None, **_builder_kwargs(arch, enum)))
     state = unwrap_state_dict(read_checkpoint(path), source=str(path))
     apply_state_dict(model, state, str(path))

