@@ -64,15 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from .clip_trainer import ClipTrainConfig, save_openai_checkpoint, train_clip, zero_shot_accuracy
+    from .clip_trainer import CLIP_PHASES, save_openai_checkpoint, train_clip, zero_shot_accuracy
     from .cnn_trainer import CnnTrainConfig, head_accuracy, train_cnn
 
     out = args.out or (Path(tempfile.mkdtemp(prefix="shapes-quick-")) if args.quick else WEIGHTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    clip_cfg, cnn_cfg = ClipTrainConfig(), CnnTrainConfig()
+    clip_phases, cnn_cfg = list(CLIP_PHASES), CnnTrainConfig()
     n_eval = 2000
     if args.quick:
-        clip_cfg = replace(clip_cfg, steps=8, batch_size=32, log_every=2, warmup=2)
+        clip_phases = [replace(c, steps=4, batch_size=32, log_every=2, warmup=2, eval_every=0) for c in clip_phases]
         cnn_cfg = replace(cnn_cfg, steps=8, batch_size=32, log_every=2, warmup=2, eval_every=0)
         n_eval = 200
 
@@ -83,10 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     clip_path = out / CLIP_FILE
     if not args.skip_clip:
         torch.set_num_threads(CLIP_THREADS)
-        state = out / ".clip_train_state.pt"
-        model, losses = train_clip(clip_cfg, checkpoint=state, log=log)
+        weights, losses = None, []
+        for phase, cfg in enumerate(clip_phases, 1):
+            log(f"CLIP phase {phase}/{len(clip_phases)}: {cfg}")
+            state = out / f".clip_train_state_{phase}.pt"
+            model, phase_losses = train_clip(cfg, checkpoint=state, log=log, init_state=weights)
+            weights = {k: v.clone() for k, v in model.state_dict().items()}
+            losses += phase_losses
         save_openai_checkpoint(model, clip_path)
-        state.unlink(missing_ok=True)
+        for phase in range(1, len(clip_phases) + 1):
+            (out / f".clip_train_state_{phase}.pt").unlink(missing_ok=True)
         figures["clip_loss_first_last"] = [losses[0], float(np.mean(losses[-20:]))]
     loaded, _ = clip.load(str(clip_path), device="cpu", jit=False)  # exactly as the embedder loads it
     figures["clip_zero_shot"] = zero_shot_accuracy(loaded, n=n_eval)
