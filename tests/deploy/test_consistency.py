@@ -245,3 +245,6 @@ def test_example_cli_job_points_at_the_services_with_known_settings(rendered: di
         assert endpoint == f"{name}:{defaults.port}", name
         one(rendered["base"], "Service", name)
     assert settings.store.startswith("s3://") and settings.auth_token_file.endswith("/token")
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    for path in (settings.runs_dir, settings.data_dir, settings.cache_dir):
+        assert any(path == m or path.startswith(m + "/") for m in mounts), f"{path} is not on a volume"
