@@ -76,3 +76,11 @@ def test_saved_clip_is_an_openai_archive_that_clip_load_rebuilds(tmp_path: Path)
     assert torch.allclose(a, b, atol=2e-2, rtol=2e-2) and torch.allclose(ta, tb, atol=2e-2, rtol=2e-2)
     # same weights, same file name -> same bytes (the archive stores its base name inside)
     assert save_openai_checkpoint(model, tmp_path / "again" / "c.pt").read_bytes() == path.read_bytes()
+
+
+def test_a_later_clip_phase_starts_from_the_given_weights() -> None:
+    start = build_tiny_clip(seed=5).state_dict()
+    model, losses = train_clip(ClipTrainConfig(steps=0), init_state=start, log=lambda s: None)
+    assert losses == []
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
