@@ -1,0 +1,103 @@
+"""The shipped shapes-world models: digests, the OpenAI-format CLIP, the target CNN and its units."""
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cdissect_shapes import zoo
+from cdissect_shapes.concepts import concept_set_path, concept_words, expected_words
+from cdissect_shapes.generator import render_batch
+from cdissect_shapes.target_model import ShapesCNN
+from cdissect_shapes.truth import auc_matrix
+from cdissect_shapes.world import FC_WORDS, PLANTED_WORDS, WORD_TO_ATTRIBUTE
+
+
+def test_shipped_files_match_sha256sums() -> None:
+    sums = zoo.shipped_sums()
+    assert set(sums) == {zoo.CLIP_FILE, zoo.CNN_FILE}
+    for name, digest in sums.items():
+        assert zoo.file_sha256(zoo.WEIGHTS_DIR / name) == digest, f"{name} differs from SHA256SUMS"
+
+
+def test_entry_points_name_the_shapes_models() -> None:
+    targets = {e.name: e for e in entry_points(group="cdissect.targets")}
+    clips = {e.name: e for e in entry_points(group="cdissect.clip_models")}
+    assert targets["shapes_cnn"].load() is zoo.load_target
+    assert clips["shapes-clip"].load() is zoo.clip_checkpoint
+
+
+@pytest.mark.slow
+def test_shipped_clip_loads_through_clip_load_and_knows_single_words() -> None:
+    import clip
+
+    model, preprocess = clip.load(zoo.clip_checkpoint(), device="cpu", jit=False)
+    assert model.visual.input_resolution == 64
+    images, attrs = render_batch(48, np.random.default_rng(99))
+    x = torch.stack([preprocess(Image.fromarray(im)) for im in images])
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        for key, words in (("shape", ["circle", "square", "triangle", "star", "cross", "heart"]),
+                           ("colour", ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]),
+                           ("texture", ["solid", "striped", "dotted", "checkered"])):
+            txt = torch.nn.functional.normalize(model.encode_text(clip.tokenize(words)), dim=-1)
+            pred = (img @ txt.T).argmax(1).tolist()
+            acc = np.mean([words[p] == a[key] for p, a in zip(pred, attrs)])
+            assert acc >= 0.85, f"{key} zero-shot accuracy {acc:.2f}"
+
+
+def test_load_target_runs_and_exposes_the_documented_layers() -> None:
+    model, preprocess = zoo.load_target(None)
+    assert not model.training
+    images, _ = render_batch(4, np.random.default_rng(5))
+    x = torch.stack([preprocess(Image.fromarray(im)) for im in images])
+    assert x.shape == (4, 3, 64, 64)
+    seen = {}
+    hooks = [getattr(model, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+             for n in ("conv1", "layer1", "layer2", "layer3", "fc", "planted")]
+    with torch.no_grad():
+        out = model(x)
+        again = model(x)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(out, again) and out.shape == (4, len(FC_WORDS))
+    assert seen["planted"].shape == (4, len(PLANTED_WORDS))
+    assert all(seen[n].ndim == 4 for n in ("conv1", "layer1", "layer2", "layer3"))
+    assert zoo.load_target("")[0].state_dict()["fc.weight"].equal(model.state_dict()["fc.weight"])
+
+
+def test_shipped_cnn_heads_are_accurate_on_fresh_images() -> None:
+    from cdissect_shapes.cnn_trainer import head_accuracy
+
+    acc = head_accuracy(zoo.load_target(None)[0], n=250, seed=4242)
+    assert min(acc.values()) >= 0.95, acc
+
+
+def test_load_target_names_a_bad_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        zoo.load_target(str(tmp_path / "nope.safetensors"))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="ShapesCNN"):
+        zoo.load_target(str(tmp_path / "other.safetensors"))
+
+
+def test_planted_units_detect_their_words_by_construction() -> None:
+    images, attrs = render_batch(300, np.random.default_rng(11))
+    from cdissect_shapes.target_model import images_to_tensor
+
+    with torch.no_grad():
+        act = ShapesCNN().planted(images_to_tensor(images)).numpy()  # no training involved
+    ind = np.stack([[a[WORD_TO_ATTRIBUTE[w]] == w for a in attrs] for w in PLANTED_WORDS], 1)
+    aucs = np.diag(auc_matrix(act, ind))
+    assert aucs.min() > 0.85, dict(zip(PLANTED_WORDS, aucs.round(3)))
+
+
+def test_concept_set_holds_every_world_word() -> None:
+    assert concept_words() == expected_words()
+    assert concept_set_path().read_text().endswith("\n")
