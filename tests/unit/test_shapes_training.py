@@ -74,8 +74,10 @@ def test_saved_clip_is_an_openai_archive_that_clip_load_rebuilds(tmp_path: Path)
         text = clip.tokenize(["red", "a striped star"])
         ta, tb = model.encode_text(text), loaded.encode_text(text)
     assert torch.allclose(a, b, atol=2e-2, rtol=2e-2) and torch.allclose(ta, tb, atol=2e-2, rtol=2e-2)
-    # same weights, same file name -> same bytes (the archive stores its base name inside)
-    assert save_openai_checkpoint(model, tmp_path / "again" / "c.pt").read_bytes() == path.read_bytes()
+    # same weights -> same fp16 tensors (bytes differ within one process: TorchScript mangles
+    # the class name of a second trace)
+    again = torch.jit.load(str(save_openai_checkpoint(model, tmp_path / "again.pt")), map_location="cpu")
+    assert all(torch.equal(p, q) for p, q in zip(archive.state_dict().values(), again.state_dict().values()))
 
 
 def test_a_later_clip_phase_starts_from_the_given_weights() -> None:
