@@ -87,11 +87,25 @@ def public_version(version: str) -> str:
     return version.split("+", 1)[0]
 
 
+def installed_distributions() -> dict[str, str]:
+    """Name -> version of the distributions installed in this environment.
+
+    Copies vendored inside another package (setuptools/_vendor, which pkg_resources puts on
+    sys.path once anything imports it, as `clip` does) are not installed distributions: skip them.
+    """
+    found = {}
+    for dist in metadata.distributions():
+        if "_vendor" in Path(str(dist.locate_file(""))).parts:
+            continue
+        found.setdefault(dist.metadata["Name"], dist.version)
+    return found
+
+
 def verify(lock: Path, installed: dict[str, str] | None = None) -> list[str]:
     """Problems with the installed distributions against the lock; an empty list means all pinned."""
     pins = read_lock(lock)
     if installed is None:
-        installed = {dist.metadata["Name"]: dist.version for dist in metadata.distributions()}
+        installed = installed_distributions()
     problems = []
     for name, version in sorted(installed.items(), key=lambda item: normalize(item[0])):
         key = normalize(name)

@@ -157,7 +157,16 @@ def test_lock_verify_flags_unpinned_and_drifted_packages() -> None:
 
 
 def test_lock_verify_passes_on_the_test_environment() -> None:
-    """The images enforce the lock the tests run with: the test venv itself must satisfy it."""
+    """The images enforce the lock the tests run with: the test venv itself must satisfy it.
+
+    pkg_resources is imported first (clip imports it in the services): it puts setuptools'
+    vendored copies on sys.path, which must not count as installed distributions.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pkg_resources  # noqa: F401
     assert lockdeps.verify(LOCK) == []
 
 
