@@ -77,3 +77,16 @@ def probe_folder(tmp_path: Path) -> Path:
         (root / cls).mkdir(parents=True, exist_ok=True)
         (root / cls / fname).write_bytes(data)
     return root
+
+
+@pytest.fixture
+def offline_weights_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty weights cache and no way out to the network (HTTP(S) proxy on a closed loopback
+    port), so any download attempt fails at once, the way it does on an offline machine."""
+    monkeypatch.setenv("CDISSECT_CACHE_DIR", str(tmp_path / "weights"))
+    dead = f"http://127.0.0.1:{free_port()}"
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, dead)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    return tmp_path / "weights"

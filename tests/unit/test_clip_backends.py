@@ -17,19 +17,6 @@ from cdissect_embedder.backends import (
     TextOnlyModelError, available_models, load_backend, register_backend,
 )
 from cdissect_embedder.backends import openai_clip, registry
-from conftest import free_port
-
-
-@pytest.fixture
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty weights cache and a proxy on a closed loopback port: downloads fail at once."""
-    monkeypatch.setenv("CDISSECT_CACHE_DIR", str(tmp_path / "weights"))
-    dead = f"http://127.0.0.1:{free_port()}"
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(var, dead)
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    return tmp_path / "weights"
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +98,13 @@ def test_unsafe_pickle_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_named_model_offline_fails_fast_naming_url_and_path(offline: Path) -> None:
+def test_named_model_offline_fails_fast_naming_url_and_path(offline_weights_cache: Path) -> None:
     start = time.monotonic()
     with pytest.raises(DownloadError) as err:
         load_backend("ViT-B/16", device="cpu")
     assert time.monotonic() - start < 15
     assert openai_clip.model_url("ViT-B/16") in str(err.value)
-    assert str(offline / "clip" / "ViT-B-16.pt") in str(err.value)
+    assert str(offline_weights_cache / "clip" / "ViT-B-16.pt") in str(err.value)
 
 
 def test_unknown_names_and_options_are_explained(tiny_clip_checkpoint: Path) -> None:

@@ -24,19 +24,6 @@ from cdissect_activations.zoo import (
     places365_checkpoint_path, resolve_layer, state_dict_sha256, torchvision_weights_path,
 )
 from cdissect_common.downloads import DownloadError
-from conftest import free_port
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty weights cache, and no way out to the network (a proxy on a closed port)."""
-    monkeypatch.setenv("CDISSECT_CACHE_DIR", str(tmp_path / "weights"))
-    dead = f"http://127.0.0.1:{free_port()}"
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(var, dead)
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    return tmp_path / "weights"
 
 
 def _sha(path: Path) -> str:
@@ -116,9 +103,9 @@ def _write_places365_checkpoint(path: Path) -> torch.nn.Module:
     return model
 
 
-def test_places365_checkpoint_loads_from_the_download_location(cache: Path) -> None:
+def test_places365_checkpoint_loads_from_the_download_location(offline_weights_cache: Path) -> None:
     path = places365_checkpoint_path()
-    assert path.parent.parent == cache and path.name == Path(PLACES365_URL).name
+    assert path.parent.parent == offline_weights_cache and path.name == Path(PLACES365_URL).name
     reference = _write_places365_checkpoint(path)
     target = load_target("resnet18_places")
     assert _same_weights(target.model, reference)
@@ -131,14 +118,14 @@ def test_places365_checkpoint_loads_from_the_download_location(cache: Path) -> N
                           / torch.tensor([0.229, 0.224, 0.225]), atol=1e-5)
 
 
-def test_places365_offline_error_names_url_and_cache_path(cache: Path) -> None:
+def test_places365_offline_error_names_url_and_cache_path(offline_weights_cache: Path) -> None:
     with pytest.raises(DownloadError) as err:
         load_target("resnet18_places")
     assert PLACES365_URL in str(err.value) and str(places365_checkpoint_path()) in str(err.value)
     assert not list(places365_checkpoint_path().parent.glob("*.part"))  # no partial file left
 
 
-def test_torchvision_weights_load_from_cache_with_reference_default(cache: Path) -> None:
+def test_torchvision_weights_load_from_cache_with_reference_default(offline_weights_cache: Path) -> None:
     enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     path = torchvision_weights_path(enum)
     path.parent.mkdir(parents=True)
@@ -152,14 +139,14 @@ def test_torchvision_weights_load_from_cache_with_reference_default(cache: Path)
     assert target.preprocess(Image.new("RGB", (300, 300))).shape == (3, 224, 224)
 
 
-def test_reference_default_vs_torchvision_default_offline(cache: Path) -> None:
+def test_reference_default_vs_torchvision_default_offline(offline_weights_cache: Path) -> None:
     with pytest.raises(DownloadError) as v1:
         load_target("resnet50", "")
     assert torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url in str(v1.value)
     with pytest.raises(DownloadError) as default:
         load_target("resnet50", "DEFAULT")
     assert torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url in str(default.value)
-    assert str(cache / "torchvision") in str(default.value)
+    assert str(offline_weights_cache / "torchvision") in str(default.value)
 
 
 def test_user_checkpoint_in_model_string(tmp_path: Path) -> None:
