@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from cdissect_common.devices import resolve_device
 from cdissect_common.downloads import cache_dir, fetch, sha256_file
 
 from .checkpoints import apply_state_dict, load_state_dict_file, read_checkpoint, strip_prefix, unwrap_state_dict
@@ -102,19 +103,6 @@ def imagenet_preprocess(resize: int = 256, crop: int = 224) -> RGBThen:
                               T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:1' or 'auto' (CUDA when available) as a torch.device."""
-    if isinstance(device, torch.device):
-        return device
-    text = (device or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use device='cpu' or 'auto'")
-    try:
-        return torch.device(text)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'") from exc
 
 
 def _torchvision_models() -> list[str]:

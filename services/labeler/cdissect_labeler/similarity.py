@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from cdissect_common.devices import resolve_device
+
+
 FUNCTIONS = ("soft_wpmi", "wpmi", "rank_reorder", "cos_similarity", "cos_similarity_cubed")
 
 SOFT_WPMI_DEFAULTS: dict[str, Any] = dict(top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97)
@@ -73,14 +76,6 @@ def _output(S: torch.Tensor, as_numpy: bool, out_device: torch.device | None) ->
     return S.cpu().numpy() if as_numpy else S.to(out_device)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """torch.device for 'cpu', 'cuda', 'cuda:N' or None/'auto' (CUDA when available)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu'.")
-    return dev
 
 
 def _chunk(rows_bytes: int, total: int) -> int:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image
 
+from cdissect_common.devices import resolve_device  # noqa: F401 (re-exported)
+
 PRECISIONS = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
               "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
 DEFAULT_TEXT_BATCH = 256
@@ -23,19 +25,6 @@ class TextOnlyModelError(ValueError):
     """Image embedding was asked of a model that has no image tower."""
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available) as a torch.device."""
-    if isinstance(device, torch.device):
-        return device
-    text = (device or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use 'cpu' or 'auto'")
-    try:
-        return torch.device(text)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'") from exc
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
