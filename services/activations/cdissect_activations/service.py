@@ -22,7 +22,7 @@ from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelErr
                                       load_target, resolve_device, resolve_layer)
 from cdissect_common import artifacts
 from cdissect_common.downloads import DownloadError
-from cdissect_common.errors import failed_precondition, invalid_argument
+from cdissect_common.errors import failed_precondition, invalid_argument, require_shard_ref
 from cdissect_common.images import check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
@@ -92,9 +92,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
         shard = request.shard
-        if not shard.ref.key or not shard.ref.sha256:
-            raise invalid_argument("the request's shard has no ref.key/ref.sha256; pass a shard from a registered "
-                                   "dataset manifest")
+        require_shard_ref(shard)
         try:
             target = self.target(request.model, request.weights)
             self._check_layers(target, layers)

@@ -18,7 +18,6 @@ Layer resolution lives in layers.py and is re-exported here (`list_layers`, `res
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
@@ -35,6 +34,7 @@ from torchvision import transforms as T
 
 from cdissect_common.devices import resolve_device
 from cdissect_common.downloads import cache_dir, fetch, sha256_file
+from cdissect_common.suggest import closest_hint
 
 from .checkpoints import apply_state_dict, load_state_dict_file, read_checkpoint, strip_prefix, unwrap_state_dict
 from .layers import LayerInfo, UnknownLayerError, list_layers, resolve_layer
@@ -141,8 +141,7 @@ def parse_model_spec(name: str, weights: str | None = None) -> tuple[str, str | 
 
 def _unknown_model(name: str) -> UnknownModelError:
     names = available_models()
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-    hint = f" Closest: {', '.join(close)}." if close else ""
+    hint = closest_hint(name, names)
     return UnknownModelError(
         f"unknown target model {name!r}.{hint} There are {len(names)} targets: the torchvision "
         f"classification models, {PLACES_NAME}, and plugins of the '{ENTRY_POINT_GROUP}' entry-point "

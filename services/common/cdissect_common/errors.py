@@ -40,6 +40,13 @@ def failed_precondition(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
+def require_shard_ref(shard) -> None:
+    """A shard RPC needs the shard's object key and digest, as a registered manifest gives them."""
+    if not shard.ref.key or not shard.ref.sha256:
+        raise invalid_argument("the request's shard has no ref.key/ref.sha256; pass a shard from a registered "
+                               "dataset manifest")
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a caller should get for ``exc``."""
     if isinstance(exc, ServiceError):

@@ -17,7 +17,7 @@ import torch
 
 from cdissect.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from cdissect_common import artifacts
-from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument
+from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument, require_shard_ref
 from cdissect_common.images import check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
@@ -106,9 +106,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         """Embed every image of one shard; returns the [n, d] artifact (reused if it exists)."""
         policy = check_bad_image_policy(request.on_bad_image)
         shard = request.shard
-        if not shard.ref.key or not shard.ref.sha256:
-            raise invalid_argument("the request's shard has no ref.key/ref.sha256; pass a shard from a registered "
-                                   "dataset manifest")
+        require_shard_ref(shard)
         try:
             backend = self.backend(request.model, request.precision)
             key = artifacts.content_key("embeddings/image", model_id=backend.model_id,

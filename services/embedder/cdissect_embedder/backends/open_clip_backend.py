@@ -10,7 +10,6 @@ Preprocessing is open_clip's evaluation transform for the model; precision as fo
 """
 from __future__ import annotations
 
-import difflib
 import os
 import urllib.parse
 import warnings
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cdissect_common.downloads import DownloadError, cache_dir, host_reachable, sha256_file
+from cdissect_common.suggest import closest_hint
 
 from .base import ClipBackend, describe_transform, resolve_device, resolve_precision
 
@@ -67,8 +67,7 @@ class OpenClipBackend(ClipBackend):
 def _check_arch(arch: str) -> None:
     known = _open_clip().list_models()
     if arch not in known:
-        close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
-        hint = f" Closest: {', '.join(close)}." if close else ""
+        hint = closest_hint(arch, known)
         raise LookupError(f"unknown open_clip architecture {arch!r}.{hint} open_clip.list_models() lists all {len(known)}.")
 
 

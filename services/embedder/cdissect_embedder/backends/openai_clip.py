@@ -11,7 +11,6 @@ folder by our own downloader, which fails within seconds when offline and says w
 """
 from __future__ import annotations
 
-import difflib
 import os
 import pickle
 import warnings
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cdissect_common.downloads import cache_dir, fetch, sha256_file
+from cdissect_common.suggest import closest_hint
 
 from .base import ClipBackend, describe_transform, resolve_device, resolve_precision
 
@@ -99,8 +99,7 @@ def resolve_checkpoint(name: str) -> tuple[Path, str, str | None]:
     if name.startswith(("/", "./", "../", "~")) or name.endswith((".pt", ".pth", ".bin", ".tar")):
         raise FileNotFoundError(f"CLIP checkpoint file {path} does not exist; check the path")
     known = list_names()
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f" Closest: {', '.join(close)}." if close else ""
+    hint = closest_hint(name, known)
     raise LookupError(
         f"unknown CLIP model {name!r}.{hint} Use one of {', '.join(known)}, a checkpoint file in "
         f"OpenAI's format, or another backend prefix (open_clip:ARCH[:PRETRAINED], sentence:NAME)."
