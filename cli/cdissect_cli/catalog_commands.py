@@ -1,7 +1,7 @@
 """Discovery commands: `models`, `layers MODEL`, `concepts [NAME]`, `datasets add|list`.
 
 Models and layers are asked of the services (the CLI never loads a model: no torch here);
-concept sets are read with `cdissect_common.concepts`; datasets live in the object store.
+concept sets are read with `cdissect_cli.concepts`; datasets live in the object store.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def layers(
 
 
 def _concepts_api() -> Any:
-    from cdissect_common import concepts
+    from cdissect_cli import concepts
 
     return concepts
 

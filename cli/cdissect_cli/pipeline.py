@@ -48,8 +48,8 @@ class ConceptWords:
 
 
 def load_concepts(concept_set: str) -> ConceptWords:
-    """Load a concept set by name or path through `cdissect_common.concepts`, with a clear error."""
-    from cdissect_common.concepts import load_concept_set
+    """Load a concept set by name or path through `cdissect_cli.concepts`, with a clear error."""
+    from cdissect_cli.concepts import load_concept_set
 
     try:
         concepts = load_concept_set(concept_set)

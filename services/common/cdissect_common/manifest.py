@@ -74,7 +74,7 @@ def check_dataset_name(name: str) -> str:
 
 
 def _image_bytes(image: Any) -> bytes:
-    """Bytes of an image-like object: .data, else .path, else .path_or_bytes (probesets' ProbeImage)."""
+    """Bytes of an image-like object: .data, else .path, else .path_or_bytes (cdissect_cli.probesets' ProbeImage)."""
     data = getattr(image, "data", None)
     if data is not None:
         return bytes(data)
