@@ -21,11 +21,11 @@ from google.protobuf import json_format
 from cdissect.v1 import common_pb2
 
 from .store import ObjectNotFoundError, ObjectStore, sha256_hex
+from .vocabulary import BAD_IMAGE_POLICIES
 
 MANIFEST_PREFIX = "datasets/manifests/"
 SHARD_PREFIX = "datasets/shards/"
 DEFAULT_SHARD_SIZE = 1000
-BAD_IMAGE_POLICIES = ("error", "skip")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
