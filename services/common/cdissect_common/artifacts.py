@@ -20,12 +20,22 @@ from cdissect.v1 import common_pb2
 
 from .store import ObjectInfo, ObjectStore
 
-# Bump the version of a kind whenever the code that computes it changes its output.
+# The version of the code that computes each kind, part of every content key: bump it whenever
+# that code can change its output, so artifacts of the old code are not reused.
 CODE_VERSION: dict[str, str] = {
     "embeddings/image": "1",
     "embeddings/text": "1",
     "activations": "1",
     "labels": "1",
+}
+# A digest of that code's source (comments and docstrings aside) when its version was last
+# checked. tests/unit/test_code_versions.py recomputes it and fails, naming the stage, when the
+# code changed and this record did not; its message says whether to bump and what to record.
+CODE_SOURCE_DIGEST: dict[str, str] = {
+    "embeddings/image": "e380e079545d4e7215bcf58ab7347ca3cb8f9e795af065b0fb9bb26a692b757a",
+    "embeddings/text": "2bc02f0616b5b4510d1f9fd60c9fb0ca0c672ebe773ba81bf3e7742c92746365",
+    "activations": "15d11017e78ad76c52bcb1d2e1f388f7d52a4793b934019b81aa3087a248e6e6",
+    "labels": "6a72b60b149842a106b350a5c4325b23740fcaed060218de1a9a59b9a95223af",
 }
 # Array names inside single-array artifacts.
 EMBEDDINGS = "embeddings"
