@@ -50,11 +50,18 @@ def test_failed_write_leaves_nothing(store: FilesystemStore, monkeypatch: pytest
             raise OSError(28, "No space left on device")
         real(src, dst)
 
+    store.put("old/final.bin", b"old", {"v": "1"})
     monkeypatch.setattr(mod.os, "replace", crash)
     with pytest.raises(OSError):
-        store.put("final.bin", b"data" * 100)
+        store.put("final.bin", b"data" * 100, {"v": "2"})
+    with pytest.raises(OSError):
+        store.put("old/final.bin", b"new", {"v": "2"})
     assert not store.exists("final.bin")
     assert list((store.root / ".tmp").iterdir()) == []
+    assert sorted(p.relative_to(store.root / ".meta").as_posix() for p in (store.root / ".meta").rglob("*.json")) \
+        == ["old/final.bin.json"]                                    # no side file of the failed put
+    info = store.stat("old/final.bin")                               # the earlier object is intact
+    assert (store.get("old/final.bin"), info.metadata["v"], info.sha256) == (b"old", "1", sha256_hex(b"old"))
 
 
 @pytest.mark.parametrize("key", ["../evil", "/abs", "a//b", "a/../b", "sp ace"])

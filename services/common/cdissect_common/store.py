@@ -176,9 +176,19 @@ class FilesystemStore(ObjectStore):
         meta = _check_metadata(metadata)
         digest = sha256_hex(data)
         meta[SHA256_META] = digest
-        # The side file first: once the data file is visible, its metadata is too.
-        self._write_atomic(self._meta_path(key), json.dumps(meta, sort_keys=True).encode(), key)
-        self._write_atomic(path, data, key)
+        # The side file first: once the data file is visible, its metadata is too. A failed data
+        # write takes its side file back (restoring an earlier object's), leaving nothing behind.
+        meta_path = self._meta_path(key)
+        previous = meta_path.read_bytes() if meta_path.is_file() else None
+        self._write_atomic(meta_path, json.dumps(meta, sort_keys=True).encode(), key)
+        try:
+            self._write_atomic(path, data, key)
+        except BaseException:
+            if previous is None:
+                meta_path.unlink(missing_ok=True)
+            else:
+                self._write_atomic(meta_path, previous, key)
+            raise
         return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=digest)
 
     def get(self, key: str, sha256: str | None = None) -> bytes:
