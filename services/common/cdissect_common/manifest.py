@@ -130,10 +130,7 @@ def _write_shard(store: ObjectStore, manifest: common_pb2.DatasetManifest,
         members.append((img_name, data))
     tar = _tar_bytes(members)
     key = f"{SHARD_PREFIX}{sha256_hex(tar)}.tar"
-    if store.exists(key):
-        shard.ref.CopyFrom(store.ref(key))
-    else:
-        shard.ref.CopyFrom(store.put(key, tar, metadata={"images": str(len(members))}))
+    shard.ref.CopyFrom(store.put(key, tar, metadata={"images": str(len(members))}, if_absent=True))
     shard.ref.producer["kind"] = "shard"
 
 
