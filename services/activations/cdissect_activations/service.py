@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cdissect.v1 import activations_pb2, activations_pb2_grpc, common_pb2
-from cdissect_activations.hooks import LayerRecorder
+from cdissect_activations.hooks import LayerRecorder, RepeatedLayerError
 from cdissect_activations.pooling import check_pooling
 from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelError, available_models, list_layers,
                                       load_target, resolve_device, resolve_layer)
@@ -147,7 +147,10 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             batch = torch.stack(tensors)
             with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
                 with recorder:
-                    out = recorder.record(batch)
+                    try:
+                        out = recorder.record(batch)
+                    except RepeatedLayerError as exc:
+                        raise invalid_argument(f"{target.name}: {exc}") from None
                 for layer in layers:
                     parts[layer].append(out[layer].float().cpu().numpy())
             self.runtime.metrics.add_images(len(tensors))
