@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "model": "",
     "batch_size": 64,
+    # Images with more pixels are refused by name before decoding (0 = no limit). The default is
+    # PIL's own decompression-bomb threshold: about 0.25 GiB once decoded to RGB.
+    "max_image_pixels": 89_478_485,
     "max_message_bytes": 64 * 1024 * 1024,
     "cache_dir": "~/.cache/cdissect/weights",
     "data_dir": "~/.cache/cdissect/data",
@@ -92,6 +95,7 @@ ENV_VARS: dict[str, str] = {
     "device": "CDISSECT_DEVICE",
     "model": "CDISSECT_MODEL",
     "batch_size": "CDISSECT_BATCH_SIZE",
+    "max_image_pixels": "CDISSECT_MAX_IMAGE_PIXELS",
     "max_message_bytes": "CDISSECT_MAX_MESSAGE_BYTES",
     "cache_dir": "CDISSECT_CACHE_DIR",
     "data_dir": "CDISSECT_DATA_DIR",
@@ -105,7 +109,7 @@ ENV_VARS: dict[str, str] = {
 }
 CONFIG_ENV_VAR = "CDISSECT_CONFIG"
 
-_INT_KEYS = {"port", "metrics_port", "batch_size", "max_message_bytes", "max_workers"}
+_INT_KEYS = {"port", "metrics_port", "batch_size", "max_image_pixels", "max_message_bytes", "max_workers"}
 _FLOAT_KEYS = {"shutdown_grace_seconds", "download_timeout"}
 _BOOL_KEYS = {"s3_secure"}
 _LIST_KEYS = {"embedder", "activations", "labeler"}
@@ -134,6 +138,7 @@ class Settings:
     device: str = "auto"
     model: str = ""
     batch_size: int = DEFAULTS["batch_size"]
+    max_image_pixels: int = DEFAULTS["max_image_pixels"]
     max_message_bytes: int = DEFAULTS["max_message_bytes"]
     cache_dir: str = DEFAULTS["cache_dir"]
     data_dir: str = DEFAULTS["data_dir"]
