@@ -21,8 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .config import DEFAULTS, ENV_VARS
+from .vocabulary import BAD_IMAGE_POLICIES
 
-BAD_IMAGE_POLICIES = ("error", "skip")
 SHARD_IMAGE_FIX = ("registration decodes every image, so this shard was registered by an older cdissect or where "
                    "more image formats can be read: register the probe set again (cdissect datasets add, or rerun "
                    "`cdissect run`, which re-registers changed folders)")
@@ -40,12 +40,12 @@ class UnreadableImageError(ValueError):
 
 
 def check_bad_image_policy(value: str) -> str:
-    """'' means the default 'error'; anything else must be error | skip (a ServiceError otherwise)."""
-    from .errors import invalid_argument
+    """'' means the default 'error'; anything else must be one of BAD_IMAGE_POLICIES (a ServiceError otherwise)."""
+    from .errors import invalid_argument  # here: errors imports manifest, which imports this module
 
     policy = value or "error"
     if policy not in BAD_IMAGE_POLICIES:
-        raise invalid_argument(f"on_bad_image must be 'error' or 'skip', got {value!r}")
+        raise invalid_argument(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {value!r}")
     return policy
 
 

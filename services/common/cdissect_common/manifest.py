@@ -24,8 +24,9 @@ from google.protobuf import json_format
 from cdissect.v1 import common_pb2
 
 from .config import DEFAULTS
-from .images import BAD_IMAGE_POLICIES, UnreadableImageError, decode_image
+from .images import UnreadableImageError, decode_image
 from .store import ObjectNotFoundError, ObjectStore, sha256_hex
+from .vocabulary import BAD_IMAGE_POLICIES
 
 MANIFEST_PREFIX = "datasets/manifests/"
 SHARD_PREFIX = "datasets/shards/"
@@ -79,7 +80,7 @@ def check_dataset_name(name: str) -> str:
 
 
 def _image_bytes(image: Any) -> bytes:
-    """Bytes of an image-like object: .data, else .path, else .path_or_bytes (probesets' ProbeImage)."""
+    """Bytes of an image-like object: .data, else .path, else .path_or_bytes (cdissect_cli.probesets' ProbeImage)."""
     data = getattr(image, "data", None)
     if data is not None:
         return bytes(data)
