@@ -143,6 +143,9 @@ def test_bad_model_layer_and_concepts(first_run: PipelineResult, stubs: dict, cl
             model="resnet1800", weights="none", layers=["fc"], shard=shard), timeout=60), "resnet1800"),
         (lambda: act.ComputeShardActivations(activations_pb2.ComputeShardActivationsRequest(
             model="resnet18", weights="none", layers=["fc"], pooling="median", shard=shard), timeout=60), "median"),
+        (lambda: act.ComputeShardActivations(activations_pb2.ComputeShardActivationsRequest(
+            model="resnet18", weights="none", layers=["layer1[0].relu"], shard=shard), timeout=60),
+         "'layer1[0].relu' runs 2 times in one forward pass"),
         (lambda: stubs["embedder"].EmbedConcepts(embedder_pb2.EmbedConceptsRequest(model=clip_path, concepts=[]),
                                                  timeout=60), "empty concept list"),
         (lambda: stubs["embedder"].EmbedConcepts(embedder_pb2.EmbedConceptsRequest(

@@ -127,4 +127,5 @@ class LayerRecorder:
         raise RepeatedLayerError(
             f"layer {name!r} runs {count} times in one forward pass (the module is reused, as ResNet blocks "
             f"reuse their relu), so it has no single output to record; choose "
-            + (" or ".join(options) if options else "another layer") + " instead (`cdissect layers` lists them)")
+            + (" or ".join(options) if options else "another layer") + " instead (`cdissect layers MODEL` lists the "
+            "modules)")
