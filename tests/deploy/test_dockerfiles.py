@@ -196,7 +196,7 @@ def test_healthcheck_exits_0_only_when_serving(health_server, monkeypatch, capsy
 
 
 def test_healthcheck_follows_cdissect_port_and_reports_a_dead_server(health_server, monkeypatch, capsys) -> None:
-    from conftest import free_port
+    from tests.conftest import free_port
 
     servicer, port = health_server
     monkeypatch.delenv("CDISSECT_TLS_CERT", raising=False)
