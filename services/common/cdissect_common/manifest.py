@@ -114,9 +114,9 @@ def validate_image(name: str, data: bytes, max_pixels: int = DEFAULTS["max_image
 def _validated(images: Iterable[Any], max_pixels: int) -> Iterator[tuple[str, bytes, Any, str | None]]:
     """(name, bytes, image, reason it is unreadable or None) per image, in order.
 
-    Images are decoded on a few threads (PIL decodes without the GIL), a bounded window ahead
-    of the caller, so registering a large folder neither takes one core for hours nor holds more
-    than a few dozen images in memory.
+    Images are decoded on up to four threads (PIL decodes without the GIL), a bounded window
+    ahead of the caller, so registering a large folder neither takes one core for hours nor holds
+    more than a few dozen encoded images and four decoded ones in memory.
     """
     def problem(name: str, data: bytes) -> str | None:
         try:
@@ -125,7 +125,7 @@ def _validated(images: Iterable[Any], max_pixels: int) -> Iterator[tuple[str, by
         except BadImageError as exc:
             return exc.reason
 
-    workers = max(1, min(8, os.cpu_count() or 1))
+    workers = max(1, min(4, os.cpu_count() or 1))
     window: deque[tuple[str, bytes, Any, Future]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
         for image in images:

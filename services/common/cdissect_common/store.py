@@ -246,8 +246,9 @@ class FilesystemStore(ObjectStore):
             raise
         return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=digest)
 
-    def _read(self, key: str, read: Callable[[Path, Path | None], T]) -> T:
-        """``read(data file, meta file or None)`` of the object under ``key``.
+    def _read(self, key: str, read: Callable[[Path, Path], T]) -> T:
+        """``read(data file, metadata file)`` of the object under ``key`` (for a plain file of the
+        earlier layout, its ``.meta/`` side file, which may be missing).
 
         A concurrent put may replace the object (and remove the old folder) between resolving
         the link and reading: then the link is resolved again.
