@@ -76,6 +76,17 @@ def make_probe_images(n: int, size: int = 32, seed: int = 0) -> list[tuple[str, 
     return out
 
 
+def truncated_jpeg(seed: int = 0, size: int = 64) -> bytes:
+    """A JPEG of noise cut short: PIL's ``verify()`` accepts it, a full decode fails."""
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()[:-600]
+
+
 @pytest.fixture
 def probe_folder(tmp_path: Path) -> Path:
     """A 24-image folder with class subfolders (ImageFolder layout)."""

@@ -250,7 +250,7 @@ def test_the_healthcheck_command_of_each_image_passes_only_when_its_service_serv
 
 
 def test_healthcheck_follows_cdissect_port_and_reports_a_dead_server(health_server) -> None:
-    from conftest import free_port
+    from tests.conftest import free_port
 
     servicer, port = health_server
     servicer.set("cdissect.v1.Embedder", health_pb2.HealthCheckResponse.SERVING)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from cdissect_common.config import SERVICE_DEFAULTS
 
-from conftest import free_port
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_CONFIG = REPO_ROOT / "deploy" / "k8s" / "base" / "prometheus" / "prometheus.yml"
