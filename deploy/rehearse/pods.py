@@ -607,6 +607,9 @@ class Planner:
 
     def _executable(self, pod: PodPlan, image: ImageConfig | StandIn, mounts: list[tuple[str, Path]], program: str,
                     env: dict[str, str], where: Where) -> str:
+        if isinstance(image, StandIn) and program in image.binaries and not shutil.which(image.binaries[program]):
+            raise ManifestProblem(where, f"the stand-in for {program}, `{image.binaries[program]}`, is not installed "
+                                         f"here (`make install` installs it)")
         if program.startswith("/"):
             mapped = self._map_path(mounts, image, program)
             if mapped:

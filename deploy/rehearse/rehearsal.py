@@ -287,7 +287,10 @@ class Rehearsal:
                            secret_key=env["MINIO_ROOT_PASSWORD"], bucket=None,
                            ports={"s3": int(address.rsplit(":", 1)[-1])})
         self.running.stores.append(server)
-        server.start()
+        try:
+            server.start()
+        except (OSError, RuntimeError) as err:   # weed missing, exited, or not answering
+            raise RehearsalFailure(f"{container.where}: the stand-in SeaweedFS did not start: {err}") from None
         for probe in container.probes:
             self.ledger.not_honoured(f"MinIO's {probe.handler} {probe.kind} {probe.path} (the stand-in is not MinIO; "
                                      f"it was ready when an S3 ListBuckets with the Secret's keys answered)",
