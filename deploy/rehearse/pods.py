@@ -33,7 +33,7 @@ from deploy.rehearse.manifests import ManifestProblem, Manifests, PathPart, Wher
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 HONOURED_WORKLOAD = {"replicas", "selector", "template", "serviceName", "volumeClaimTemplates"}
-HONOURED_POD = {"containers", "volumes", "restartPolicy", "terminationGracePeriodSeconds"}
+HONOURED_POD = {"containers", "volumes", "terminationGracePeriodSeconds"}
 HONOURED_CONTAINER = {"name", "image", "command", "args", "env", "envFrom", "ports", "volumeMounts", "workingDir",
                       *PROBES}
 HONOURED_KINDS = {"ConfigMap", "Secret", "Service", "PersistentVolumeClaim", "StatefulSet", "Deployment", "Job"}

@@ -37,6 +37,15 @@ SHAPES_FLAGS = {"model": ("--model", "-m"), "weights": ("--weights",), "layers":
 ENV_NAME = re.compile(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b")
 
 
+def duration_seconds(text: str) -> float:
+    """A Prometheus duration (``15s``, ``1m``, ``1m30s``, ``500ms``) in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
 class RehearsalFailure(Exception):
     """Something that would not work on a cluster; the message names where and why."""
 
@@ -146,9 +155,13 @@ class Rehearsal:
         path = Path(flag.split("=", 1)[1])
         config = yaml.safe_load(path.read_text())
         own = container.pod
+        maps = [self.manifests.get("ConfigMap", v["configMap"]["name"]) for v in own.spec.get("volumes", [])
+                if "configMap" in v]
+        source = next((self.manifests.where(m, ["data", path.name]) for m in maps
+                       if m is not None and path.name in m.get("data", {})), f"{path.name} of {own.resource}")
 
         def targets(job: str, kind: str, entry: Any) -> list[str]:
-            where = f"{path.name} (ConfigMap mounted by {own.resource}) scrape job {job}"
+            where = f"{source} scrape job {job}"
             if kind == "static":
                 host, _, port = str(entry).rpartition(":")
                 if host in ("localhost", "127.0.0.1") and int(port) in own.ports:
@@ -169,7 +182,7 @@ class Rehearsal:
         try:
             rewritten = loopback_config(config, targets)
         except ValueError as err:
-            raise ManifestProblem(f"{path.name} (ConfigMap mounted by {own.resource})", str(err)) from None
+            raise ManifestProblem(source, str(err)) from None
         path.write_text(yaml.safe_dump(rewritten, sort_keys=False))
         self.ledger.substitute(f"{own.resource}: the mounted prometheus.yml's dns_sd_configs (A records of the "
                                f"headless Services) -> static loopback targets of the processes behind them; "
@@ -371,9 +384,8 @@ class Rehearsal:
         container, jobs = self.prometheus
         web = next(a for a in container.argv if a.startswith("--web.listen-address="))
         base = f"http://127.0.0.1:{web.rsplit(':', 1)[-1]}"
-        interval = float(str(yaml.safe_load(Path(next(a for a in container.argv if a.startswith("--config.file="))
-                                                 .split("=", 1)[1]).read_text())["global"]["scrape_interval"])
-                          .rstrip("s"))
+        config_file = Path(next(a for a in container.argv if a.startswith("--config.file=")).split("=", 1)[1])
+        interval = duration_seconds(str(yaml.safe_load(config_file.read_text())["global"]["scrape_interval"]))
         deadline = time.monotonic() + 2 * interval + 15
         query = f'sum by (job) ({STAGE_DURATION}_count{{stage=~"rpc_.+", stage!="rpc_Check"}})'
         while True:

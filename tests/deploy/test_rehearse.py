@@ -98,6 +98,10 @@ STATIC_BREAKS = {
         "deploy/k8s/examples/cli-run-job.yaml", "value: labeler:50053", "value: labeler:50052",
         ["deploy/k8s/examples/cli-run-job.yaml: Job/cdissect-run-resnet50",
          "containers[cdissect].env[CDISSECT_LABELER]", "Service labeler has no port 50052"]),
+    "Prometheus scrapes a port no pod has": (
+        "deploy/k8s/base/prometheus/prometheus.yml", "port: 9102", "port: 9112",
+        ["deploy/k8s/base/prometheus/prometheus.yml: ConfigMap/prometheus-config",
+         "scrape job cdissect-activations: port 9112", "declares no such containerPort"]),
     "Service targets a port name no container has": (
         "deploy/k8s/base/minio.yaml", "targetPort: s3", "targetPort: s3-api",
         ["deploy/k8s/base/minio.yaml: Service/minio spec.ports[s3].targetPort", "no containerPort named 's3-api'"]),
