@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 import time
 import urllib.error
 import urllib.request
@@ -78,7 +79,7 @@ class ProbeFailure(Exception):
 class Prober:
     """Runs one container's probes in a thread; ``ready`` is set once it is ready, ``failure`` says why not."""
 
-    def __init__(self, process: Process, log: callable) -> None:
+    def __init__(self, process: Process, log: Callable[[str], None]) -> None:
         self.process = process
         self.probes = {p.kind: p for p in process.plan.probes}
         self.log = log
@@ -90,10 +91,12 @@ class Prober:
         self._thread = threading.Thread(target=self._run, name=f"probe {process.label}", daemon=True)
 
     def start(self) -> "Prober":
+        """Begin probing in the background."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop probing (the process keeps running)."""
         self._stop.set()
         self._thread.join(10)
 
@@ -192,7 +195,7 @@ class Prober:
                                    f"times in a row ({outcome.detail}); {consequence}")
 
 
-def wait_ready(probers: list[Prober], timeout: float, watch: callable = lambda: None) -> None:
+def wait_ready(probers: list[Prober], timeout: float, watch: Callable[[], None] = lambda: None) -> None:
     """Until every prober is ready; raises ProbeFailure on the first failure or at the timeout.
     ``watch`` is called every second (it raises to abort, e.g. when a Job failed)."""
     deadline = time.monotonic() + timeout
