@@ -19,6 +19,7 @@ import pytest
 from cdissect_common.config import SERVICE_DEFAULTS
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from deploy.rehearse.dockerfile import instructions as parse_instructions
 from deploy_helpers import REPO_ROOT
 
 DOCKER = REPO_ROOT / "docker"
@@ -39,15 +40,8 @@ lockdeps = load_module("lockdeps")
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
-    text = (DOCKER / f"{name}.Dockerfile").read_text()
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
-    out = []
-    for line in joined.splitlines():
-        if line.strip():
-            word, _, rest = line.strip().partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+    """(INSTRUCTION, arguments) of docker/<name>.Dockerfile (the rehearsal's parser)."""
+    return parse_instructions((DOCKER / f"{name}.Dockerfile").read_text())
 
 
 def base_images(name: str) -> list[str]:
