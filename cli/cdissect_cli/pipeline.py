@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from cdissect.v1 import activations_pb2, embedder_pb2, labeler_pb2
 from cdissect_common.artifacts import get_arrays
+from cdissect_common.evaluation import check_heldout_split
 from cdissect_common.manifest import manifest_key
 from cdissect_common.store import ObjectStore
 from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
@@ -30,7 +31,7 @@ from cdissect_cli.dispatch import ShardDispatcher, ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
-from cdissect_cli.results import LayerResult, RunResult
+from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult
 
 STAGE_DATASET = "probe set"
 STAGE_TEXT = "text embeddings"
@@ -103,6 +104,14 @@ def check_sizes(spec: JobSpec, num_images: int) -> None:
         raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "
                        f"probe set", exit_code=2)
+    try:
+        heldout = check_heldout_split(num_images, spec.eval_fraction, spec.eval_seed)
+    except ValueError as err:
+        raise CliError(str(err), exit_code=2) from None
+    if spec.select == "simulation" and top_k is not None and top_k > num_images - heldout:
+        raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images - heldout} images of "
+                       f"the selection split ({num_images} minus {heldout} held out); lower --eval-fraction or "
+                       f"pass --param top_k=N with N <= {num_images - heldout}", exit_code=2)
 
 
 def _check_skips(spec: JobSpec, image_responses: list[Any], act_responses: list[Any]) -> None:
@@ -168,7 +177,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
         request = labeler_pb2.LabelLayerRequest(
             layer=layer, image_embeddings=image_refs, text_embeddings=text_response.embeddings,
             activations=act_refs, similarity=spec.similarity_proto(), top_concepts=spec.top_concepts,
-            top_images=spec.top_images, precision=spec.clip_precision)
+            top_images=spec.top_images, precision=spec.clip_precision, selection=spec.selection_proto(),
+            evaluation=spec.evaluation_proto())
         label_tasks.append(ShardTask(
             what=f"labels of layer {layer!r} ({len(act_refs)} shards)",
             call=lambda stub, timeout, r=request: stub.LabelLayer(r, timeout=timeout),
@@ -189,7 +199,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
                      words=concepts.words, layers=layers, timings=timings, reused=progress.summary())
 
 
-LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p")
+LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p", "similarity_rank",
+                *HeldOutQuality.ARRAYS)
 
 
 def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[Any], image_refs: list[Any],
@@ -197,7 +208,8 @@ def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[
     """One layer's labels, read from the labels artifact the labeler stored (digest verified).
 
     The artifact (not the inline summary) is the source, because it also carries the labeler's
-    per-unit quality figure (AUC and p-value of the label separating the unit's top images).
+    per-unit quality figures: AUC and p-value of the label separating the unit's top images, and
+    the held-out simulation scores (correlation with its interval, AUPRC).
     """
     arrays = get_arrays(store, response.labels)
     missing = [name for name in LABEL_ARRAYS if name not in arrays]
@@ -209,4 +221,6 @@ def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[
                        concept_ids=np.asarray(arrays["concept_ids"]), scores=np.asarray(arrays["scores"]),
                        top_images=np.asarray(arrays["top_images"]), dead=np.asarray(arrays["dead"]),
                        quality_auc=np.asarray(arrays["quality_auc"], dtype=np.float64),
-                       quality_p=np.asarray(arrays["quality_p"], dtype=np.float64))
+                       quality_p=np.asarray(arrays["quality_p"], dtype=np.float64),
+                       similarity_rank=np.asarray(arrays["similarity_rank"]),
+                       heldout=HeldOutQuality.from_arrays(arrays, int(response.heldout_images)))

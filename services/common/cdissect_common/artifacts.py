@@ -25,7 +25,7 @@ CODE_VERSION: dict[str, str] = {
     "embeddings/image": "1",
     "embeddings/text": "1",
     "activations": "1",
-    "labels": "1",
+    "labels": "2",
 }
 # Array names inside single-array artifacts.
 EMBEDDINGS = "embeddings"
