@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 from cdissect.v1 import activations_pb2, embedder_pb2, labeler_pb2
 from cdissect_common.artifacts import get_arrays
-from cdissect_common.evaluation import check_heldout_split
+from cdissect_common.evaluation import (EVAL_FRACTION, EVAL_SEED, MIN_EVAL_IMAGES, check_heldout_split,
+                                       heldout_count)
 from cdissect_common.manifest import manifest_key
 from cdissect_common.store import ObjectStore
 from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
@@ -94,8 +95,27 @@ def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[l
     return image_tasks, act_tasks
 
 
+def _eval_split_chosen(spec: JobSpec) -> bool:
+    """True when the job sets its own held-out split (not the defaults)."""
+    return (spec.eval_fraction, spec.eval_seed) != (EVAL_FRACTION, EVAL_SEED)
+
+
+def small_split_note(spec: JobSpec, num_images: int) -> str | None:
+    """The warning for a reference run (default split) on a probe set too small for a held-out split
+    of MIN_EVAL_IMAGES: it still labels as the reference does, its scores are flagged by their interval."""
+    heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
+    if heldout >= MIN_EVAL_IMAGES:
+        return None
+    return (f"note: only {heldout} of the {num_images} probe images are held out (fraction {spec.eval_fraction}); "
+            f"correlation and AUPRC need at least {MIN_EVAL_IMAGES}, so this run's scores are too uncertain to "
+            f"trust and its units are flagged low. Use a larger probe set for meaningful scores")
+
+
 def check_sizes(spec: JobSpec, num_images: int) -> None:
-    """Parameters that need more probe images than there are fail here, before any RPC, naming the fix."""
+    """Parameters that need more probe images than there are fail here, before any RPC, naming the fix.
+
+    A held-out split under MIN_EVAL_IMAGES is an error for `--select simulation` and for a job that
+    chose its own split; the reference selection with the default split still runs (small_split_note)."""
     if spec.top_images > num_images:
         raise CliError(f"top_images={spec.top_images} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; lower --top-images or use a larger probe set", exit_code=2)
@@ -104,10 +124,12 @@ def check_sizes(spec: JobSpec, num_images: int) -> None:
         raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "
                        f"probe set", exit_code=2)
-    try:
-        heldout = check_heldout_split(num_images, spec.eval_fraction, spec.eval_seed)
-    except ValueError as err:
-        raise CliError(str(err), exit_code=2) from None
+    heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
+    if heldout < MIN_EVAL_IMAGES and (spec.select == "simulation" or _eval_split_chosen(spec)):
+        try:
+            check_heldout_split(num_images, spec.eval_fraction, spec.eval_seed)
+        except ValueError as err:
+            raise CliError(str(err), exit_code=2) from None
     if spec.select == "simulation" and top_k is not None and top_k > num_images - heldout:
         raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images - heldout} images of "
                        f"the selection split ({num_images} minus {heldout} held out); lower --eval-fraction or "
@@ -135,6 +157,9 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
     check_sizes(spec, int(manifest.num_images))
+    note = small_split_note(spec, int(manifest.num_images))
+    if note:
+        progress.console.print(note, style="yellow", markup=False)
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()

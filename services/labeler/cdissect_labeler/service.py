@@ -145,7 +145,8 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
         precision = self._precision(request.precision)
         selection, ev = _selection(request.selection), _evaluation(request.evaluation)
         num_images = _num_images(images)
-        _check_split_size(num_images, ev)
+        if selection["select"] == "simulation":    # the reference selection labels small probe sets as before
+            _check_split_size(num_images, ev)
 
         key = artifacts.content_key(
             "labels", layer=layer, image_embeddings=[r.sha256 for r in images], activations=[r.sha256 for r in acts],
@@ -211,9 +212,10 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
         if label_ids.size and (label_ids.max() >= text_raw.shape[0] or label_ids.min() < -1):
             raise invalid_argument(f"label_ids must be -1 or rows of the {text_raw.shape[0]} text embeddings, got "
                                    f"values {int(label_ids.min())}..{int(label_ids.max())}")
+        device = similarity.resolve_device(self.device)
         try:
-            text = normalise_embeddings(checked_tensor(text_raw, "text_embeddings", 2), self.device, precision)
-            rows = HeldOutRows(ev["eval_fraction"], ev["eval_seed"], self.device, precision)
+            text = normalise_embeddings(checked_tensor(text_raw, "text_embeddings", 2), device, precision)
+            rows = HeldOutRows(ev["eval_fraction"], ev["eval_seed"], device, precision)
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
         lo = hi = None
