@@ -251,15 +251,32 @@ def compare(a: Annotated[Path, typer.Argument(help="Descriptions CSV (or run fol
     other = compare_mod.reference_csv(reference) if reference else b
     result = compare_mod.compare_files(a, other)
     table = Table(title=f"{a}  vs  {reference or other}")
-    with_scores = any(layer.scores_a or layer.scores_b for layer in result.layers)
-    columns = ["layer", "matched", "agreement", "|Δsim| mean", "median", "max", "only in A", "only in B"]
-    if with_scores:
-        columns += ["corr A mean/median", "corr B mean/median", "AUPRC A mean/median", "AUPRC B mean/median"]
-    for column in columns:
+    for column in ("layer", "matched", "agreement", "|Δsim| mean", "median", "max", "only in A", "only in B"):
         table.add_column(column, justify="right" if column != "layer" else "left")
 
     def num(value: float | None) -> str:
         return "—" if value is None else f"{value:.4g}"
+
+    for layer in result.layers:
+        table.add_row(layer.layer, str(layer.matched), f"{100 * layer.agreement:.2f}%",
+                      num(layer.abs_delta_mean), num(layer.abs_delta_median), num(layer.abs_delta_max),
+                      str(len(layer.only_in_a)), str(len(layer.only_in_b)))
+    Console().print(table)
+    if any(layer.scores_a or layer.scores_b for layer in result.layers):
+        Console().print(_scores_table(result))
+    for layer in result.layers:
+        for change in layer.label_changes[:show_changes]:
+            typer.echo(f"{layer.layer} unit {change['unit']}: {change['a']!r} -> {change['b']!r}")
+    if out is None:
+        out = (analyses_dir(a) / "compare.json") if Path(a).is_dir() else Path("compare.json")
+    typer.echo(str(compare_mod.write_comparison(result, out)))
+
+
+def _scores_table(result: compare_mod.Comparison) -> Table:
+    """Held-out correlation and AUPRC (mean / median) of A and B per layer: one scale across runs."""
+    table = Table(title="label scores, mean / median (held-out correlation, AUPRC; — = the file has none)")
+    for column in ("layer", "corr A", "corr B", "AUPRC A", "AUPRC B"):
+        table.add_column(column, justify="right" if column != "layer" else "left")
 
     def pair(scores: dict | None, name: str) -> str:
         if not scores or f"{name}_mean" not in scores:
@@ -267,20 +284,9 @@ def compare(a: Annotated[Path, typer.Argument(help="Descriptions CSV (or run fol
         return f"{scores[f'{name}_mean']:.3f} / {scores[f'{name}_median']:.3f}"
 
     for layer in result.layers:
-        cells = [layer.layer, str(layer.matched), f"{100 * layer.agreement:.2f}%",
-                 num(layer.abs_delta_mean), num(layer.abs_delta_median), num(layer.abs_delta_max),
-                 str(len(layer.only_in_a)), str(len(layer.only_in_b))]
-        if with_scores:
-            cells += [pair(layer.scores_a, "correlation"), pair(layer.scores_b, "correlation"),
-                      pair(layer.scores_a, "auprc"), pair(layer.scores_b, "auprc")]
-        table.add_row(*cells)
-    Console().print(table)
-    for layer in result.layers:
-        for change in layer.label_changes[:show_changes]:
-            typer.echo(f"{layer.layer} unit {change['unit']}: {change['a']!r} -> {change['b']!r}")
-    if out is None:
-        out = (analyses_dir(a) / "compare.json") if Path(a).is_dir() else Path("compare.json")
-    typer.echo(str(compare_mod.write_comparison(result, out)))
+        table.add_row(layer.layer, pair(layer.scores_a, "correlation"), pair(layer.scores_b, "correlation"),
+                      pair(layer.scores_a, "auprc"), pair(layer.scores_b, "auprc"))
+    return table
 
 
 def register(app: typer.Typer) -> None:
