@@ -94,8 +94,12 @@ def plan(run: RunResults, labels: dict[tuple[str, int], str]) -> tuple[list[str]
     texts = list(dict.fromkeys(labels.values()))
     index = {t: i for i, t in enumerate(texts)}
     per_layer: dict[str, list[int]] = {}
+    names = [layer.name for layer in run.layers]
     for (layer_name, unit), text in labels.items():
-        layer = run.layer(layer_name)                     # unknown layer: CliError listing the run's layers
+        if layer_name not in names:
+            raise CliError(f"the labels name layer {layer_name!r}, which run {run.run_dir} did not label; its layers "
+                           f"are: {', '.join(names)}. Pass labels of this run's model and layers", exit_code=2)
+        layer = run.layer(layer_name)
         if not 0 <= unit < len(layer.units):
             raise CliError(f"layer {layer_name!r} of run {run.run_dir} has units 0..{len(layer.units) - 1}, but the "
                            f"labels name unit {unit}; remove that row or pass the labels of this model", exit_code=2)
