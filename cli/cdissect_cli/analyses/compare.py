@@ -15,7 +15,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cdissect_cli.errors import CliError
 
@@ -98,35 +98,48 @@ def reference_csv(name: str) -> Path:
     return path
 
 
-def read_descriptions(path: Path | str) -> dict[tuple[str, int], Row]:
-    """Rows of a descriptions CSV keyed by (layer, unit); a run folder means its descriptions.csv."""
+def unit_records(path: Path | str, columns: tuple[str, ...], exit_code: int = 1
+                 ) -> Iterator[tuple[int, tuple[str, int], dict[str, str]]]:
+    """(line, (layer, unit), record) of every row of a CSV keyed by layer,unit (a run folder means its
+    descriptions.csv); a missing column, a non-integer unit or a repeated (layer, unit) is a CliError."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "descriptions.csv"
     if not path.is_file():
-        raise CliError(f"{path} does not exist. Pass a descriptions CSV (or a run folder holding "
-                       f"descriptions.csv).")
-    rows: dict[tuple[str, int], Row] = {}
+        raise CliError(f"{path} does not exist. Pass a CSV with the columns {','.join(columns)} (or a run "
+                       f"folder holding descriptions.csv).", exit_code=exit_code)
+    seen: set[tuple[str, int]] = set()
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise CliError(f"{path} lacks the column(s) {', '.join(missing)}; a descriptions CSV "
-                           f"starts with the header {','.join(REQUIRED_COLUMNS)}.")
+            raise CliError(f"{path} lacks the column(s) {', '.join(missing)}; the CSV must start with the "
+                           f"header {','.join(columns)}.", exit_code=exit_code)
         for line, record in enumerate(reader, start=2):
             try:
-                key = (record["layer"], int(record["unit"]))
-                sim = float(record["similarity"])
+                key = (str(record["layer"]).strip(), int(record["unit"]))
             except (TypeError, ValueError):
-                raise CliError(f"{path}:{line}: 'unit' must be an integer and 'similarity' a "
-                               f"number (got {record['unit']!r}, {record['similarity']!r}). "
-                               f"Fix or remove that row.")
-            if key in rows:
-                raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} appears twice. "
-                               f"Each (layer, unit) must appear once; remove the duplicate.")
-            rows[key] = Row(description=(record["description"] or "").strip(), similarity=sim,
-                            correlation=_optional_number(record.get("correlation")),
-                            auprc=_optional_number(record.get("auprc")))
+                raise CliError(f"{path}:{line}: 'unit' must be an integer (got {record['unit']!r}). Fix or "
+                               f"remove that row.", exit_code=exit_code) from None
+            if key in seen:
+                raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} appears twice. Each (layer, "
+                               f"unit) must appear once; remove the duplicate.", exit_code=exit_code)
+            seen.add(key)
+            yield line, key, record
+
+
+def read_descriptions(path: Path | str) -> dict[tuple[str, int], Row]:
+    """Rows of a descriptions CSV keyed by (layer, unit); a run folder means its descriptions.csv."""
+    rows: dict[tuple[str, int], Row] = {}
+    for line, key, record in unit_records(path, REQUIRED_COLUMNS):
+        try:
+            sim = float(record["similarity"])
+        except (TypeError, ValueError):
+            raise CliError(f"{path}:{line}: 'similarity' must be a number (got {record['similarity']!r}). "
+                           f"Fix or remove that row.") from None
+        rows[key] = Row(description=(record["description"] or "").strip(), similarity=sim,
+                        correlation=_optional_number(record.get("correlation")),
+                        auprc=_optional_number(record.get("auprc")))
     return rows
 
 

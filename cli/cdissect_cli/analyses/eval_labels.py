@@ -15,16 +15,18 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cdissect.v1 import labeler_pb2
 from cdissect_common import evaluation
+from google.protobuf import json_format
 
+from cdissect_cli.analyses.compare import unit_records
 from cdissect_cli.analyses.quality import is_low_correlation
-from cdissect_cli.analyses.run_results import DESCRIPTIONS_FILE, RunResults, analyses_dir
+from cdissect_cli.analyses.run_results import RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (embed_concepts, layer_artifact_refs, rpc_error,
                                                  similarity_params)
 from cdissect_cli.errors import CliError
@@ -34,56 +36,33 @@ LABEL_COLUMNS = ("layer", "unit", "description")
 
 @dataclass(frozen=True)
 class ScoredUnit:
-    """One unit's description and its held-out scores."""
+    """One unit's description and the labeler's held-out scores of it (``cdissect.v1.UnitScores``)."""
 
     layer: str
-    unit: int
     description: str
-    correlation: float
-    correlation_low: float
-    correlation_high: float
-    auprc: float
-    auprc_base: float
-    auc: float
-    p_value: float
-    dead: bool
-    heldout_constant: bool
+    scores: labeler_pb2.UnitScores
 
     @property
     def low(self) -> bool:
         """The report's low rule (dead units are not "low", they are dead)."""
-        return not self.dead and is_low_correlation(self.correlation, self.correlation_low)
+        return not self.scores.dead and is_low_correlation(self.scores.correlation, self.scores.correlation_low)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: layer, description and every score field."""
+        fields = json_format.MessageToDict(self.scores, preserving_proto_field_name=True,
+                                           always_print_fields_with_no_presence=True)
+        return {"layer": self.layer, "description": self.description, **fields}
 
 
 def read_labels(path: Path | str) -> dict[tuple[str, int], str]:
     """(layer, unit) → description from a CSV with columns layer,unit,description (others ignored)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / DESCRIPTIONS_FILE
-    if not path.is_file():
-        raise CliError(f"labels file {path} does not exist; pass a CSV with the columns "
-                       f"{','.join(LABEL_COLUMNS)} (or a run folder holding {DESCRIPTIONS_FILE})", exit_code=2)
     labels: dict[tuple[str, int], str] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CliError(f"{path} lacks the column(s) {', '.join(missing)}; a labels CSV starts with the header "
-                           f"{','.join(LABEL_COLUMNS)}", exit_code=2)
-        for line, record in enumerate(reader, start=2):
-            try:
-                key = (str(record["layer"]).strip(), int(record["unit"]))
-            except (TypeError, ValueError):
-                raise CliError(f"{path}:{line}: 'unit' must be an integer, got {record['unit']!r}; fix or remove "
-                               f"that row", exit_code=2) from None
-            text = (record["description"] or "").strip()
-            if not text:
-                raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} has an empty description; give "
-                               f"every row a label or remove it", exit_code=2)
-            if key in labels:
-                raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} appears twice; each (layer, unit) "
-                               f"must appear once", exit_code=2)
-            labels[key] = text
+    for line, key, record in unit_records(path, LABEL_COLUMNS, exit_code=2):
+        text = (record["description"] or "").strip()
+        if not text:
+            raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} has an empty description; give "
+                           f"every row a label or remove it", exit_code=2)
+        labels[key] = text
     if not labels:
         raise CliError(f"{path} has no label rows; nothing to score", exit_code=2)
     return labels
@@ -135,19 +114,17 @@ def score_labels(run: RunResults, labels: dict[tuple[str, int], str], store: Any
             reply = labeler.EvaluateLabels(request, timeout=deadline_s)
         except grpc.RpcError as err:
             raise rpc_error(f"EvaluateLabels on layer {layer_name!r}", err) from err
-        rows = [ScoredUnit(layer=layer_name, unit=u.unit, description=texts[ids[u.unit]], correlation=u.correlation,
-                           correlation_low=u.correlation_low, correlation_high=u.correlation_high, auprc=u.auprc,
-                           auprc_base=u.auprc_base, auc=u.auc, p_value=u.p_value, dead=u.dead,
-                           heldout_constant=u.heldout_constant)
+        rows = [ScoredUnit(layer=layer_name, description=texts[ids[u.unit]], scores=u)
                 for u in reply.units if u.labelled]
         scored += rows
-        live = [r for r in rows if not r.dead]
+        live = [r for r in rows if not r.scores.dead]
+        correlations, auprcs = [r.scores.correlation for r in live], [r.scores.auprc for r in live]
         summary[layer_name] = {
             "units_scored": len(live), "heldout_images": reply.heldout_images, "positives": reply.positives,
-            "correlation_mean": statistics.fmean(r.correlation for r in live) if live else None,
-            "correlation_median": statistics.median(r.correlation for r in live) if live else None,
-            "auprc_mean": statistics.fmean(r.auprc for r in live) if live else None,
-            "auprc_median": statistics.median(r.auprc for r in live) if live else None,
+            "correlation_mean": statistics.fmean(correlations) if live else None,
+            "correlation_median": statistics.median(correlations) if live else None,
+            "auprc_mean": statistics.fmean(auprcs) if live else None,
+            "auprc_median": statistics.median(auprcs) if live else None,
             "low": sum(r.low for r in live), "dead": len(rows) - len(live)}
     return scored, summary
 
@@ -163,11 +140,12 @@ def write_eval_labels(run_dir: Path, name: str, source: str, rows: list[ScoredUn
         writer.writerow(["layer", "unit", "description", "correlation", "correlation_low", "correlation_high",
                          "auprc", "auprc_base", "auc", "p_value", "flag"])
         for r in rows:
-            flag = "dead" if r.dead else ("low" if r.low else "")
-            writer.writerow([r.layer, r.unit, r.description, f"{r.correlation:.6g}", f"{r.correlation_low:.6g}",
-                             f"{r.correlation_high:.6g}", f"{r.auprc:.6g}", f"{r.auprc_base:.6g}", f"{r.auc:.6g}",
-                             f"{r.p_value:.3g}", flag])
+            u = r.scores
+            flag = "dead" if u.dead else ("low" if r.low else "")
+            writer.writerow([r.layer, u.unit, r.description, f"{u.correlation:.6g}", f"{u.correlation_low:.6g}",
+                             f"{u.correlation_high:.6g}", f"{u.auprc:.6g}", f"{u.auprc_base:.6g}", f"{u.auc:.6g}",
+                             f"{u.p_value:.3g}", flag])
     json_path = out / f"eval_labels_{safe}.json"
     json_path.write_text(json.dumps({"labels": source, "layers": summary,
-                                     "units": [asdict(r) for r in rows]}, indent=1) + "\n", encoding="utf-8")
+                                     "units": [r.to_dict() for r in rows]}, indent=1) + "\n", encoding="utf-8")
     return csv_path, json_path

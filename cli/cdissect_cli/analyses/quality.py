@@ -9,9 +9,9 @@ it is one scale for every model, CLIP and concept set: r² is the share of the u
 the label explains.
 
 A unit is *low* when its held-out correlation is below LOW_CORRELATION (the label explains under
-4% of the variance; on the shapes world no correct label scored below 0.29, and 67-79% of the
-reference selection's wrong labels scored below 0.2) or when the 95% interval reaches 0 (too few
-held-out images to tell the label from none). A unit constant on the held-out images gets r = 0
+4% of the variance; on three shapes-world probe sets no correct label scored below 0.24, while
+69-82% of the reference selection's wrong labels of selective units scored below 0.2) or when
+the 95% interval reaches 0 (too few held-out images to tell the label from none). A unit constant on the held-out images gets r = 0
 and is low. *dead*: constant activation over the whole probe set (no label means anything).
 Runs written before these scores carry only AUC and p: for them the old rule (AUC < 0.6 or
 p > 0.01) still applies, so their reports keep working.
