@@ -196,7 +196,7 @@ def demo(
         group = key.rsplit("_top", 1)[0]
         table.add_row(key, *(_fmt(run[0][key]) for run in runs.values()), str(first.get(units.get(group, ""), "")))
     for layer in first["heldout_correlation"]:
-        table.add_row(f"held-out correlation {layer}", *(_fmt(run[0]["heldout_correlation"][layer])
+        table.add_row(f"held-out r {layer}", *(_fmt(run[0]["heldout_correlation"][layer])
                                                          for run in runs.values()), "")
     table.add_row("labeler stage (s)", *(_fmt(run[0]["labels_seconds"]) for run in runs.values()), "")
     Console().print(table)
