@@ -152,7 +152,7 @@ class StreamingLabeler:
             return
         I = checked_tensor(image_embeddings, "image_embeddings", 2)
         A = checked_tensor(activations, "activations", 2)
-        if I.ndim == 2 and A.ndim == 2 and I.shape[0] != A.shape[0]:
+        if I.shape[0] != A.shape[0]:
             raise ValueError(f"shard has {I.shape[0]} image embeddings but {A.shape[0]} activation rows; "
                              "they must describe the same images in the same order.")
         start = self._heldout.seen
