@@ -85,9 +85,11 @@ def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarra
     acts [n, K]: the units' activations on the held-out images; label_scores [n, U]: the CLIP
     score of each distinct label on the same images; column [K]: unit k's label column (-1: no
     label, scored like a constant unit); n_positives: the unit's top images counted as positives.
+    Units are taken a block at a time (float64 within a block), so the scratch memory stays
+    near _BLOCK_BYTES whatever K.
     """
-    acts = np.asarray(acts, dtype=np.float64)
-    label_scores = np.asarray(label_scores, dtype=np.float64)
+    acts = np.asarray(acts)
+    label_scores = np.asarray(label_scores)
     column = np.asarray(column, dtype=np.int64)
     n, K = acts.shape
     if label_scores.shape[0] != n:
@@ -97,28 +99,29 @@ def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarra
     base = n_positives / n
     corr = np.zeros(K)
     auprc = np.full(K, base)
-    constant = (acts.max(axis=0) == acts.min(axis=0)) if n else np.ones(K, dtype=bool)
-    centred_scores = label_scores - label_scores.mean(axis=0, keepdims=True)
-    score_norm = np.sqrt((centred_scores ** 2).sum(axis=0))
-    step = max(1, _BLOCK_BYTES // max(1, 8 * n))
+    constant = acts.max(axis=0) == acts.min(axis=0)
+    score_mean = label_scores.mean(axis=0, dtype=np.float64)
+    score_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", label_scores, label_scores, dtype=np.float64)
+                                    - n * score_mean ** 2, 0.0))
+    step = max(1, _BLOCK_BYTES // max(1, 8 * 4 * n))          # four [n, block] float64/int64 arrays
     for k0 in range(0, K, step):
         k1 = min(K, k0 + step)
-        block = acts[:, k0:k1] - acts[:, k0:k1].mean(axis=0, keepdims=True)
+        block = acts[:, k0:k1].astype(np.float64)
         cols = column[k0:k1]
-        has = cols >= 0
-        scored = centred_scores[:, np.where(has, cols, 0)]
-        denom = np.sqrt((block ** 2).sum(axis=0)) * np.where(has, score_norm[np.where(has, cols, 0)], 0.0)
-        num = (block * scored).sum(axis=0)
-        ok = (denom > 0) & ~constant[k0:k1]
-        corr[k0:k1] = np.where(ok, num / np.where(ok, denom, 1.0), 0.0)
-    live = np.flatnonzero(~constant & (column >= 0))
-    if live.size:
-        tops = top_rows(acts[:, live], n_positives)                       # [n_pos, live]
-        mask = np.zeros(n, dtype=bool)
-        for j, k in enumerate(live):
-            mask[:] = False
-            mask[tops[:, j]] = True
-            auprc[k] = average_precision(label_scores[:, column[k]], mask)
+        live = (cols >= 0) & ~constant[k0:k1]
+        safe = np.where(cols >= 0, cols, 0)
+        centred = block - block.mean(axis=0, keepdims=True)
+        scored = label_scores[:, safe].astype(np.float64) - score_mean[safe]
+        denom = np.sqrt((centred ** 2).sum(axis=0)) * score_norm[safe]
+        ok = live & (denom > 0)
+        corr[k0:k1] = np.where(ok, (centred * scored).sum(axis=0) / np.where(ok, denom, 1.0), 0.0)
+        if live.any():
+            tops = top_rows(block[:, live], n_positives)                      # [n_pos, live]
+            mask = np.zeros(n, dtype=bool)
+            for j, k in enumerate(np.flatnonzero(live)):
+                mask[:] = False
+                mask[tops[:, j]] = True
+                auprc[k0 + k] = average_precision(label_scores[:, cols[k]], mask)
     low, high = fisher_interval(corr, n)
     dead = constant | (column < 0)
     low[dead], high[dead] = -1.0, 1.0
@@ -181,6 +184,7 @@ class SplitMoments:
         out = torch.zeros(K, J, dtype=torch.float64, device=self.device)
         if self.n < 2:
             return out
+        chunk = max(1, min(chunk, _BLOCK_BYTES // max(1, 3 * 8 * J * self._si.shape[0])))  # ~3 [k, J, d] float64
         n = float(self.n)
         T = text.double()
         var_a = torch.clamp(self._saa - self._sa * self._sa / n, min=0.0)
