@@ -18,10 +18,12 @@ from cdissect.v1 import activations_pb2, common_pb2, embedder_pb2, labeler_pb2
 from cdissect_common import artifacts
 from cdissect_common.store import open_store
 from cdissect_labeler.labels import LayerLabels
-from tests.integration.conftest import CONCEPTS, TIMEOUT, ServiceHandle, register_probe
+from tests.integration.conftest import TIMEOUT, ServiceHandle, register_probe
 
 pytestmark = pytest.mark.slow
 N_IMAGES = 160
+# Not the pipeline tests' list: their first run must compute its text embeddings, not reuse these.
+CONCEPTS = ["red", "green", "blue", "yellow", "circle", "square", "bright background"]
 
 
 @pytest.fixture(scope="module")
