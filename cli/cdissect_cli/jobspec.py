@@ -18,13 +18,10 @@ from typing import Any, Mapping
 
 import yaml
 from cdissect_common import evaluation
-from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SELECTIONS, SIMILARITY_DEFAULTS,
-                                        TOKEN_POOLINGS)
+from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SELECTIONS, SIMILARITY_FUNCTIONS,
+                                        TOKEN_POOLINGS, check_similarity_function, check_similarity_params)
 
 from cdissect_cli.errors import SpecError
-
-# Parameters each similarity function accepts (names as in the reference's similarity.py).
-SIMILARITY_PARAMS: dict[str, tuple[str, ...]] = {fn: tuple(params) for fn, params in SIMILARITY_DEFAULTS.items()}
 
 DEFAULT_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 DEFAULT_SHARD_SIZE = 1000
@@ -42,7 +39,7 @@ class JobSpec:
     probe_set: str = "broden"
     concept_set: str = "20k"
     clip_model: str = "ViT-B/16"
-    similarity_function: str = "soft_wpmi"
+    similarity_function: str = SIMILARITY_FUNCTIONS[0]
     similarity_params: Mapping[str, float] = field(default_factory=dict)
     clip_precision: str = "float32"
     prompt_templates: tuple[str, ...] = ()
@@ -243,8 +240,10 @@ def _validated(values: dict[str, Any]) -> JobSpec:
             raise SpecError(f"prompt template {bad[0]!r} has no '{{}}' placeholder for the concept: "
                             f"write it like 'a photo of {{}}'")
         kwargs["prompt_templates"] = templates
-    function = _choice("similarity function", values.get("similarity_function", "soft_wpmi"),
-                       tuple(SIMILARITY_PARAMS))
+    try:
+        function = check_similarity_function(str(values.get("similarity_function", SIMILARITY_FUNCTIONS[0])))
+    except ValueError as err:
+        raise SpecError(str(err)) from None
     kwargs["similarity_function"] = function
     kwargs["similarity_params"] = _similarity_params(function, values.get("similarity_params") or {})
     return JobSpec(**kwargs)
@@ -273,21 +272,14 @@ def _seed(value: Any) -> int:
     return int(value)
 
 
-def _similarity_params(function: str, params: Any) -> dict[str, float]:
+def _similarity_params(function: str, params: Any) -> dict[str, int | float]:
+    """The given similarity parameters, checked by the one rule the services use too (vocabulary)."""
     if not isinstance(params, Mapping):
         raise SpecError(f"similarity params must be a mapping of name to number, got {params!r}")
-    allowed = SIMILARITY_PARAMS[function]
-    out: dict[str, float] = {}
-    for name, value in params.items():
-        if name not in allowed:
-            hint = ", ".join(allowed) if allowed else "none"
-            raise SpecError(f"similarity parameter '{name}' does not apply to {function}; "
-                            f"its parameters are: {hint}")
-        try:
-            out[str(name)] = float(value)
-        except (TypeError, ValueError):
-            raise SpecError(f"similarity parameter {name}={value!r} is not a number") from None
-    return out
+    try:
+        return check_similarity_params(function, params)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
 
 
 def parse_param_flags(items: list[str] | None) -> dict[str, float] | None:

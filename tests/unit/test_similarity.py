@@ -97,7 +97,7 @@ def test_bad_inputs_explain_the_problem() -> None:
         sim.soft_wpmi(P, A, top_k=500)
     with pytest.raises(ValueError, match="choose one of"):
         sim.compute("cosine", P, A)
-    with pytest.raises(ValueError, match="parameters are: a, lam, min_prob"):
+    with pytest.raises(ValueError, match="parameters are: top_k, a, lam, min_prob"):
         sim.resolve_params("soft_wpmi", {"alpha": 3})
     with pytest.raises(ValueError, match="must be 2-D"):
         sim.cos_similarity(P[0], A)

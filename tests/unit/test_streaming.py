@@ -94,7 +94,7 @@ def test_extreme_parameters_stay_exact(params: dict) -> None:
 
 def test_parameters_giving_log_of_zero_are_refused() -> None:
     _, T, _ = make_world()
-    with pytest.raises(ValueError, match="min_prob > 0"):
+    with pytest.raises(ValueError, match=r"min_prob of soft_wpmi must be a number in \(0, 1\]"):
         StreamingLabeler("soft_wpmi", {"min_prob": 0.0, "p_start": 1.0}, T)
 
 

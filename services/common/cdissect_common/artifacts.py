@@ -35,7 +35,7 @@ CODE_SOURCE_DIGEST: dict[str, str] = {
     "embeddings/image": "1ab1c885dc2c3d29a19b98ff74c70c6865f3042410abffe834b2cd8bfc5f6310",
     "embeddings/text": "44d6e9bfa3847601dc530131536d3658698d86d227a5f6c01d97e38358edf43a",
     "activations": "bc020505d84108728d9900fbd1b01e19dedd0f096e733a71f1ee2c46dc62c472",
-    "labels": "54d31a101357db687688f1b1042e58b5533023a5752234353c478c64f7e46804",
+    "labels": "3e26fe75439b274100b47e22ed4299aae25a378950e7280b9f8c977313fb87b1",
 }
 # Array names inside single-array artifacts.
 EMBEDDINGS = "embeddings"

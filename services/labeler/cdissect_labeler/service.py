@@ -130,9 +130,6 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
         if not request.text_embeddings.key:
             raise invalid_argument("text_embeddings is missing; pass the ref EmbedConcepts returned")
         function = request.similarity.function or DEFAULT_FUNCTION
-        if function not in similarity.FUNCTIONS:
-            raise invalid_argument(f"unknown similarity function {function!r}; use one of "
-                                   f"{', '.join(similarity.FUNCTIONS)}")
         params = dict(sorted(request.similarity.params.items()))
         try:
             resolved = similarity.resolve_params(function, params)

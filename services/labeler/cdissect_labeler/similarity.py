@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cdissect_common.devices import resolve_device
-from cdissect_common.vocabulary import SIMILARITY_DEFAULTS, SIMILARITY_FUNCTIONS
+from cdissect_common.vocabulary import SIMILARITY_DEFAULTS, SIMILARITY_FUNCTIONS, resolve_similarity_params
 
 from cdissect_labeler.budget import neurons_per_chunk
 from cdissect_labeler.pmi import membership_weights, pmi_dense, soft_wpmi_membership, subtract_prior  # noqa: F401
@@ -167,13 +167,6 @@ def compute(function: str, clip_feats: Any, target_feats: Any, **params: Any) ->
 
 
 def resolve_params(function: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """The function's defaults updated with params; unknown parameter names are an error."""
-    if function not in FUNCTIONS:
-        raise ValueError(f"unknown similarity function {function!r}; choose one of {', '.join(FUNCTIONS)}.")
-    out = dict(DEFAULTS[function])
-    for key, value in (params or {}).items():
-        if key not in out:
-            allowed = ", ".join(sorted(out)) or "none"
-            raise ValueError(f"{function} has no parameter {key!r}; its parameters are: {allowed}.")
-        out[key] = type(out[key])(value) if isinstance(out[key], (int, float)) and not isinstance(out[key], bool) else value
-    return out
+    """The function's defaults updated with params, each checked for type and range by
+    ``cdissect_common.vocabulary`` (the CLI checks with the same rule, so both give one message)."""
+    return resolve_similarity_params(function, params)

@@ -43,7 +43,7 @@ from cdissect_labeler.cosine import cos_cubed_top_concepts, cos_top_concepts
 from cdissect_labeler.heldout import HeldOutRows
 from cdissect_labeler.intake import ShardIntake, checked_tensor, normalise_embeddings
 from cdissect_labeler.labels import LayerLabels
-from cdissect_labeler.pmi import membership_weights, pmi_top_concepts
+from cdissect_labeler.pmi import pmi_top_concepts
 from cdissect_labeler.quality import label_quality, quality_positive_count
 from cdissect_labeler.rank_reorder import rank_reorder_top_concepts
 from cdissect_labeler.simulation import SplitMoments, rerank
@@ -83,11 +83,7 @@ class StreamingLabeler:
             raise ValueError(f"neuron_chunk must be ≥ 1, got {neuron_chunk}.")
         if num_images is not None and num_images < 1:
             raise ValueError(f"num_images must be ≥ 1 when given, got {num_images}.")
-        if function in PMI_FUNCTIONS:
-            off, _ = membership_weights(function, self.params)
-            if not bool(np.all(off > 0)):
-                raise ValueError(f"{function} parameters {self.params} make a membership factor ≤ 0 (log of 0 "
-                                 "or less); keep min_prob > 0 and p_start, p_end ≤ 1.")
+        # The parameter ranges (vocabulary) keep every membership factor of the PMI functions > 0.
         self.device = sim.resolve_device(device)
         self.precision = precision
         self.neuron_chunk = int(neuron_chunk)
@@ -114,6 +110,10 @@ class StreamingLabeler:
         function_images = num_images
         if num_images is not None and self.simulation:
             function_images = num_images - evaluation.heldout_count(num_images, eval_fraction, eval_seed)
+        if function in PMI_FUNCTIONS and function_images is not None and self.params["top_k"] > function_images:
+            raise ValueError(f"{function} top_k={self.params['top_k']} exceeds the {function_images} images it scores"
+                             f"{' (the selection split)' if self.simulation else ''}; lower top_k or probe with "
+                             f"more images")
         keep_activations = function == "cos_similarity_cubed" or (
             function not in PMI_FUNCTIONS and num_images is None)
         self._intake = ShardIntake(self.text.shape[1], self.device, precision,
