@@ -21,7 +21,7 @@ from cdissect_common import evaluation
 from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SELECTIONS, SIMILARITY_FUNCTIONS,
                                         TOKEN_POOLINGS, check_similarity_function, check_similarity_params)
 
-from cdissect_cli.errors import SpecError
+from cdissect_cli.errors import SpecError, read_text_file
 
 DEFAULT_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 DEFAULT_SHARD_SIZE = 1000
@@ -132,8 +132,9 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"job spec file {path} does not exist: pass the path of a YAML file "
                         f"(for example the job.yaml of an earlier run folder)")
+    text = read_text_file(path, "job spec file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SpecError(f"job spec file {path} is not valid YAML: {err}") from err
     if data is None:

@@ -73,3 +73,14 @@ def test_param_flags() -> None:
     assert parse_param_flags(["top_k=50", "a = 5"]) == {"top_k": 50.0, "a": 5.0}
     with pytest.raises(SpecError, match="name=value"):
         parse_param_flags(["top_k"])
+
+
+def test_a_spec_file_that_is_not_utf8_is_named_with_the_encoding_problem(tmp_path: Path) -> None:
+    """A Latin-1 job spec used to print a UnicodeDecodeError traceback."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("target_model: résnet\n".encode("latin-1"))
+    with pytest.raises(SpecError) as info:
+        load_spec_file(path)
+    message = str(info.value)
+    assert str(path) in message and "not UTF-8" in message and "0xe9" in message and "line 1" in message
+    assert "save it as UTF-8" in message
