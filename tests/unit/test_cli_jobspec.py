@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cdissect_cli.errors import SpecError
+from cdissect_cli.errors import InputError, SpecError
 from cdissect_cli.jobspec import load_spec_file, parse_param_flags, resolve_spec
 
 
@@ -79,7 +79,7 @@ def test_a_spec_file_that_is_not_utf8_is_named_with_the_encoding_problem(tmp_pat
     """A Latin-1 job spec used to print a UnicodeDecodeError traceback."""
     path = tmp_path / "latin1.yaml"
     path.write_bytes("target_model: résnet\n".encode("latin-1"))
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(InputError) as info:
         load_spec_file(path)
     message = str(info.value)
     assert str(path) in message and "not UTF-8" in message and "0xe9" in message and "line 1" in message
