@@ -19,7 +19,7 @@ from rich.table import Table
 from cdissect_cli.analyses import compare as compare_mod
 from cdissect_cli.analyses.quality import RULE_TEXT
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir, load_run
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 from cdissect_cli.options import (DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ConfigOpt, ConnectionFlags,
                                   DeadlineOpt, EmbedderOpt, LabelerOpt, RetryOpt, StoreOpt)
 
@@ -172,7 +172,10 @@ def compose(run_dir: RunDirArg, layer: LayerOpt,
     try:
         chosen = [int(u) for u in units.split(",") if u.strip()] if units else None
     except ValueError as err:
-        raise CliError(f"--units must be comma-separated integers, got {units!r}.", exit_code=2) from err
+        raise InputError(f"--units must be comma-separated integers, got {units!r}.") from err
+    for unit in chosen or []:            # an unknown layer or unit fails before any service starts
+        run.layer(layer).unit(unit)
+    run.layer(layer)
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, labeler=labeler,
                             deadline_s=deadline, retry_s=retry_timeout)
     with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as connection:
@@ -247,7 +250,7 @@ def compare(a: Annotated[Path, typer.Argument(help="Descriptions CSV (or run fol
                                                       help="Changed labels to list per layer.")] = 5) -> None:
     """Label agreement and |Δ similarity| per layer between two result files."""
     if (b is None) == (reference is None):
-        raise CliError("give either a second CSV B or --reference NAME (not both, not neither).", exit_code=2)
+        raise InputError("give either a second CSV B or --reference NAME (not both, not neither).")
     other = compare_mod.reference_csv(reference) if reference else b
     result = compare_mod.compare_files(a, other)
     table = Table(title=f"{a}  vs  {reference or other}")

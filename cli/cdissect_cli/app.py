@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cdissect_cli import analysis_commands, catalog_commands, demo_command, local_commands, run_command
-from cdissect_cli.errors import CliError, Interrupted
+from cdissect_cli.errors import CliError, Interrupted, exit_code_for
 
 app = typer.Typer(
     name="cdissect", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -57,7 +57,8 @@ def _quiet_library_logs() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors print one message and exit non-zero."""
+    """Run the CLI; user errors print one message and exit 2 (bad input) or 1 (failure), see
+    `cdissect_cli.errors`; Typer's usage errors exit 2."""
     console = Console(stderr=True)
     _quiet_library_logs()
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         app(args=args, prog_name="cdissect", standalone_mode=True)
     except _user_error_types() as err:
         console.print(Text.assemble(("error: ", "bold red"), str(err)), highlight=False, soft_wrap=True)
-        sys.exit(getattr(err, "exit_code", 1))
+        sys.exit(exit_code_for(err))
     except Interrupted as err:
         console.print(str(err), style="yellow", markup=False)
         sys.exit(err.exit_code)

@@ -17,7 +17,7 @@ from cdissect_cli.cli_settings import load_cli_settings
 from cdissect_cli.connection import Connection
 from cdissect_cli.datasets import dataset_summary, register_source
 from cdissect_cli.dispatch import ShardTask
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
     DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
@@ -96,7 +96,7 @@ def concepts(name: Annotated[Optional[str], typer.Argument(help="Concept set nam
     try:
         cs = api.load_concept_set(name)
     except (ValueError, LookupError, OSError) as err:
-        raise CliError(str(err), exit_code=2) from err
+        raise InputError(str(err)) from err
     console.print(f"[bold]{cs.name}[/bold]  sha256 {cs.sha256[:12]}", highlight=False)
     console.print(f"concepts: {len(cs.words)}   blank lines dropped: {cs.dropped_blank}   "
                   f"duplicates: {len(cs.duplicates)}")
@@ -118,8 +118,7 @@ def datasets_add(
 ) -> None:
     """Register a probe set: image shards and a manifest in the object store."""
     if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise CliError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}",
-                       exit_code=2)
+        raise InputError(f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
     flags = ConnectionFlags(config=config, store=store)
     with _connect(flags, (), open_store=True) as connection:
         manifest, reused = register_source(connection.store, name, source, shard_size, on_bad_image,

@@ -12,7 +12,7 @@ from typing import Any
 
 from cdissect_common.config import ConfigError, Settings, load_settings
 
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 
 
 def load_cli_settings(config_file: Path | None = None, **flags: Any) -> Settings:
@@ -20,7 +20,7 @@ def load_cli_settings(config_file: Path | None = None, **flags: Any) -> Settings
     try:
         settings = load_settings(None, overrides=flags, config_file=config_file)
     except ConfigError as err:
-        raise CliError(str(err), exit_code=2) from err
+        raise InputError(str(err)) from err
     return settings.replace(store=expand_store_url(settings.store))
 
 
@@ -30,8 +30,8 @@ def expand_store_url(url: str) -> str:
         path = url[len("file://"):]
         return "file://" + str(Path(path).expanduser().resolve())
     if "://" not in url and url:
-        raise CliError(f"store URL {url!r} has no scheme: use file:///absolute/folder or s3://bucket "
-                       f"(--store or CDISSECT_STORE)", exit_code=2)
+        raise InputError(f"store URL {url!r} has no scheme: use file:///absolute/folder or s3://bucket "
+                         f"(--store or CDISSECT_STORE)")
     return url
 
 

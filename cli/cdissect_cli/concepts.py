@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from cdissect_cli.errors import read_text_file
+
 # name -> file shipped in cdissect_cli/data/concept_sets
 SHIPPED: dict[str, str] = {
     "20k": "20k.txt",
@@ -130,10 +132,7 @@ def load_concept_set(name_or_path: str | Path) -> ConceptSet:
         if not path.is_file():
             raise UnknownConceptSetError(_unknown_message(key))
         name, places = path.stem, False
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConceptSetError(f"concept file {path} is not UTF-8 text ({exc}); save it as UTF-8.") from exc
+    text = read_text_file(path, "concept file")
     words, blank = parse_concept_lines(text, places365_format=places)
     if not words:
         raise ConceptSetError(f"concept file {path} has no concepts (only blank lines); "

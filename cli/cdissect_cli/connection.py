@@ -17,12 +17,12 @@ import grpc
 from cdissect_common.clients import EndpointError, expand_endpoints, make_channel, make_stub
 from cdissect_common.config import Settings
 from cdissect_common.retry import RetryPolicy
-from cdissect_common.store import ObjectStore, StoreError, open_store
+from cdissect_common.store import ObjectStore, StoreConfigError, StoreError, open_store
 from rich.console import Console
 
 from cdissect_cli.cli_settings import cdissect_home, service_env
 from cdissect_cli.dispatch import ShardDispatcher
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.local import HEALTH_NAMES, SERVICES, STATE_FILE_NAME, LocalServices, read_state
 from cdissect_cli.options import ConnectionFlags
 
@@ -110,9 +110,9 @@ class Connection:
         if state is not None and all(s in state[0] for s in missing):
             services, store = state
             if self.settings.sources.get("store", "default") != "default" and store != self.settings.store:
-                raise CliError(f"the local services started by `cdissect up` use the store {store}, but "
-                               f"{self.settings.store} was asked for; run `cdissect down` first, or drop --store / "
-                               f"CDISSECT_STORE", exit_code=2)
+                raise InputError(f"the local services started by `cdissect up` use the store {store}, but "
+                                 f"{self.settings.store} was asked for; run `cdissect down` first, or drop --store / "
+                                 f"CDISSECT_STORE")
             self.store_url = store
             for service in missing:
                 self.endpoints[service], self.mode[service] = [services[service].endpoint], "up"
@@ -138,7 +138,9 @@ class Connection:
     def _open_store(self) -> ObjectStore:
         try:
             return open_store(self.store_url, self.settings, policy=self.policy)
-        except (StoreError, ValueError) as err:
+        except (StoreConfigError, ValueError) as err:
+            raise InputError(f"cannot open the object store {self.store_url}: {err}") from err
+        except StoreError as err:
             raise CliError(f"cannot open the object store {self.store_url}: {err}") from err
         except Exception as err:  # noqa: BLE001 - connection errors after the retry budget
             raise CliError(f"the object store {self.store_url} is unreachable: {type(err).__name__}: {err}; "
@@ -165,7 +167,7 @@ class Connection:
         try:
             return expand_endpoints(self.endpoints[service])
         except EndpointError as err:
-            raise CliError(f"{service} endpoint: {err}", exit_code=2) from err
+            raise InputError(f"{service} endpoint: {err}") from err
 
     def stub(self, address: str, service: str, original: str | None = None) -> Any:
         """A stub of `service` on a new channel to `address`, closed with the connection."""

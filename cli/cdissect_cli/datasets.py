@@ -22,7 +22,7 @@ from cdissect_common.manifest import (
     DatasetError, DatasetNotFoundError, list_datasets, load_manifest, manifest_key, register_dataset)
 from cdissect_common.store import ObjectStore
 
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 
 FINGERPRINT_INFO = "source_fingerprint"
 
@@ -68,8 +68,10 @@ def _resolve_source(source: str) -> tuple[Iterable[Any], dict[str, str]]:
         if path.is_dir():
             return probesets.resolve_probe_set(str(path.resolve())), {"source": str(path.resolve())}
         return probesets.resolve_probe_set(source), {"source": f"builtin:{source}"}
-    except (ValueError, LookupError, OSError) as err:
+    except probesets.ProbeSetDownloadError as err:
         raise CliError(f"probe set {source!r}: {err}") from err
+    except (ValueError, LookupError, OSError) as err:
+        raise InputError(f"probe set {source!r}: {err}") from err
 
 
 def register_source(store: ObjectStore, name: str, source: str, shard_size: int, on_bad_image: str,
@@ -87,7 +89,7 @@ def register_source(store: ObjectStore, name: str, source: str, shard_size: int,
         manifest = register_dataset(store, name, images, shard_size=shard_size,
                                     on_bad_image=on_bad_image, info=info, max_pixels=max_pixels)
     except DatasetError as err:
-        raise CliError(f"probe set {source!r}: {err}") from err
+        raise InputError(f"probe set {source!r}: {err}") from err
     return manifest, False
 
 
@@ -98,8 +100,8 @@ def ensure_dataset(store: ObjectStore, probe_set: str, shard_size: int, on_bad_i
     if path.is_dir():
         return register_source(store, folder_dataset_name(path), str(path), shard_size, on_bad_image, max_pixels)
     if path.exists():
-        raise CliError(f"probe set {probe_set!r} is a file; give a folder of images (class subfolders allowed), "
-                       f"a registered dataset name or a built-in probe set", exit_code=2)
+        raise InputError(f"probe set {probe_set!r} is a file; give a folder of images (class subfolders allowed), "
+                         f"a registered dataset name or a built-in probe set")
     if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", probe_set) and store.exists(manifest_key(probe_set)):
         manifest = load_manifest(store, probe_set)
         source = manifest.info.get("source", "")
@@ -109,10 +111,10 @@ def ensure_dataset(store: ObjectStore, probe_set: str, shard_size: int, on_bad_i
         return manifest, True
     try:
         return register_source(store, probe_set, probe_set, shard_size, on_bad_image, max_pixels)
-    except CliError as err:
+    except InputError as err:
         known = ", ".join(list_datasets(store)) or "(none)"
-        raise CliError(f"{err}\nregistered datasets in {store.url}: {known}; register a folder with "
-                       f"`cdissect datasets add NAME PATH` or pass --probe-set /path/to/folder", exit_code=2) from err
+        raise InputError(f"{err}\nregistered datasets in {store.url}: {known}; register a folder with "
+                         f"`cdissect datasets add NAME PATH` or pass --probe-set /path/to/folder") from err
 
 
 def dataset_summary(store: ObjectStore, name: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from cdissect_cli.analyses.run_results import load_run
 from cdissect_cli.cli_settings import cdissect_home
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.options import (
     DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ConfigOpt, ConnectionFlags, DeadlineOpt, RetryOpt, StoreOpt)
@@ -178,8 +178,8 @@ def demo(
     """Run the whole pipeline offline on the shapes world and score its labels against the known truth."""
     console = Console(stderr=True)
     if select != BOTH and select not in SELECTIONS:
-        raise CliError(f"--select {select!r} is not a selection; choose {BOTH} or one of: "
-                       f"{', '.join(SELECTIONS)}", exit_code=2)
+        raise InputError(f"--select {select!r} is not a selection; choose {BOTH} or one of: "
+                         f"{', '.join(SELECTIONS)}")
     selections = SELECTIONS if select == BOTH else (select,)
     settings, write_probe_folder, score_run = _shapes()
     n_images = images or int(settings["n_images"])

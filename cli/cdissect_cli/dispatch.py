@@ -18,7 +18,7 @@ from typing import Any, Callable
 import grpc
 from cdissect_common.retry import RetryPolicy, is_retryable_grpc
 
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 
 
 @dataclass
@@ -44,6 +44,10 @@ class ShardFailure(CliError):
         hint = (" — is the service running and reachable? (`cdissect status`; raise --retry-timeout "
                 "or --deadline for slow starts)") if retryable else ""
         super().__init__(f"{what} failed on the {service} service at {address}{tries}: {detail}{hint}")
+        # The service refused the request itself (unknown model or layer, a file that is not a
+        # checkpoint): bad input, exit 2. Every other cause is a failure of valid work, exit 1.
+        invalid = isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.INVALID_ARGUMENT
+        self.exit_code = InputError.exit_code if invalid else CliError.exit_code
 
 
 class ShardDispatcher:
@@ -52,8 +56,8 @@ class ShardDispatcher:
     def __init__(self, service: str, addresses: list[str], make_stub: Callable[[str], Any],
                  deadline_s: float, policy: RetryPolicy, per_address: int = 2) -> None:
         if not addresses:
-            raise CliError(f"no endpoint for the {service} service: pass --{service} host:port, set "
-                           f"CDISSECT_{service.upper()}, or give none at all to start local services", exit_code=2)
+            raise InputError(f"no endpoint for the {service} service: pass --{service} host:port, set "
+                             f"CDISSECT_{service.upper()}, or give none at all to start local services")
         self.service = service
         self.addresses = list(addresses)
         self.stubs = [make_stub(address) for address in self.addresses]

@@ -92,4 +92,4 @@ def status(config: ConfigOpt = None) -> None:
     if state is not None:
         Console().print(f"store of local services: {state[1]}")
     if not all_serving:
-        raise CliError("not every service is SERVING", exit_code=1)
+        raise CliError("not every service is SERVING")

@@ -30,7 +30,7 @@ from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
 
 from cdissect_cli.datasets import ensure_dataset, skipped_names
 from cdissect_cli.dispatch import ShardDispatcher, ShardTask
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult
@@ -58,11 +58,11 @@ def load_concepts(concept_set: str) -> ConceptWords:
     try:
         concepts = load_concept_set(concept_set)
     except (ValueError, LookupError, OSError) as err:
-        raise CliError(str(err), exit_code=2) from err
+        raise InputError(str(err)) from err
     words = list(concepts.words)
     if not words:
-        raise CliError(f"concept set {concept_set!r} has no concepts (only blank lines); put one concept per "
-                       f"line, or use a shipped set (`cdissect concepts`)", exit_code=2)
+        raise InputError(f"concept set {concept_set!r} has no concepts (only blank lines); put one concept per "
+                         f"line, or use a shipped set (`cdissect concepts`)")
     return ConceptWords(name=concepts.name, sha256=concepts.sha256, words=words)
 
 
@@ -118,23 +118,23 @@ def check_sizes(spec: JobSpec, num_images: int) -> None:
     A held-out split under MIN_EVAL_IMAGES is an error for `--select simulation` and for a job that
     chose its own split; the reference selection with the default split still runs (small_split_note)."""
     if spec.top_images > num_images:
-        raise CliError(f"top_images={spec.top_images} exceeds the {num_images} images of probe set "
-                       f"{spec.probe_set!r}; lower --top-images or use a larger probe set", exit_code=2)
+        raise InputError(f"top_images={spec.top_images} exceeds the {num_images} images of probe set "
+                         f"{spec.probe_set!r}; lower --top-images or use a larger probe set")
     top_k = spec.similarity_params.get("top_k", SIMILARITY_DEFAULTS[spec.similarity_function].get("top_k"))
     if top_k is not None and top_k > num_images:
-        raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe set "
-                       f"{spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "
-                       f"probe set", exit_code=2)
+        raise InputError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe "
+                         f"set {spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "
+                         f"probe set")
     heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
     if heldout < MIN_EVAL_IMAGES and (spec.select == "simulation" or _eval_split_chosen(spec)):
         try:
             check_heldout_split(num_images, spec.eval_fraction, spec.eval_seed)
         except ValueError as err:
-            raise CliError(str(err), exit_code=2) from None
+            raise InputError(str(err)) from None
     if spec.select == "simulation" and top_k is not None and top_k > num_images - heldout:
-        raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images - heldout} images of "
-                       f"the selection split ({num_images} minus {heldout} held out); lower --eval-fraction or "
-                       f"pass --param top_k=N with N <= {num_images - heldout}", exit_code=2)
+        raise InputError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images - heldout} images "
+                         f"of the selection split ({num_images} minus {heldout} held out); lower --eval-fraction or "
+                         f"pass --param top_k=N with N <= {num_images - heldout}")
 
 
 def _check_skips(image_responses: list[Any], act_responses: list[Any]) -> None:

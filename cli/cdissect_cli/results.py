@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cdissect_cli.analyses.quality import LOW_CORRELATION, is_low_correlation
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 from cdissect_cli.jobspec import JobSpec
 
 RESULTS_VERSION = 1
@@ -116,8 +116,8 @@ def new_run_dir(runs_dir: Path, model: str, now: datetime | None = None) -> Path
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CliError(f"cannot create the runs folder {runs_dir}: {err.strerror}; "
-                       f"set --runs-dir or CDISSECT_RUNS_DIR to a writable folder") from err
+        raise InputError(f"cannot create the runs folder {runs_dir}: {err.strerror}; "
+                         f"set --runs-dir or CDISSECT_RUNS_DIR to a writable folder") from err
     base = runs_dir / f"{safe_model}_{stamp}"
     candidate, n = base, 1
     while True:

@@ -67,13 +67,15 @@ def test_unknown_model_and_layer_name_the_fix(up_env: dict[str, str], inputs: tu
                                               tiny_clip_checkpoint: Path) -> None:
     probe, words = inputs
     args = run_args(probe, words, tiny_clip_checkpoint, layers="layer4")
-    bad_model = run_cli([*args, "--model", "resnet9999"], up_env, expect=None)
-    assert bad_model.returncode != 0 and "resnet9999" in bad_model.stderr
+    bad_model = run_cli([*args, "--model", "resnet9999"], up_env, expect=2)      # INVALID_ARGUMENT: bad input
+    assert "resnet9999" in bad_model.stderr
     assert "activations service" in bad_model.stderr and "INVALID_ARGUMENT" in bad_model.stderr
-    bad_layer = run_cli([*args, "--layers", "layer9"], up_env, expect=None)
-    assert bad_layer.returncode != 0 and "layer9" in bad_layer.stderr
+    bad_layer = run_cli([*args, "--layers", "layer9"], up_env, expect=2)
+    assert "layer9" in bad_layer.stderr
     assert "cdissect layers" in bad_layer.stderr or "layer4" in bad_layer.stderr
-    assert "Traceback" not in bad_model.stderr + bad_layer.stderr
+    layers_of = run_cli(["layers", "resnet9999"], up_env, expect=2)
+    assert "resnet9999" in layers_of.stderr and "INVALID_ARGUMENT" in layers_of.stderr
+    assert "Traceback" not in bad_model.stderr + bad_layer.stderr + layers_of.stderr
 
 
 @pytest.mark.slow
@@ -145,8 +147,9 @@ def test_corrupt_image_is_named_with_error_policy(tmp_path: Path, tiny_clip_chec
     (probe / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
     words = write_words(tmp_path / "words.txt")
     env = make_env(tmp_path)
-    proc = run_cli(run_args(probe, words, tiny_clip_checkpoint), env, expect=1)
-    assert "broken.png" in proc.stderr and "on_bad_image" in proc.stderr
+    proc = run_cli(run_args(probe, words, tiny_clip_checkpoint), env, expect=2)
+    assert "'red/broken.png' is not usable" in proc.stderr and "--on-bad-image skip" in proc.stderr
+    assert "BytesIO" not in proc.stderr
     assert "starting local services" not in proc.stderr
 
 

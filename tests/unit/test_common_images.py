@@ -39,6 +39,7 @@ def test_unreadable_image_names_image_place_and_fix() -> None:
         list(prepared_batches(items, 2, lambda img: img, where="shard 3", fix=SHARD_IMAGE_FIX))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "'broken.png' in shard 3" in info.value.message and "register the probe set again" in info.value.message
+    assert "not in an image format PIL can read" in info.value.message and "BytesIO" not in info.value.message
 
 
 def test_truncated_jpeg_fails_the_full_decode_that_verify_lets_through() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError, read_text_file
 
 _PLACES_LINE = re.compile(r"^/[a-z]/(\S+?)(?:\s+\d+)?$")
 
@@ -32,7 +32,7 @@ def load_class_names(spec: str) -> list[str]:
     """Class names from a file path or a shipped list name, in unit order."""
     path = Path(spec).expanduser()
     if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_file(path, "class-name file").splitlines()
     else:
         try:
             from cdissect_cli.concepts import load_concept_set
@@ -42,11 +42,11 @@ def load_class_names(spec: str) -> list[str]:
         try:
             lines = list(load_concept_set(spec).words)
         except (LookupError, ValueError, OSError) as err:
-            raise CliError(f"{spec!r} is neither a file nor a shipped list ({err}). Pass a file "
-                           f"with one class name per line, or a list name such as imagenet.") from err
+            raise InputError(f"{spec!r} is neither a file nor a shipped list ({err}). Pass a file "
+                             f"with one class name per line, or a list name such as imagenet.") from err
     names = [_places_name(line) for line in lines if line.strip()]
     if not names:
-        raise CliError(f"class-name list {spec!r} is empty; it needs one class name per line.")
+        raise InputError(f"class-name list {spec!r} is empty; it needs one class name per line.")
     return names
 
 

@@ -10,6 +10,7 @@ side by side: unlike the similarity, they are on one scale across models, CLIPs 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError, read_text_file
 
 REQUIRED_COLUMNS = ("layer", "unit", "description", "similarity")
 # Short names of the authors' released result files (in cdissect_cli/data/reference_results).
@@ -85,8 +86,8 @@ class Comparison:
 def reference_csv(name: str) -> Path:
     """Path of a released result file shipped in cdissect_common, by short name."""
     if name not in REFERENCE_FILES:
-        raise CliError(f"unknown reference {name!r}; the shipped references are: "
-                       f"{', '.join(REFERENCE_FILES)}. Pass one of those, or a CSV path.")
+        raise InputError(f"unknown reference {name!r}; the shipped references are: "
+                         f"{', '.join(REFERENCE_FILES)}. Pass one of those, or a CSV path.")
     try:
         path = Path(str(resources.files(REFERENCE_PACKAGE).joinpath(REFERENCE_FILES[name])))
     except ModuleNotFoundError:
@@ -98,34 +99,33 @@ def reference_csv(name: str) -> Path:
     return path
 
 
-def unit_records(path: Path | str, columns: tuple[str, ...], exit_code: int = 1
-                 ) -> Iterator[tuple[int, tuple[str, int], dict[str, str]]]:
+def unit_records(path: Path | str, columns: tuple[str, ...]) -> Iterator[tuple[int, tuple[str, int], dict[str, str]]]:
     """(line, (layer, unit), record) of every row of a CSV keyed by layer,unit (a run folder means its
-    descriptions.csv); a missing column, a non-integer unit or a repeated (layer, unit) is a CliError."""
+    descriptions.csv); a missing file or column, text that is not UTF-8, a non-integer unit or a
+    repeated (layer, unit) is an InputError."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "descriptions.csv"
     if not path.is_file():
-        raise CliError(f"{path} does not exist. Pass a CSV with the columns {','.join(columns)} (or a run "
-                       f"folder holding descriptions.csv).", exit_code=exit_code)
+        raise InputError(f"{path} does not exist. Pass a CSV with the columns {','.join(columns)} (or a run "
+                         f"folder holding descriptions.csv).")
     seen: set[tuple[str, int]] = set()
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CliError(f"{path} lacks the column(s) {', '.join(missing)}; the CSV must start with the "
-                           f"header {','.join(columns)}.", exit_code=exit_code)
-        for line, record in enumerate(reader, start=2):
-            try:
-                key = (str(record["layer"]).strip(), int(record["unit"]))
-            except (TypeError, ValueError):
-                raise CliError(f"{path}:{line}: 'unit' must be an integer (got {record['unit']!r}). Fix or "
-                               f"remove that row.", exit_code=exit_code) from None
-            if key in seen:
-                raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} appears twice. Each (layer, "
-                               f"unit) must appear once; remove the duplicate.", exit_code=exit_code)
-            seen.add(key)
-            yield line, key, record
+    reader = csv.DictReader(io.StringIO(read_text_file(path, "CSV file"), newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(f"{path} lacks the column(s) {', '.join(missing)}; the CSV must start with the "
+                         f"header {','.join(columns)}.")
+    for line, record in enumerate(reader, start=2):
+        try:
+            key = (str(record["layer"]).strip(), int(record["unit"]))
+        except (TypeError, ValueError):
+            raise InputError(f"{path}:{line}: 'unit' must be an integer (got {record['unit']!r}). Fix or "
+                             f"remove that row.") from None
+        if key in seen:
+            raise InputError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} appears twice. Each (layer, "
+                             f"unit) must appear once; remove the duplicate.")
+        seen.add(key)
+        yield line, key, record
 
 
 def read_descriptions(path: Path | str) -> dict[tuple[str, int], Row]:
@@ -135,8 +135,8 @@ def read_descriptions(path: Path | str) -> dict[tuple[str, int], Row]:
         try:
             sim = float(record["similarity"])
         except (TypeError, ValueError):
-            raise CliError(f"{path}:{line}: 'similarity' must be a number (got {record['similarity']!r}). "
-                           f"Fix or remove that row.") from None
+            raise InputError(f"{path}:{line}: 'similarity' must be a number (got {record['similarity']!r}). "
+                             f"Fix or remove that row.") from None
         rows[key] = Row(description=(record["description"] or "").strip(), similarity=sim,
                         correlation=_optional_number(record.get("correlation")),
                         auprc=_optional_number(record.get("auprc")))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from cdissect_cli.analyses.run_results import LayerResult, RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (embed_concepts, label_layer, layer_artifact_refs,
                                                  stored_ref)
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 
 DEFAULT_TOP = 100
 REPORTED = 2
@@ -60,7 +60,7 @@ def top_concepts_per_unit(run: RunResults, layer: LayerResult, store: Any, label
     reply = label_layer(labeler, run, layer, images, activations, text, top_concepts=top)
     words = run.concept_words
     if not words:
-        raise CliError(f"{run.run_dir}/results.json lists no concept words; rerun `cdissect run`.")
+        raise InputError(f"{run.run_dir}/results.json lists no concept words; rerun `cdissect run`.")
     return {unit: [words[i] for i in ids] for unit, (ids, _) in unit_concepts(reply, store).items()}
 
 
@@ -69,7 +69,7 @@ def explain_units(run: RunResults, layer_name: str, units: Sequence[int] | None,
                   progress: Callable[[int, int], None] | None = None) -> list[ComposedUnit]:
     """Composed explanations of `units` (all units when None) of one layer."""
     if top < 1:
-        raise CliError(f"--top must be at least 1 (got {top}).")
+        raise InputError(f"--top must be at least 1 (got {top}).")
     layer = run.layer(layer_name)
     chosen = [layer.unit(u) for u in units] if units else list(layer.units)
     images, activations = layer_artifact_refs(store, layer)

@@ -29,7 +29,7 @@ from cdissect_cli.analyses.quality import is_low_correlation
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (embed_concepts, layer_artifact_refs, rpc_error,
                                                  similarity_params)
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 
 LABEL_COLUMNS = ("layer", "unit", "description")
 
@@ -57,14 +57,14 @@ class ScoredUnit:
 def read_labels(path: Path | str) -> dict[tuple[str, int], str]:
     """(layer, unit) → description from a CSV with columns layer,unit,description (others ignored)."""
     labels: dict[tuple[str, int], str] = {}
-    for line, key, record in unit_records(path, LABEL_COLUMNS, exit_code=2):
+    for line, key, record in unit_records(path, LABEL_COLUMNS):
         text = (record["description"] or "").strip()
         if not text:
-            raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} has an empty description; give "
-                           f"every row a label or remove it", exit_code=2)
+            raise InputError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} has an empty description; give "
+                             f"every row a label or remove it")
         labels[key] = text
     if not labels:
-        raise CliError(f"{path} has no label rows; nothing to score", exit_code=2)
+        raise InputError(f"{path} has no label rows; nothing to score")
     return labels
 
 
@@ -76,12 +76,12 @@ def plan(run: RunResults, labels: dict[tuple[str, int], str]) -> tuple[list[str]
     names = [layer.name for layer in run.layers]
     for (layer_name, unit), text in labels.items():
         if layer_name not in names:
-            raise CliError(f"the labels name layer {layer_name!r}, which run {run.run_dir} did not label; its layers "
-                           f"are: {', '.join(names)}. Pass labels of this run's model and layers", exit_code=2)
+            raise InputError(f"the labels name layer {layer_name!r}, which run {run.run_dir} did not label; its layers "
+                             f"are: {', '.join(names)}. Pass labels of this run's model and layers")
         layer = run.layer(layer_name)
         if not 0 <= unit < len(layer.units):
-            raise CliError(f"layer {layer_name!r} of run {run.run_dir} has units 0..{len(layer.units) - 1}, but the "
-                           f"labels name unit {unit}; remove that row or pass the labels of this model", exit_code=2)
+            raise InputError(f"layer {layer_name!r} of run {run.run_dir} has units 0..{len(layer.units) - 1}, but the "
+                             f"labels name unit {unit}; remove that row or pass the labels of this model")
         ids = per_layer.setdefault(layer_name, [-1] * len(layer.units))
         ids[unit] = index[text]
     return texts, per_layer

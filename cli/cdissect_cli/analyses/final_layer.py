@@ -20,7 +20,7 @@ from cdissect_cli.analyses.class_names import matches, normalize
 from cdissect_cli.analyses.run_results import LayerResult, RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (SENTENCE_MODELS, TextVectors, embed_texts_checked,
                                                  sentence_vectors)
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 
 TOP_K = 5
 MATCH_RULE = ("hit: label equals the class name or one of its comma-separated synonyms, after "
@@ -82,15 +82,15 @@ def accuracy(layer: LayerResult, class_names: Sequence[str],
     paper's Table 2 scores the 267 Places365 classes that have a Broden scene label).
     """
     if len(layer.units) != len(class_names):
-        raise CliError(f"layer {layer.name!r} has {len(layer.units)} units but the class-name list has "
-                       f"{len(class_names)} names; pass the class names of this layer's outputs, in order.")
+        raise InputError(f"layer {layer.name!r} has {len(layer.units)} units but the class-name list has "
+                         f"{len(class_names)} names; pass the class names of this layer's outputs, in order.")
     units = layer.units
     if concept_words is not None:
         normalized = {normalize(w) for w in concept_words}
         units = tuple(u for u in units if nameable(class_names[u.unit], normalized))
         if not units:
-            raise CliError("no class of the list is named by any concept of the run's concept set, so "
-                           "nothing can be scored; drop --nameable-only or check the class names.")
+            raise InputError("no class of the list is named by any concept of the run's concept set, so "
+                             "nothing can be scored; drop --nameable-only or check the class names.")
     scores = [UnitScore(unit=u.unit, class_name=class_names[u.unit], label=u.label,
                         rank=class_rank(u.top, class_names[u.unit])) for u in units]
     n = len(scores)

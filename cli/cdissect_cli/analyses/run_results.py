@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 
 RESULTS_FILE = "results.json"
 DESCRIPTIONS_FILE = "descriptions.csv"
@@ -64,8 +64,8 @@ class LayerResult:
         for u in self.units:
             if u.unit == index:
                 return u
-        raise CliError(f"layer {self.name!r} has no unit {index}: its units are "
-                       f"0..{len(self.units) - 1}. Pass a unit index in that range.")
+        raise InputError(f"layer {self.name!r} has no unit {index}: its units are "
+                         f"0..{len(self.units) - 1}. Pass a unit index in that range.")
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,8 @@ class RunResults:
             if layer.name == name:
                 return layer
         names = ", ".join(layer.name for layer in self.layers) or "(none)"
-        raise CliError(f"run {self.run_dir} has no layer {name!r}; its layers are: {names}. "
-                       f"Pass one of those names.")
+        raise InputError(f"run {self.run_dir} has no layer {name!r}; its layers are: {names}. "
+                         f"Pass one of those names.")
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -135,8 +135,8 @@ def _parse_unit(raw: dict[str, Any], where: str) -> UnitResult:
         label = str(raw["label"])
         similarity = float(raw["similarity"])
     except (KeyError, TypeError, ValueError) as err:
-        raise CliError(f"{where}: a unit record lacks a valid 'unit', 'label' or 'similarity' "
-                       f"({err!r}). The run folder is damaged: rerun `cdissect run` to rewrite it.")
+        raise InputError(f"{where}: a unit record lacks a valid 'unit', 'label' or 'similarity' "
+                         f"({err!r}). The run folder is damaged: rerun `cdissect run` to rewrite it.")
     top = tuple((str(w), float(s)) for w, s in raw.get("top") or [])
     if not top or top[0][0] != label:
         top = ((label, similarity),) + tuple(t for t in top if t[0] != label)
@@ -162,7 +162,7 @@ def _parse_unit(raw: dict[str, Any], where: str) -> UnitResult:
 def _parse_layer(raw: dict[str, Any], where: str) -> LayerResult:
     """One layer record of results.json."""
     if "name" not in raw:
-        raise CliError(f"{where}: a layer record has no 'name'. Rerun `cdissect run` to rewrite it.")
+        raise InputError(f"{where}: a layer record has no 'name'. Rerun `cdissect run` to rewrite it.")
     name = str(raw["name"])
     units = tuple(sorted((_parse_unit(u, f"{where} layer {name}") for u in raw.get("units") or []),
                          key=lambda u: u.unit))
@@ -180,17 +180,17 @@ def load_run(run_dir: Path | str) -> RunResults:
     run_dir = Path(run_dir).expanduser()
     path = run_dir / RESULTS_FILE
     if not run_dir.is_dir():
-        raise CliError(f"run folder {run_dir} does not exist. Pass the folder `cdissect run` "
-                       f"wrote (it holds {RESULTS_FILE} and {DESCRIPTIONS_FILE}).")
+        raise InputError(f"run folder {run_dir} does not exist. Pass the folder `cdissect run` "
+                         f"wrote (it holds {RESULTS_FILE} and {DESCRIPTIONS_FILE}).")
     if not path.is_file():
-        raise CliError(f"{path} is missing: {run_dir} is not a finished run. Run `cdissect run` "
-                       f"to completion first (rerunning the same command resumes it).")
+        raise InputError(f"{path} is missing: {run_dir} is not a finished run. Run `cdissect run` "
+                         f"to completion first (rerunning the same command resumes it).")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CliError(f"{path} is not valid JSON ({err}). Rerun `cdissect run` to rewrite it.")
+        raise InputError(f"{path} is not valid JSON ({err}). Rerun `cdissect run` to rewrite it.")
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
-        raise CliError(f"{path} has no 'layers' list. Rerun `cdissect run` to rewrite it.")
+        raise InputError(f"{path} has no 'layers' list. Rerun `cdissect run` to rewrite it.")
     layers = tuple(_parse_layer(layer, str(path)) for layer in data["layers"])
     return RunResults(
         run_dir=run_dir, job=dict(data.get("job") or {}), dataset=dict(data.get("dataset") or {}),

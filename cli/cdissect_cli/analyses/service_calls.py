@@ -16,7 +16,7 @@ import numpy as np
 
 from cdissect.v1 import common_pb2, embedder_pb2, labeler_pb2
 from cdissect_cli.analyses.run_results import LayerResult, RunResults
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 
 TEXT_BATCH = 256
 SENTENCE_MODELS = ("sentence:all-mpnet-base-v2", "sentence:all-MiniLM-L6-v2")
@@ -40,9 +40,11 @@ class TextVectors:
 
 
 def rpc_error(what: str, err: grpc.RpcError) -> CliError:
-    """A user-facing error for a failed RPC."""
-    return CliError(f"{what} failed: {err.code().name}: {err.details()}. Check that the service runs "
-                    f"(`cdissect status`) and that the model name is right.")
+    """A user-facing error for a failed RPC: an InputError when the service refused the request as
+    INVALID_ARGUMENT (exit 2), else a CliError (exit 1)."""
+    kind = InputError if err.code() == grpc.StatusCode.INVALID_ARGUMENT else CliError
+    return kind(f"{what} failed: {err.code().name}: {err.details()}. Check that the service runs "
+                f"(`cdissect status`) and that the model name is right.")
 
 
 def embed_texts(stub: Any, model: str, texts: Sequence[str], deadline_s: float = 300.0) -> TextVectors:
@@ -112,8 +114,8 @@ def layer_artifact_refs(store: Any, layer: LayerResult) -> tuple[list[common_pb2
                                                                   list[common_pb2.ArtifactRef]]:
     """Refs of the layer's stored image embeddings and activations, per shard in dataset order."""
     if not layer.image_embedding_keys or not layer.activation_keys:
-        raise CliError(f"results.json lists no image-embedding or activation artifacts for layer "
-                       f"{layer.name!r}; rerun `cdissect run` with this version to record them.")
+        raise InputError(f"results.json lists no image-embedding or activation artifacts for layer "
+                         f"{layer.name!r}; rerun `cdissect run` with this version to record them.")
     images = [stored_ref(store, k, f"image-embedding ({layer.name})") for k in layer.image_embedding_keys]
     activations = [stored_ref(store, k, f"activation ({layer.name})") for k in layer.activation_keys]
     return images, activations

@@ -24,7 +24,7 @@ import numpy as np
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import embed_texts_checked
 from cdissect_cli.analyses.svg_plots import line_plot_svg
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import InputError
 
 TOP_CONNECTIONS = 10
 
@@ -33,34 +33,38 @@ def load_weight_matrix(path: Path, tensor: str | None = None) -> np.ndarray:
     """The [out, in] float64 matrix stored in a .npy or .safetensors file."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CliError(f"weights file {path} does not exist. Export it first (see `cdissect analyze "
-                       f"weights --help`).")
+        raise InputError(f"weights file {path} does not exist. Export it first (see `cdissect analyze "
+                         f"weights --help`).")
     if path.suffix == ".npy":
         try:
             matrix = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise CliError(f"{path} is not a plain numeric .npy array ({err}); save it with numpy.save "
-                           f"from a float tensor.") from err
+        except (ValueError, EOFError, OSError) as err:
+            raise InputError(f"{path} is not a plain numeric .npy array ({err}); save it with numpy.save "
+                             f"from a float tensor.") from err
     elif path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        arrays = load_file(str(path))
+        try:
+            arrays = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            raise InputError(f"{path} is not a readable safetensors file ({err}); save the matrix with "
+                             f"safetensors' save_file.") from err
         if tensor is None:
             if len(arrays) == 1:
                 tensor = next(iter(arrays))
             elif "weight" in arrays:
                 tensor = "weight"
             else:
-                raise CliError(f"{path} holds several tensors ({', '.join(sorted(arrays))}); name one "
-                               f"with --tensor.")
+                raise InputError(f"{path} holds several tensors ({', '.join(sorted(arrays))}); name one "
+                                 f"with --tensor.")
         if tensor not in arrays:
-            raise CliError(f"{path} has no tensor {tensor!r}; it holds: {', '.join(sorted(arrays))}.")
+            raise InputError(f"{path} has no tensor {tensor!r}; it holds: {', '.join(sorted(arrays))}.")
         matrix = arrays[tensor]
     else:
-        raise CliError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors or .npy.")
+        raise InputError(f"{path}: unsupported weights format {path.suffix!r}; use .safetensors or .npy.")
     if matrix.ndim != 2:
-        raise CliError(f"the weight tensor in {path} has shape {list(matrix.shape)}; a [out, in] matrix is "
-                       f"needed (a linear layer's weight; for a 1x1 conv, reshape it to 2-D first).")
+        raise InputError(f"the weight tensor in {path} has shape {list(matrix.shape)}; a [out, in] matrix is "
+                         f"needed (a linear layer's weight; for a 1x1 conv, reshape it to 2-D first).")
     return matrix.astype(np.float64)
 
 
@@ -106,9 +110,9 @@ def weights_vs_concepts(weights: np.ndarray, cos: np.ndarray, from_similarity: S
                         from_layer: str, to_layer: str, clip_model: str) -> WeightsReport:
     """All statistics from the weight matrix and the label-cosine matrix (both [out, in])."""
     if weights.shape != cos.shape:
-        raise CliError(f"the weight matrix is {list(weights.shape)} but the layers have "
-                       f"{cos.shape[0]} ({to_layer}) x {cos.shape[1]} ({from_layer}) units; the file must "
-                       f"hold the [out, in] weight of {from_layer} -> {to_layer}.")
+        raise InputError(f"the weight matrix is {list(weights.shape)} but the layers have "
+                         f"{cos.shape[0]} ({to_layer}) x {cos.shape[1]} ({from_layer}) units; the file must "
+                         f"hold the [out, in] weight of {from_layer} -> {to_layer}.")
     flat_w, flat_c = weights.ravel(), cos.ravel()
     order = np.argsort(-flat_w, kind="stable")
     cumulative = np.cumsum(flat_c[order])

@@ -20,7 +20,7 @@ from cdissect.v1 import common_pb2
 from cdissect_cli.analyses.quality import LEGACY_RULE_TEXT, RULE_TEXT
 from cdissect_cli.analyses.run_results import ANALYSES_DIR, RunResults, load_run
 from cdissect_cli.analyses.svg_plots import histogram_svg
-from cdissect_cli.errors import CliError
+from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.report.layer_data import LayerSummary, layer_payload, summarize, write_layer_file
 from cdissect_cli.report.thumbnails import Thumbnail, write_thumbnails
 
@@ -52,9 +52,9 @@ def read_manifest(store, key: str) -> common_pb2.DatasetManifest:
 def collect_thumbnails(run: RunResults, assets: Path, top_images: int) -> dict[int, Thumbnail]:
     """Thumbnails of every unit's top images across all layers, each image written once."""
     if not run.store_url or not run.manifest_key:
-        raise CliError(f"{run.run_dir}/results.json names no dataset store_url/manifest_key, so "
-                       f"the top images cannot be found. Pass --no-images to write the report "
-                       f"without them.")
+        raise InputError(f"{run.run_dir}/results.json names no dataset store_url/manifest_key, so "
+                         f"the top images cannot be found. Pass --no-images to write the report "
+                         f"without them.")
     from cdissect_common.store import StoreError, open_store
 
     try:

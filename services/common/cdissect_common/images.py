@@ -55,7 +55,7 @@ def decode_image(name: str, data: bytes, max_pixels: int = DEFAULTS["max_image_p
     ``max_pixels`` (0 = no limit) is checked from the header, before decoding. A truncated
     file fails here (a full decode), unlike PIL's ``verify()``, which accepts it.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         img = Image.open(io.BytesIO(data))
@@ -68,6 +68,9 @@ def decode_image(name: str, data: bytes, max_pixels: int = DEFAULTS["max_image_p
         return img if img.mode == "RGB" else img.convert("RGB")
     except UnreadableImageError:
         raise
+    except UnidentifiedImageError:  # its message shows the in-memory buffer's repr, not the image
+        raise UnreadableImageError(name, "not in an image format PIL can read (JPEG, PNG, GIF, BMP, TIFF, "
+                                         "WebP, ...)") from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
         raise UnreadableImageError(name, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
 

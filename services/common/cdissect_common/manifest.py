@@ -46,8 +46,9 @@ class BadImageError(DatasetError):
     """An image cannot be decoded (or is over the pixel limit)."""
 
     def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"image {name!r} is not usable ({reason}); remove or replace it, or set "
-                         f"on_bad_image=skip to skip it (the run lists the images it skipped)")
+        super().__init__(f"image {name!r} is not usable ({reason}); remove or replace it, or skip unreadable "
+                         f"images with `--on-bad-image skip` (`on_bad_image: skip` in a job spec; the run lists "
+                         f"the images it skipped)")
         self.name = name
         self.reason = reason
 
