@@ -98,6 +98,14 @@ def test_rejection_fails_at_once_naming_shard_service_and_cause(servers) -> None
     assert "image embeddings of shard" in message and "embedder service" in message
     assert address in message and "INVALID_ARGUMENT: bad is not ready" in message
     assert bad.calls <= 2        # no retries; at most the two calls already in flight
+    assert info.value.exit_code == 2     # the service refused the input: the CLI's bad-input code
+
+
+def test_a_failure_other_than_a_refusal_exits_1(servers) -> None:
+    broken = FlakyEmbedder("broken", fail=10**6, code=grpc.StatusCode.INTERNAL)
+    with pytest.raises(ShardFailure) as info:
+        _dispatcher([servers(broken)]).run(_tasks(1))
+    assert info.value.exit_code == 1 and "INTERNAL" in str(info.value)
 
 
 def test_a_service_that_never_answers_fails_with_a_deadline_message() -> None:
