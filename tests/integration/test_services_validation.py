@@ -2,14 +2,17 @@
 
 - similarity parameters: the labeler checks them with cdissect_common.vocabulary, the rule the
   CLI's job spec uses, so `top_k=0` is refused with the same words everywhere (it used to fail deep
-  in numpy as INTERNAL), before any artifact is read.
+  in numpy as INTERNAL), before any artifact is read;
+- a weights file that is not a checkpoint: the activations service names it and what it expected
+  (it used to answer INTERNAL with torch.load's bare KeyError/IndexError).
 """
 from __future__ import annotations
 
 import grpc
 import pytest
 
-from cdissect.v1 import common_pb2, labeler_pb2
+from cdissect.v1 import activations_pb2, common_pb2, labeler_pb2
+from cdissect_common.checkpoint_format import EXPECTED
 from cdissect_common.vocabulary import check_similarity_params
 from tests.integration.conftest import TIMEOUT, ServiceHandle, launch_service
 
@@ -51,3 +54,18 @@ def test_the_labeler_refuses_bad_similarity_parameters_with_the_clis_message(
             call()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, info.value.details())
         assert info.value.details() == str(expected.value), method
+
+
+def test_a_weights_file_that_is_not_a_checkpoint_is_invalid_argument_naming_it(start_service, tmp_path) -> None:
+    """It used to fail inside torch.load as INTERNAL: KeyError/IndexError."""
+    notes = tmp_path / "notes.pth"
+    notes.write_text("these are my notes, not weights\n")
+    handle = start_service("activations", {"CDISSECT_STORE": f"file://{tmp_path}/store"})
+    stub = handle.stub()
+    for request in (activations_pb2.ListLayersRequest(model=f"resnet18:{notes}"),
+                    activations_pb2.ListLayersRequest(model="resnet18", weights=str(notes))):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListLayers(request, timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert str(notes) in info.value.details() and EXPECTED in info.value.details()
+        assert "starts with text: 'these are my notes" in info.value.details()

@@ -1,8 +1,8 @@
 """Safe reading of state-dict checkpoints: safetensors, or torch.load with weights_only=True.
 
 A checkpoint file is data from somewhere else. A plain pickle can run any code while it loads,
-so we never unpickle arbitrary objects: safetensors files are read as tensors only, and .pt/.pth
-files go through torch's restricted unpickler (tensors, containers, numbers, strings). The common
+so we never unpickle arbitrary objects: safetensors files are read as tensors only, and torch's
+formats (told apart by their first bytes, not the suffix) go through torch's restricted unpickler (tensors, containers, numbers, strings). The common
 wrappers are unwrapped (`{'state_dict': …}` as the Places365 release, `{'model': …}`), and the
 `module.` prefix that DataParallel adds is stripped.
 """
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from cdissect_common.checkpoint_format import SAVE_HINT, CheckpointFormatError, check_checkpoint_file
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 DATA_PARALLEL_PREFIX = "module."
@@ -26,31 +27,46 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | os.PathLike[str]) -> object:
     """The object stored in a checkpoint file, read without executing pickled code.
 
-    `.safetensors` files are read with safetensors; anything else with
-    `torch.load(weights_only=True)`. A file that needs arbitrary Python objects is refused with
-    a CheckpointError explaining how to re-save it.
+    The file's first bytes decide the loader (`cdissect_common.checkpoint_format`): safetensors
+    files are read with safetensors, torch's formats with `torch.load(weights_only=True)`. A file
+    in neither format, one that cannot be parsed (truncated, damaged), or one that needs
+    arbitrary Python objects is refused with a CheckpointError naming the file and the fix.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint file {p} does not exist (or is not a file); check the path")
-    if p.suffix == ".safetensors":
+    try:
+        kind = check_checkpoint_file(p)
+    except CheckpointFormatError as exc:
+        raise CheckpointError(str(exc)) from None
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p), device="cpu")
         except Exception as exc:  # safetensors raises its own SafetensorError
-            raise CheckpointError(f"{p} is not a readable safetensors file: {exc}") from exc
+            raise CheckpointError(f"{p} is a safetensors file that cannot be read ({exc}); it may be truncated "
+                                  f"or damaged: {SAVE_HINT}") from None
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise CheckpointError(_unreadable(p, kind, exc)) from None
         raise CheckpointError(
             f"refused to load {p}: it contains Python objects other than tensors and plain "
             f"containers, and unpickling them could execute code. Re-save only the weights, e.g. "
             f"torch.save(model.state_dict(), path) or safetensors.torch.save_file(model.state_dict(), "
             f"'weights.safetensors'). Details: {str(exc).splitlines()[0]}"
         ) from exc
-    except RuntimeError as exc:
-        raise CheckpointError(f"{p} is not a torch checkpoint torch.load can read: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - torch.load fails with many types on damaged files
+        raise CheckpointError(_unreadable(p, kind, exc)) from None
+
+
+def _unreadable(path: Path, kind: str, exc: BaseException) -> str:
+    """The message for a file in a checkpoint format whose content torch cannot parse."""
+    detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return (f"{path} starts like a torch checkpoint ({kind}) but cannot be read ({type(exc).__name__}: {detail}); "
+            f"it may be truncated or damaged: copy it again, or {SAVE_HINT}")
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from .store import ObjectInfo, ObjectStore, sha256_hex
 CODE_VERSION: dict[str, str] = {
     "embeddings/image": "2d9ca64dd271ddc1c51a1308693517fac1f2dc5972fb58f2ba8b4ef4440a2edb",
     "embeddings/text": "1",
-    "activations": "711eb2054e8fac46852202d4b56341c1364e566c50233d2a91dead8486dd648d",
+    "activations": "f1c4bb060281ec28064de93af1da5ac26fdf680cae810a24c0d757915f9e04d2",
     "labels": "2",
 }
 # A digest of that code's source (comments and docstrings aside) when its version was last
@@ -34,7 +34,7 @@ CODE_VERSION: dict[str, str] = {
 CODE_SOURCE_DIGEST: dict[str, str] = {
     "embeddings/image": "2d9ca64dd271ddc1c51a1308693517fac1f2dc5972fb58f2ba8b4ef4440a2edb",
     "embeddings/text": "44d6e9bfa3847601dc530131536d3658698d86d227a5f6c01d97e38358edf43a",
-    "activations": "711eb2054e8fac46852202d4b56341c1364e566c50233d2a91dead8486dd648d",
+    "activations": "f1c4bb060281ec28064de93af1da5ac26fdf680cae810a24c0d757915f9e04d2",
     "labels": "3e26fe75439b274100b47e22ed4299aae25a378950e7280b9f8c977313fb87b1",
 }
 # Array names inside single-array artifacts.
