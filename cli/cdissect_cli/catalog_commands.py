@@ -21,6 +21,7 @@ from cdissect_cli.errors import InputError
 from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
     DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
+from cdissect_cli.options import MODEL_CHECKPOINT_HELP
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Register and list probe sets in the object store.")
 
@@ -52,12 +53,13 @@ def models(
         console.print(f"[bold]{title}[/bold]" + (f"  (served: {reply.served})" if reply.served else ""))
         for name in reply.models:
             console.print(f"  {name}", highlight=False)
-    console.print("[dim]a checkpoint file path works too for both[/dim]")
+    console.print("[dim]your own checkpoint: --model ARCH:/path/to/checkpoint (the architecture above that it was "
+                  "saved from), --clip-model /path/to/checkpoint[/dim]")
 
 
 def layers(
-    model: Annotated[str, typer.Argument(help="Target model name or checkpoint path.")],
-    weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT or none.")] = "",
+    model: Annotated[str, typer.Argument(help=f"Target model name, or {MODEL_CHECKPOINT_HELP}.")],
+    weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT, none, or a checkpoint file of MODEL.")] = "",
     config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
 ) -> None:
     """Layer names of a target model (usable in --layers), with their output shapes."""

@@ -15,6 +15,10 @@ from cdissect_common.vocabulary import SELECTIONS, choices_text
 
 CONNECTION = "Connection"
 LABELS = "Label selection and scores"
+# How a target model takes a user's checkpoint (run --model, layers MODEL): a checkpoint holds the
+# weights, not the network, so its architecture is named in front of it.
+MODEL_CHECKPOINT_HELP = ("ARCH:/path/to/checkpoint for your own weights of a known architecture, e.g. "
+                         "resnet50:/ckpt/r50.pth (a checkpoint holds weights, not the network)")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML config file (default: CDISSECT_CONFIG or ~/.config/cdissect/config.yaml).",

@@ -24,6 +24,7 @@ from cdissect_cli.options import (
     DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ActivationsOpt, AuprcAlphaOpt, CandidatesOpt, ConfigOpt, ConnectionFlags,
     DeadlineOpt, EmbedderOpt, EvalFractionOpt, EvalSeedOpt, LabelerOpt, RankPenaltyOpt, RetryOpt, SelectOpt, StoreOpt,
     selection_overrides)
+from cdissect_cli.options import MODEL_CHECKPOINT_HELP
 from cdissect_cli.pipeline import run_pipeline
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import RunResult, new_run_dir, write_run_folder
@@ -104,10 +105,10 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
 def run(
     spec_file: Annotated[Optional[Path], typer.Option("--spec", help="YAML job spec; flags override its values.",
                                                       rich_help_panel=JOB)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Target model name or checkpoint path "
-                                                 "(default: resnet50).", rich_help_panel=JOB)] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Target weights: enum name, DEFAULT or none.",
-                                                   rich_help_panel=JOB)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=f"Target model name (default: resnet50), or "
+                                                 f"{MODEL_CHECKPOINT_HELP}.", rich_help_panel=JOB)] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Target weights: enum name, DEFAULT, none, or a checkpoint "
+                                                   "file of the --model architecture.", rich_help_panel=JOB)] = None,
     layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers (default: conv1,layer1,layer2,"
                                                   "layer3,layer4).", rich_help_panel=JOB)] = None,
     probe_set: Annotated[Optional[str], typer.Option("--probe-set", "--dataset", help="Registered dataset, "
