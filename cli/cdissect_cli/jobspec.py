@@ -57,6 +57,7 @@ class JobSpec:
     top_concepts: int = 5
     top_images: int = 10
     on_bad_image: str = "error"
+    features: str = ""
     shard_size: int = DEFAULT_SHARD_SIZE
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +78,7 @@ class JobSpec:
             "top_concepts": self.top_concepts,
             "top_images": self.top_images,
             "on_bad_image": self.on_bad_image,
+            "features": self.features,
             "shard_size": self.shard_size,
         }
 
@@ -94,7 +96,7 @@ class JobSpec:
             probe_set=self.probe_set, concept_set=self.concept_set, clip_model=self.clip_model,
             similarity=self.similarity_proto(), clip_precision=self.clip_precision,
             prompt_templates=list(self.prompt_templates), top_concepts=self.top_concepts,
-            top_images=self.top_images, on_bad_image=self.on_bad_image)
+            top_images=self.top_images, on_bad_image=self.on_bad_image, features=self.features)
 
     def similarity_proto(self) -> Any:
         """The similarity function and its explicit parameters as `cdissect.v1.SimilarityParams`."""
@@ -187,7 +189,7 @@ def _positive_int(key: str, value: Any) -> int:
 def _validated(values: dict[str, Any]) -> JobSpec:
     """Build a JobSpec from merged values, checking every field; raise SpecError naming the fix."""
     kwargs: dict[str, Any] = {}
-    for key in ("target_model", "target_weights", "probe_set", "concept_set", "clip_model"):
+    for key in ("target_model", "target_weights", "probe_set", "concept_set", "clip_model", "features"):
         if key in values:
             kwargs[key] = "" if values[key] is None else str(values[key]).strip()
     for key in ("target_model", "probe_set", "concept_set", "clip_model"):
@@ -202,6 +204,14 @@ def _validated(values: dict[str, Any]) -> JobSpec:
         if len(set(layers)) != len(layers):
             raise SpecError(f"layers {','.join(layers)} names a layer twice: list each layer once")
         kwargs["layers"] = layers
+    if kwargs.get("features"):
+        from cdissect_cli.user_inputs import parse_features
+
+        parse_features(kwargs["features"])
+        layers = kwargs.get("layers", DEFAULT_LAYERS)
+        if len(layers) != 1:
+            raise SpecError(f"features {kwargs['features']!r} apply to exactly one layer, but {len(layers)} are "
+                            f"given ({','.join(layers)}); pass --layers with the one layer the SAE was trained on")
     if "pooling" in values:
         kwargs["pooling"] = _choice("pooling", values["pooling"], POOLINGS)
     if "token_pooling" in values:

@@ -100,10 +100,14 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
 def run(
     spec_file: Annotated[Optional[Path], typer.Option("--spec", help="YAML job spec; flags override its values.",
                                                       rich_help_panel=JOB)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Target model name or checkpoint path "
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Target model: a name (resnet50, "
+                                                 "timm:NAME, hf:ORG/NAME, clip:NAME) or with a checkpoint "
                                                  "(default: resnet50).", rich_help_panel=JOB)] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Target weights: enum name, DEFAULT or none.",
-                                                   rich_help_panel=JOB)] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Target weights: enum name, DEFAULT, none, or an hf: "
+                                                   "revision.", rich_help_panel=JOB)] = None,
+    features: Annotated[Optional[str], typer.Option(help="Units from a sparse autoencoder on the one layer: "
+                                                    "sae:/path/sae.safetensors[:relu|:jumprelu|:topk=K].",
+                                                    rich_help_panel=JOB)] = None,
     layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers (default: conv1,layer1,layer2,"
                                                   "layer3,layer4).", rich_help_panel=JOB)] = None,
     probe_set: Annotated[Optional[str], typer.Option("--probe-set", "--dataset", help="Registered dataset, "
@@ -149,7 +153,7 @@ def run(
         "concept_set": concept_set, "clip_model": clip_model, "similarity_function": similarity,
         "similarity_params": parse_param_flags(param), "pooling": pooling, "token_pooling": token_pooling,
         "clip_precision": clip_precision, "prompt_templates": prompt_template, "top_concepts": top_concepts,
-        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size})
+        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size, "features": features})
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, activations=activations,
                             labeler=labeler, deadline_s=deadline, retry_s=retry_timeout)
     outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress)
