@@ -9,10 +9,10 @@ PKG_FILES := $(addsuffix /pyproject.toml,$(PKGS))
 APT_PACKAGES := prometheus chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast demo bench bench-labeler bench-pipeline shapes-models protos up down lint clean help
+.PHONY: install test test-fast demo bench bench-labeler bench-pipeline bench-sae shapes-models shapes-sae protos up down lint clean help
 
 help:
-	@echo "make install | test | demo | bench | bench-labeler | shapes-models | protos | up | down | clean"
+	@echo "make install | test | demo | bench | bench-labeler | bench-sae | shapes-models | shapes-sae | protos | up | down | clean"
 
 install: $(STAMP)
 
@@ -44,6 +44,9 @@ bench-labeler: install
 
 shapes-models: install
 	$(PY) -m cdissect_shapes.train_all
+
+shapes-sae: install
+	$(PY) -m cdissect_shapes.sae_trainer
 
 protos: install
 	$(PY) scripts/gen_protos.py

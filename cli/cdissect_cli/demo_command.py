@@ -5,9 +5,13 @@ path with the settings of `cdissect_shapes.demo.DEMO` (shapes CNN, shapes CLIP, 
 concept set), then scores the labels with `cdissect_shapes.scores.score_run`: the final layer
 and the planted units against their by-construction concepts, conv units against the attribute
 that best separates their activations (read back from the run's activation artifacts).
+Two more runs label the latents of the shipped SAEs on the same layer (`--features sae:PATH`):
+a planted SAE whose latents are the fc readout per position (truth: the fc words) and a trained
+one (truth: as conv units), so `sae_top1` can be set beside the conv units of that layer.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -33,6 +37,9 @@ from cdissect_cli.run_command import execute_run, reuse_table
 SCORE_KEYS = ("final_top1", "final_top3", "planted_top1", "conv_selective_top1", "conv_selective_top3",
               "conv_top1", "conv_top3")
 COUNT_KEYS = ("n_final", "n_planted", "n_conv", "n_conv_selective", "n_conv_dead")
+SAE_KEYS = ("planted_sae_top1", "sae_top1", "sae_top3", "sae_selective_top1", "sae_selective_top3",
+            "sae_layer_conv_selective_top1", "sae_layer_conv_top1")
+SAE_COUNT_KEYS = ("n_sae", "n_sae_selective", "n_sae_dead", "n_sae_layer_conv_selective")
 
 
 def _shapes() -> tuple[dict, Any, Any]:
@@ -45,6 +52,43 @@ def _shapes() -> tuple[dict, Any, Any]:
         raise CliError(f"the shapes world package is not installed ({err}); install shapes_world "
                        f"(make install) to run the demo") from err
     return DEMO, write_probe_folder, score_run
+
+
+def _labels_as_words(result: RunResult) -> dict[str, list[list[str]]]:
+    return {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
+            for layer in result.layers}
+
+
+def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: ConnectionFlags, runs_dir: str | None,
+               console: Console, show_progress: bool) -> tuple[dict, list[str]]:
+    """Label the planted and the trained SAE's latents on the SAE layer; score them against the truth."""
+    from cdissect_shapes.scores import score_sae
+    from cdissect_shapes.zoo import sae_path
+
+    layer = settings["sae_layer"]
+    out: dict = {}
+    run_dirs = []
+    for planted in (True, False):
+        spec = dataclasses.replace(base_spec, layers=(layer,), features=f"sae:{sae_path(planted)}")
+        outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True)
+        try:
+            labels = _labels_as_words(outcome.result)[layer]
+            if planted:
+                out["planted_sae_top1"] = score_sae(labels, None, None, planted=True)["top1"]
+            else:
+                acts = _layer_activations(outcome.connection.store, outcome.result.layers[0])
+                scores = score_sae(labels, acts, _attributes(outcome.connection.store, outcome.result), planted=False)
+                out.update({"sae_top1": scores["top1"], "sae_top3": scores["top3"], "n_sae": scores["n"],
+                            "sae_selective_top1": scores["selective_top1"],
+                            "sae_selective_top3": scores["selective_top3"],
+                            "n_sae_selective": scores["n_selective"], "n_sae_dead": scores["n_dead"]})
+        finally:
+            outcome.connection.close()
+        run_dirs.append(str(outcome.run_dir))
+    out.update({"sae_layer_conv_selective_top1": conv_layer.get("selective_top1"),
+                "sae_layer_conv_top1": conv_layer.get("top1"),
+                "n_sae_layer_conv_selective": conv_layer.get("n_selective")})
+    return out, run_dirs
 
 
 def demo_probe_folder(n_images: int, seed: int, write_probe_folder: Any) -> Path:
@@ -77,19 +121,24 @@ def _layer_activations(store: ObjectStore, layer: LayerResult) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_run: Any) -> dict:
-    """score_run over a finished run: labels as words, activations and attributes from the store."""
-    labels = {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
-              for layer in result.layers}
-    special = {settings["final_layer"], settings.get("planted_layer")}
-    activations = {layer.name: _layer_activations(store, layer) for layer in result.layers
-                   if layer.name not in special}
+def _attributes(store: ObjectStore, result: RunResult) -> list[dict[str, str]]:
+    """The probe images' attributes, in dataset order, from the run's manifest."""
     manifest = load_manifest(store, result.dataset["name"])
     attributes = [dict(entry.labels) for shard in manifest.shards for entry in shard.images]
     if not attributes or not all(attributes):
         raise CliError(f"the demo's probe set {result.dataset['name']} carries no image attributes; delete "
                        f"{cdissect_home() / 'demo'} and rerun `cdissect demo` to regenerate it")
-    return score_run(labels, activations, attributes, settings["final_layer"], settings.get("planted_layer"))
+    return attributes
+
+
+def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_run: Any) -> dict:
+    """score_run over a finished run: labels as words, activations and attributes from the store."""
+    labels = _labels_as_words(result)
+    special = {settings["final_layer"], settings.get("planted_layer")}
+    activations = {layer.name: _layer_activations(store, layer) for layer in result.layers
+                   if layer.name not in special}
+    return score_run(labels, activations, _attributes(store, result), settings["final_layer"],
+                     settings.get("planted_layer"))
 
 
 def _plain(value: Any) -> Any:
@@ -134,8 +183,12 @@ def demo(
         scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
     finally:
         outcome.connection.close()
+    sae, sae_run_dirs = sae_scores(spec, settings, scores["per_layer"].get(settings["sae_layer"], {}), flags,
+                                   runs_dir, console, show_progress=not no_progress and not as_json)
+    scores.update(sae)
     summary = {"run_dir": str(outcome.run_dir), "report": str(outcome.report) if outcome.report else None,
                **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},
+               **{k: scores.get(k) for k in SAE_KEYS + SAE_COUNT_KEYS}, "sae_run_dirs": sae_run_dirs,
                "images": n_images}
     (outcome.run_dir / "demo_scores.json").write_text(
         json.dumps(_plain({**summary, "per_layer": scores.get("per_layer", {})}), indent=1) + "\n")
@@ -148,9 +201,11 @@ def demo(
     table.add_column("value", justify="right")
     table.add_column("units", justify="right")
     units = {"final": "n_final", "planted": "n_planted", "conv_selective": "n_conv_selective", "conv": "n_conv"}
-    for key in SCORE_KEYS:
+    units.update({"sae": "n_sae", "sae_selective": "n_sae_selective", "planted_sae": "n_final",
+                  "sae_layer_conv_selective": "n_sae_layer_conv_selective"})
+    for key in SCORE_KEYS + SAE_KEYS:
         group = key.rsplit("_top", 1)[0]
-        table.add_row(key, _fmt(scores[key]), str(scores.get(units.get(group, ""), "")))
+        table.add_row(key, _fmt(scores.get(key)), str(scores.get(units.get(group, ""), "")))
     Console().print(table)
     typer.echo(f"run folder: {outcome.run_dir}")
     if outcome.report is not None:

@@ -184,5 +184,5 @@ def encode_pooled(sae: SparseAutoencoder, rows: torch.Tensor, reduce: str = "mea
         if reduce == "mean":
             out.index_add_(0, idx, codes)
         else:
-            out.index_reduce_(0, idx, codes, "amax", include_self=True)
+            out.scatter_reduce_(0, idx.unsqueeze(1).expand_as(codes), codes, "amax", include_self=True)
     return out / p if reduce == "mean" else out
