@@ -175,13 +175,13 @@ def load(name: str, path: str, weights: str | None, device: torch.device, archit
             model = _random_model(lambda: cls.from_config(config))
             model_id, sha = f"{label}:random-init:{RANDOM_SEED}", f"random-init:{RANDOM_SEED}"
         else:
-            model, info = cls.from_pretrained(str(folder), output_loading_info=True)
+            model, info = cls.from_pretrained(str(folder), output_loading_info=True, ignore_mismatched_sizes=True)
             bad = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
             if bad:
                 raise CheckpointError(f"the weights of {label} do not fit its config: {len(bad)} missing or "
                                       f"mismatched (e.g. {', '.join(map(str, bad[:4]))})")
             model_id, sha = f"{label}@{revision}", folder_digest(folder)
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{label} cannot be built by transformers' Auto classes: {exc}") from exc
     preprocess = HFPreprocess(_processor(folder, config, architecture_only))
     hw = tuple(preprocess(Image.new("RGB", (224, 224), (127, 127, 127))).shape[-2:])

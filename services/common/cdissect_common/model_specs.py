@@ -39,8 +39,8 @@ class ModelSpec:
         path = local_path or ""
         if self.family == ZOO:
             return f"{self.name}:{path}" if path else self.name
-        if self.family == HF:
-            return f"hf:{path}" if path else f"hf:{self.name}"
+        if self.family == HF or (self.family == CLIP and not self.name):
+            return f"{self.family}:{path}" if path else f"{self.family}:{self.name}"
         return f"{self.family}:{self.name}" + (f":{path}" if path else "")
 
 
@@ -71,12 +71,12 @@ def parse_model(model: str, weights: str = "") -> ModelSpec:
             return _with_weights(ModelSpec(HF, "", rest), weights, text)
         return ModelSpec(HF, rest, "", weights)
     if prefix == CLIP:
-        if looks_like_path(rest):
-            return _with_weights(ModelSpec(CLIP, "", rest), weights, text)
         if rest.startswith("open_clip:"):
             arch, _, tag = rest[len("open_clip:"):].partition(":")
             if looks_like_path(tag):
                 return _with_weights(ModelSpec(CLIP, f"open_clip:{arch.strip()}", tag.strip()), weights, text)
+        elif looks_like_path(rest):
+            return _with_weights(ModelSpec(CLIP, "", rest), weights, text)
         return _with_weights(ModelSpec(CLIP, rest, ""), weights, text)
     name, sep, path = rest.partition(":")
     return _with_weights(ModelSpec(TIMM, name.strip(), path.strip() if sep else ""), weights, text)
