@@ -34,13 +34,16 @@ test-fast: install
 demo: install
 	$(VENV)/bin/cdissect demo
 
-bench: install bench-pipeline bench-labeler
+bench: install bench-pipeline bench-labeler bench-sae
 
 bench-pipeline: install
 	$(PY) bench/bench_pipeline.py
 
 bench-labeler: install
 	$(PY) bench/bench_labeler.py --threads 1
+
+bench-sae: install
+	$(PY) bench/bench_sae.py
 
 shapes-models: install
 	$(PY) -m cdissect_shapes.train_all
