@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-POOLINGS = ("avg", "max")
-TOKEN_POOLINGS = ("cls", "mean", "patch_mean")
+from cdissect_common.vocabulary import POOLINGS, TOKEN_POOLINGS
 
 
 def check_pooling(pooling: str, token_pooling: str = "cls") -> None:
