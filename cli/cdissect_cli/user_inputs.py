@@ -24,11 +24,12 @@ from pathlib import Path
 from cdissect.v1 import activations_pb2
 from cdissect_common import model_specs
 from cdissect_common.store import ObjectStore
+from cdissect_common.vocabulary import SAE_ACTIVATIONS
 
 from cdissect_cli.errors import CliError, SpecError
 
 USER_FILES_PREFIX = "userfiles"
-_ACTIVATION = re.compile(r":(relu|jumprelu|topk=(\d+))$")
+_ACTIVATION = re.compile(r":(" + "|".join(a for a in SAE_ACTIVATIONS if a != "topk") + r"|topk=(\d+))$")
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _saelens_activation(path: Path) -> tuple[str, int]:
     name = str(cfg.get("activation_fn_str") or cfg.get("architecture") or "").lower()
     k = (cfg.get("activation_fn_kwargs") or {}).get("k", 0)
     name = {"standard": "relu"}.get(name, name)
-    return (name, int(k)) if name in ("relu", "topk", "jumprelu") else ("", 0)
+    return (name, int(k)) if name in SAE_ACTIVATIONS else ("", 0)
 
 
 def features_message(store: ObjectStore, features: str, layer: str):

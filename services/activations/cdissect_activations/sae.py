@@ -29,10 +29,12 @@ from pathlib import Path
 
 import torch
 
+from cdissect_common.vocabulary import SAE_ACTIVATIONS
+
 __all__ = ["SparseAutoencoder", "SaeError", "load_sae", "encode", "encode_pooled", "ACTIVATIONS",
            "DEFAULT_MAX_ELEMENTS"]
 
-ACTIVATIONS = ("relu", "topk", "jumprelu")
+ACTIVATIONS = SAE_ACTIVATIONS
 DEFAULT_MAX_ELEMENTS = 1 << 24  # latent values encoded at once: 64 MiB of float32
 _EXPECTED = ("expected SAELens-style keys W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in] (optional "
              "W_dec [d_sae, d_in], threshold [d_sae] for JumpReLU), or OpenAI-style encoder.weight "
