@@ -15,7 +15,6 @@ upload here goes away in its favour.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from cdissect.v1 import activations_pb2
 from cdissect_common import model_specs
+from cdissect_common.downloads import sha256_file
 from cdissect_common.store import ObjectStore
 from cdissect_common.vocabulary import SAE_ACTIVATIONS
 
@@ -56,17 +56,9 @@ def parse_features(text: str) -> FeatureSpec:
     return FeatureSpec("sae", rest[:match.start()], "topk" if k else match.group(1), k)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def upload_user_file(store: ObjectStore, path: Path):
     """The ArtifactRef of `path` in the store, uploaded under its sha256 unless already there."""
-    digest = _sha256(path)
+    digest = sha256_file(path, remember=False)  # no sidecar next to the user's file
     key = f"{USER_FILES_PREFIX}/{digest}"
     if store.exists(key):
         return store.ref(key)

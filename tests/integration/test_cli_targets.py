@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_cli_support import make_env, results, run_cli, run_dir_of, write_probe, write_words
+from test_cli_support import results, run_cli, run_dir_of, services_up, write_probe, write_words
 
 N_IMAGES, SHARD = 12, 6
 WORK_PREFIXES = ("activations/", "embeddings/", "labels/", "datasets/")
@@ -19,11 +19,8 @@ WORK_PREFIXES = ("activations/", "embeddings/", "labels/", "datasets/")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("targets")
-    environment = make_env(tmp)
-    run_cli(["up"], environment, timeout=240)
-    yield environment
-    run_cli(["down"], environment)
+    """Services started by `cdissect up` for the module."""
+    yield from services_up(tmp_path_factory.mktemp("targets"))
 
 
 @pytest.fixture(scope="module")
