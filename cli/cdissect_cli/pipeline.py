@@ -1,9 +1,9 @@
 """One dissection run, stage by stage, over the services (the orchestration of `cdissect run`).
 
+  probe set   → registered manifest in the store (reused when unchanged)
   target      → the user's files (checkpoint, model folder, SAE) uploaded by digest, then
                 CheckActivations: model, layers and features are checked on one probe image
-                before anything is registered or computed (bad input fails here, exit code 2)
-  probe set   → registered manifest in the store (reused when unchanged)
+                before any embedding or activation is computed (bad input fails here, exit 2)
   concepts    → EmbedConcepts: one text-embedding artifact
   per shard   → EmbedImageShard and ComputeShardActivations (all layers in one pass), both
                 services at once, spread over all their endpoints
@@ -149,14 +149,14 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     """Run every stage for `spec`; returns the labelled layers with artifact keys and reuse counts."""
     started = time.monotonic()
     concepts = load_concepts(spec.concept_set)
-    template = activations_template(spec, store)
-    check_target(spec, template, dispatcher("activations"))
 
     progress.stage(STAGE_DATASET, 1)
     manifest, dataset_reused = ensure_dataset(store, spec.probe_set, spec.shard_size, spec.on_bad_image)
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
     check_sizes(spec, int(manifest.num_images))
+    template = activations_template(spec, store)
+    check_target(spec, template, dispatcher("activations"))
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from test_cli_support import results, run_cli, run_dir_of, services_up, write_probe, write_words
 
 N_IMAGES, SHARD = 12, 6
-WORK_PREFIXES = ("activations/", "embeddings/", "labels/", "datasets/")
+WORK_PREFIXES = ("activations/", "embeddings/", "labels/")  # inputs (probe set, user files) may be registered
 
 
 @pytest.fixture(scope="module")

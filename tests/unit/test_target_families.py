@@ -18,6 +18,7 @@ from cdissect_activations.pooling import TokenLayout
 from cdissect_activations.zoo import available_models, load_target
 from cdissect_common.downloads import DownloadError
 from tests.conftest import write_openai_clip_checkpoint
+from tests.unit.test_clip_backends import tiny_open_clip_arch  # noqa: F401 (a fixture)
 
 
 def fake_hub_repo(cache: Path, repo: str, commit: str, files: dict[str, bytes]) -> Path:
@@ -210,6 +211,25 @@ def test_clip_tower_target_from_an_openai_checkpoint(tmp_path: Path) -> None:
         h = visual.transformer(visual.ln_pre(h).permute(1, 0, 2)).permute(1, 0, 2)  # sequence-first inside
     assert torch.allclose(out["transformer.resblocks[1]"], h[:, 1:].mean(1), atol=1e-5)
     assert isinstance(CLIP, type)
+
+
+def test_open_clip_tower_target_is_batch_first_and_follows_its_checkpoint(tiny_open_clip_arch: str,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    target = load_target(f"clip:open_clip:{tiny_open_clip_arch}")
+    assert target.model_id == f"clip-visual:open_clip:{tiny_open_clip_arch}:random-init:0"
+    assert target.layout == TokenLayout(cls=True, registers=0, tokens=5) and not target.seq_first
+    x = _batch(target)
+    cls = target.recorder(["transformer.resblocks[0]"], "avg", "cls").record(x)["transformer.resblocks[0]"]
+    patches = target.recorder(["transformer.resblocks[0]"], "avg", "patch_mean").record(x)["transformer.resblocks[0]"]
+    assert cls.shape == patches.shape == (2, 64) and not torch.allclose(cls, patches)
+    import open_clip
+
+    model = open_clip.create_model(tiny_open_clip_arch)
+    path = tmp_path / "oc.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_target(f"clip:open_clip:{tiny_open_clip_arch}:{path}")
+    assert loaded.checkpoint_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert torch.equal(loaded.model.conv1.weight, model.visual.conv1.weight)
 
 
 def test_architecture_only_builds_need_no_weights(offline_weights_cache: Path) -> None:

@@ -54,6 +54,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         self.settings = runtime.settings
         self.device = resolve_device(self.settings.device)
         self.models: ModelCache[Target] = ModelCache(on_load=lambda k, m: runtime.metrics.set_model_loaded(True))
+        self.saes: ModelCache[SparseAutoencoder] = ModelCache()
         self._shapes: dict[tuple[str, str], dict[str, list[int]]] = {}
 
     def target(self, model: str, weights: str, model_files=(), architecture_only: bool = False) -> Target:
@@ -113,12 +114,15 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         if layers != [features.layer]:
             raise invalid_argument(f"SAE features apply to exactly one layer: request the single layer "
                                    f"{features.layer!r} (got {', '.join(layers)})")
-        try:
+        def load() -> SparseAutoencoder:
             path = user_files.materialize(self.runtime.store, [features.file], folder=False)
-            sae = load_sae(path, features.activation, features.k)
+            return load_sae(path, features.activation, features.k).to(self.device)
+
+        try:
+            key = (features.file.ref.sha256, features.activation, features.k, str(self.device))
+            return {features.layer: self.saes.get(key, load)}
         except (SaeError, ValueError) as exc:
             raise invalid_argument(f"SAE {features.file.name or 'file'}: {exc}") from None
-        return {features.layer: sae.to(self.device)}
 
     def _check_layers(self, target: Target, layers: list[str]) -> None:
         for layer in layers:
