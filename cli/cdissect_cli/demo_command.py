@@ -60,8 +60,9 @@ def _labels_as_words(result: RunResult) -> dict[str, list[list[str]]]:
 
 
 def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: ConnectionFlags, runs_dir: str | None,
-               console: Console, show_progress: bool) -> tuple[dict, list[str]]:
-    """Label the planted and the trained SAE's latents on the SAE layer; score them against the truth."""
+               console: Console, show_progress: bool, connection: Any) -> tuple[dict, list[str]]:
+    """Label the planted and the trained SAE's latents on the SAE layer (on the open `connection`);
+    score them against the truth."""
     from cdissect_shapes.scores import score_sae
     from cdissect_shapes.zoo import sae_path
 
@@ -70,20 +71,17 @@ def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: Connecti
     run_dirs = []
     for planted in (True, False):
         spec = dataclasses.replace(base_spec, layers=(layer,), features=f"sae:{sae_path(planted)}")
-        outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True)
-        try:
-            labels = _labels_as_words(outcome.result)[layer]
-            if planted:
-                out["planted_sae_top1"] = score_sae(labels, None, None, planted=True)["top1"]
-            else:
-                acts = _layer_activations(outcome.connection.store, outcome.result.layers[0])
-                scores = score_sae(labels, acts, _attributes(outcome.connection.store, outcome.result), planted=False)
-                out.update({"sae_top1": scores["top1"], "sae_top3": scores["top3"], "n_sae": scores["n"],
-                            "sae_selective_top1": scores["selective_top1"],
-                            "sae_selective_top3": scores["selective_top3"],
-                            "n_sae_selective": scores["n_selective"], "n_sae_dead": scores["n_dead"]})
-        finally:
-            outcome.connection.close()
+        outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True,
+                              connection=connection)
+        labels = _labels_as_words(outcome.result)[layer]
+        if planted:
+            out["planted_sae_top1"] = score_sae(labels, None, None, planted=True)["top1"]
+        else:
+            acts = _layer_activations(connection.store, outcome.result.layers[0])
+            scores = score_sae(labels, acts, _attributes(connection.store, outcome.result), planted=False)
+            out.update({"sae_top1": scores["top1"], "sae_top3": scores["top3"], "n_sae": scores["n"],
+                        "sae_selective_top1": scores["selective_top1"], "sae_selective_top3": scores["selective_top3"],
+                        "n_sae_selective": scores["n_selective"], "n_sae_dead": scores["n_dead"]})
         run_dirs.append(str(outcome.run_dir))
     out.update({"sae_layer_conv_selective_top1": conv_layer.get("selective_top1"),
                 "sae_layer_conv_top1": conv_layer.get("top1"),
@@ -181,10 +179,11 @@ def demo(
                           keep_connection=True)
     try:
         scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
+        sae, sae_run_dirs = sae_scores(spec, settings, scores["per_layer"].get(settings["sae_layer"], {}), flags,
+                                       runs_dir, console, show_progress=not no_progress and not as_json,
+                                       connection=outcome.connection)
     finally:
         outcome.connection.close()
-    sae, sae_run_dirs = sae_scores(spec, settings, scores["per_layer"].get(settings["sae_layer"], {}), flags,
-                                   runs_dir, console, show_progress=not no_progress and not as_json)
     scores.update(sae)
     summary = {"run_dir": str(outcome.run_dir), "report": str(outcome.report) if outcome.report else None,
                **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},

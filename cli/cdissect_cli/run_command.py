@@ -68,15 +68,18 @@ def reuse_table(result: RunResult) -> Table:
 
 
 def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, console: Console,
-                show_progress: bool = True, keep_connection: bool = False) -> RunOutcome:
+                show_progress: bool = True, keep_connection: bool = False,
+                connection: Connection | None = None) -> RunOutcome:
     """Run `spec` end to end and write its run folder; returns the folder and the result.
 
     With `keep_connection`, the returned outcome holds the still-open Connection (the caller
-    closes it), so follow-up work (the demo's scores) can read the same store.
+    closes it), so follow-up work (the demo's scores, its further runs: pass it back as
+    `connection`, and the same services serve them) can read the same store.
     """
     settings = load_cli_settings(flags.config, runs_dir=runs_dir, **flags.overrides())
-    connection = Connection(settings, flags, console)
-    connection.__enter__()
+    if connection is None:
+        connection = Connection(settings, flags, console)
+        connection.__enter__()
     try:
         with RunProgress(console=console, enabled=show_progress) as progress:
             try:

@@ -2,7 +2,8 @@
 
 The real product path: local services, filesystem store, the shipped shapes CNN and shapes
 CLIP, the world's concept set. Goals (issue 4): final-layer top-1 >= 0.9 and top-3 = 1.0,
-planted units 100%.
+planted units 100%. Issue 10: the planted SAE's latents (the fc readout per position) 100%, and
+the trained SAE's selective latents labelled at least as well as layer3's selective conv units.
 """
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ def test_demo_labels_the_final_layer_and_planted_units_correctly(tmp_path: Path)
     assert scores["final_top1"] >= 0.9, scores
     assert scores["final_top3"] == 1.0, scores
     assert scores["planted_top1"] == 1.0, scores
+    assert scores["planted_sae_top1"] == 1.0, scores
+    assert scores["n_sae"] > 0 and scores["n_sae_selective"] > 0, scores
+    assert scores["sae_selective_top1"] >= scores["sae_layer_conv_selective_top1"], scores
+    sae_runs = [json.loads((Path(d) / "results.json").read_text()) for d in scores["sae_run_dirs"]]
+    assert [r["job"]["features"].rsplit("/", 1)[-1] for r in sae_runs] == [
+        "shapes_sae_planted.safetensors", "shapes_sae.safetensors"]
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["dataset"]["num_images"] == n_images
     assert [layer["name"] for layer in doc["layers"]] == list(DEMO["layers"])
