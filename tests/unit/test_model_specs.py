@@ -108,3 +108,13 @@ def test_saelens_cfg_next_to_the_file_names_the_activation(tmp_path: Path) -> No
     assert (msg.kind, msg.layer, msg.activation, msg.k, msg.file.name) == ("sae", "blocks[3]", "topk", 16,
                                                                           "sae_weights.safetensors")
     assert features_message(store, f"sae:{sae}:relu", "blocks[3]").activation == "relu"
+
+
+def test_the_shared_modules_import_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, cdissect_common.model_specs, cdissect_common.clip_checkpoints; "
+            "print('torch' in sys.modules, 'clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
