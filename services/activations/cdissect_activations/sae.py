@@ -175,6 +175,16 @@ def encode_pooled(sae: SparseAutoencoder, rows: torch.Tensor, reduce: str = "mea
     if reduce not in ("mean", "max"):
         raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
     b, p, _ = rows.shape
+    per_image = p * sae.d_sae
+    if per_image <= max_elements:  # whole images per chunk: pool each chunk's codes directly
+        step = max_elements // per_image
+        parts = []
+        for start in range(0, b, step):
+            chunk = rows[start:start + step]
+            codes = encode(sae, chunk.reshape(-1, chunk.shape[2])).view(chunk.shape[0], p, sae.d_sae)
+            parts.append(codes.mean(1) if reduce == "mean" else codes.amax(1))
+        return torch.cat(parts)
+    # one image is over the budget: chunks of its rows, folded into running sums / maxima
     flat = rows.reshape(b * p, -1)
     owner = torch.arange(b, device=rows.device).repeat_interleave(p)
     out = torch.zeros(b, sae.d_sae, device=rows.device) if reduce == "mean" else \
