@@ -22,6 +22,7 @@ from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
     DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
 from cdissect_cli.options import MODEL_CHECKPOINT_HELP
+from cdissect_cli.user_inputs import model_files
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Register and list probe sets in the object store.")
 
@@ -36,7 +37,16 @@ def _ask(connection: Connection, service: str, what: str, call: Any) -> Any:
     return connection.dispatcher(service).call_one(ShardTask(what=what, call=call))
 
 
+MODEL_FAMILIES = (
+    "timm:NAME[.TAG]      any timm architecture (pretrained weights, --weights none, or timm:NAME:/path/ckpt.safetensors)",
+    "hf:ORG/NAME          any Hugging Face image model id (--weights REVISION or none), or hf:/path/to/folder",
+    "clip:NAME            the image tower of any CLIP listed below (clip:open_clip:ARCH:TAG, clip:/path/clip.pt)",
+)
+
+
 def models(
+    every: Annotated[bool, typer.Option("--all", help="Every name, e.g. all timm architectures and tags "
+                                        "(thousands), not just a sensible subset.")] = False,
     config: ConfigOpt = None, embedder: EmbedderOpt = None, activations: ActivationsOpt = None,
     retry_timeout: RetryOpt = DEFAULT_RETRY_S,
 ) -> None:
@@ -45,7 +55,7 @@ def models(
                             retry_s=retry_timeout)
     with _connect(flags, ("activations", "embedder")) as connection:
         targets = _ask(connection, "activations", "listing target models",
-                       lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(), timeout=t))
+                       lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(all=every), timeout=t))
         clips = _ask(connection, "embedder", "listing CLIP models",
                      lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(), timeout=t))
     console = Console()
@@ -53,6 +63,11 @@ def models(
         console.print(f"[bold]{title}[/bold]" + (f"  (served: {reply.served})" if reply.served else ""))
         for name in reply.models:
             console.print(f"  {name}", highlight=False)
+    console.print("[bold]target families[/bold]")
+    for line in MODEL_FAMILIES:
+        console.print(f"  {line}", highlight=False)
+    if not every:
+        console.print("[dim]a subset of timm and open_clip names is shown: `cdissect models --all` lists every one[/dim]")
     console.print("[dim]your own checkpoint: --model ARCH:/path/to/checkpoint (the architecture above that it was "
                   "saved from), --clip-model /path/to/checkpoint[/dim]")
 
@@ -62,10 +77,22 @@ def layers(
     weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT, none, or a checkpoint file of MODEL.")] = "",
     config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
 ) -> None:
-    """Layer names of a target model (usable in --layers), with their output shapes."""
+    """Layer names of a target model (usable in --layers), with their output shapes.
+
+    Built from the architecture alone (random weights): no weights are downloaded.
+    """
+    from cdissect_common import model_specs
+
     flags = ConnectionFlags(config=config, activations=activations, deadline_s=300.0, retry_s=retry_timeout)
-    request = activations_pb2.ListLayersRequest(model=model, weights=weights)
-    with _connect(flags, ("activations",)) as connection:
+    try:
+        spec = model_specs.parse_model(model, weights)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    uploads = spec.family != model_specs.ZOO and bool(spec.path)
+    with _connect(flags, ("activations",), open_store=uploads) as connection:
+        sent, files = model_files(connection.store, model, weights, configs_only=True) if uploads else (model, [])
+        request = activations_pb2.ListLayersRequest(model=sent, weights=weights if sent == model else "",
+                                                    model_files=files)
         reply = _ask(connection, "activations", f"listing the layers of {model!r}",
                      lambda stub, t: stub.ListLayers(request, timeout=t))
     table = Table(title=f"layers of {model}", show_edge=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from cdissect_common import evaluation
+from cdissect_common import evaluation, model_specs
 from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SELECTIONS, SIMILARITY_FUNCTIONS,
                                         TOKEN_POOLINGS, check_similarity_function, check_similarity_params)
 
@@ -46,6 +46,7 @@ class JobSpec:
     top_concepts: int = 5
     top_images: int = 10
     on_bad_image: str = "error"
+    features: str = ""
     shard_size: int = DEFAULT_SHARD_SIZE
     select: str = SELECTIONS[0]
     candidates: int = evaluation.SIMULATION_CANDIDATES
@@ -72,6 +73,7 @@ class JobSpec:
             "top_concepts": self.top_concepts,
             "top_images": self.top_images,
             "on_bad_image": self.on_bad_image,
+            "features": self.features,
             "shard_size": self.shard_size,
             "select": self.select,
             "candidates": self.candidates,
@@ -95,7 +97,8 @@ class JobSpec:
             probe_set=self.probe_set, concept_set=self.concept_set, clip_model=self.clip_model,
             similarity=self.similarity_proto(), clip_precision=self.clip_precision,
             prompt_templates=list(self.prompt_templates), top_concepts=self.top_concepts,
-            top_images=self.top_images, on_bad_image=self.on_bad_image, select=self.select,
+            top_images=self.top_images, on_bad_image=self.on_bad_image, features=self.features,
+            select=self.select,
             candidates=self.candidates, rank_penalty=self.rank_penalty, eval_fraction=self.eval_fraction,
             eval_seed=self.eval_seed, auprc_alpha=self.auprc_alpha)
 
@@ -205,13 +208,18 @@ def _positive_int(key: str, value: Any) -> int:
 def _validated(values: dict[str, Any]) -> JobSpec:
     """Build a JobSpec from merged values, checking every field; raise SpecError naming the fix."""
     kwargs: dict[str, Any] = {}
-    for key in ("target_model", "target_weights", "probe_set", "concept_set", "clip_model"):
+    for key in ("target_model", "target_weights", "probe_set", "concept_set", "clip_model", "features"):
         if key in values:
             kwargs[key] = "" if values[key] is None else str(values[key]).strip()
     for key in ("target_model", "probe_set", "concept_set", "clip_model"):
         if key in kwargs and not kwargs[key]:
             raise SpecError(f"{key} is empty: give a name (see `cdissect models`, `cdissect datasets list`, "
                             f"`cdissect concepts`) or a path")
+    if "target_model" in kwargs or "target_weights" in kwargs:      # split as the services split it
+        try:
+            model_specs.parse_model(kwargs.get("target_model", JobSpec.target_model), kwargs.get("target_weights", ""))
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     if "layers" in values:
         layers = _as_str_tuple("layers", values["layers"])
         if not layers or any(not name for name in layers):
@@ -220,6 +228,14 @@ def _validated(values: dict[str, Any]) -> JobSpec:
         if len(set(layers)) != len(layers):
             raise SpecError(f"layers {','.join(layers)} names a layer twice: list each layer once")
         kwargs["layers"] = layers
+    if kwargs.get("features"):
+        from cdissect_cli.user_inputs import parse_features
+
+        parse_features(kwargs["features"])
+        layers = kwargs.get("layers", DEFAULT_LAYERS)
+        if len(layers) != 1:
+            raise SpecError(f"features {kwargs['features']!r} apply to exactly one layer, but {len(layers)} are "
+                            f"given ({','.join(layers)}); pass --layers with the one layer the SAE was trained on")
     if "pooling" in values:
         kwargs["pooling"] = _choice("pooling", values["pooling"], POOLINGS)
     if "token_pooling" in values:

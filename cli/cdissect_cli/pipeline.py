@@ -1,6 +1,9 @@
 """One dissection run, stage by stage, over the services (the orchestration of `cdissect run`).
 
   probe set   → registered manifest in the store (reused when unchanged)
+  target      → the user's files (checkpoint, model folder, SAE) uploaded by digest, then
+                CheckActivations: model, layers and features are checked on one probe image
+                before any embedding or activation is computed (bad input fails here, exit 2)
   concepts    → EmbedConcepts: one text-embedding artifact
   per shard   → EmbedImageShard and ComputeShardActivations (all layers in one pass), both
                 services at once, spread over all their endpoints
@@ -34,6 +37,7 @@ from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult
+from cdissect_cli.user_inputs import features_message, model_files
 
 STAGE_DATASET = "probe set"
 STAGE_TEXT = "text embeddings"
@@ -74,7 +78,27 @@ def _text_task(spec: JobSpec, concepts: ConceptWords) -> ShardTask:
                      call=lambda stub, timeout: stub.EmbedConcepts(request, timeout=timeout))
 
 
-def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[list[ShardTask], list[ShardTask]]:
+def activations_template(spec: JobSpec, store: ObjectStore) -> Any:
+    """The activation request of the job without its shard; the user's files are uploaded by digest."""
+    model, files = model_files(store, spec.target_model, spec.target_weights)
+    request = activations_pb2.ComputeShardActivationsRequest(
+        model=model, weights=spec.target_weights, layers=list(spec.layers), pooling=spec.pooling,
+        token_pooling=spec.token_pooling, on_bad_image=spec.on_bad_image, model_files=files)
+    if spec.features:
+        request.features.CopyFrom(features_message(store, spec.features, spec.layers[0]))
+    return request
+
+
+def check_target(spec: JobSpec, template: Any, activations: ShardDispatcher) -> Any:
+    """CheckActivations before any work: a bad model, layer, checkpoint or SAE is refused as
+    INVALID_ARGUMENT, which ShardFailure reports as bad input (exit 2)."""
+    task = ShardTask(what=f"checking target {spec.target_model!r} (layers {','.join(spec.layers)})",
+                     call=lambda stub, timeout: stub.CheckActivations(template, timeout=timeout))
+    return activations.call_one(task)
+
+
+def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress,
+                 template: Any) -> tuple[list[ShardTask], list[ShardTask]]:
     """Image-embedding and activation tasks, one each per shard."""
     image_tasks, act_tasks = [], []
     n = len(manifest.shards)
@@ -82,9 +106,9 @@ def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[l
         label = f"shard {shard.index + 1}/{n} of dataset {manifest.name!r}"
         image_request = embedder_pb2.EmbedImageShardRequest(
             model=spec.clip_model, shard=shard, precision=spec.clip_precision, on_bad_image=spec.on_bad_image)
-        act_request = activations_pb2.ComputeShardActivationsRequest(
-            model=spec.target_model, weights=spec.target_weights, layers=list(spec.layers), pooling=spec.pooling,
-            token_pooling=spec.token_pooling, shard=shard, on_bad_image=spec.on_bad_image)
+        act_request = activations_pb2.ComputeShardActivationsRequest()
+        act_request.CopyFrom(template)
+        act_request.shard.CopyFrom(shard)
         image_tasks.append(ShardTask(
             what=f"image embeddings of {label}",
             call=lambda stub, timeout, r=image_request: stub.EmbedImageShard(r, timeout=timeout),
@@ -168,13 +192,15 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     note = small_split_note(spec, int(manifest.num_images))
     if note:
         progress.console.print(note, style="yellow", markup=False)
+    template = activations_template(spec, store)
+    check_target(spec, template, dispatcher("activations"))
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()
     progress.stage(STAGE_TEXT, 1)
     progress.stage(STAGE_IMAGES, len(manifest.shards))
     progress.stage(STAGE_ACTS, len(manifest.shards))
-    image_tasks, act_tasks = _shard_tasks(spec, manifest, progress)
+    image_tasks, act_tasks = _shard_tasks(spec, manifest, progress, template)
     text_task = _text_task(spec, concepts)
     text_task.on_done = lambda resp: progress.advance(STAGE_TEXT, reused=resp.reused)
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="stage")

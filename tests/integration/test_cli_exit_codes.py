@@ -40,16 +40,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (damaged / "results.json").write_text("{not json")
     paths = {"probe": write_probe(tmp / "probe", 6), "broken_probe": broken, "words": write_words(tmp / "words.txt"),
              "run": run, "damaged_run": damaged, "good_csv": run / "descriptions.csv", "missing": tmp / "missing"}
+    paths["notes.pth"] = tmp / "notes.pth"
+    paths["notes.pth"].write_text("these are my notes, not weights\n")
     for name in ("latin1.yaml", "latin1.txt", "latin1.csv"):
         (tmp / name).write_bytes(LATIN1)
         paths[name] = tmp / name
     return paths
 
 
-def _run(f: dict[str, Path], *extra: str, probe: str = "probe", similarity: str = "soft_wpmi") -> list[str]:
+def _run(f: dict[str, Path], *extra: str, probe: str = "probe", similarity: str = "soft_wpmi",
+         model: tuple[str, ...] = ("--model", "resnet18", "--weights", "none")) -> list[str]:
     """A valid run of the 6-image probe (top_k and top_images fit it) on closed endpoints, plus `extra`."""
     fits = ["--param", "top_k=5"] if similarity == "soft_wpmi" else []
-    return ["run", "--model", "resnet18", "--weights", "none", "--layers", "layer4", "--probe-set", str(f[probe]),
+    return ["run", *model, "--layers", "layer4", "--probe-set", str(f[probe]),
             "--concept-set", str(f["words"]), "--similarity", similarity, *fits, "--top-images", "3",
             "--no-progress", "--retry-timeout", "0", "--embedder", CLOSED, "--activations", CLOSED,
             "--labeler", CLOSED, *extra]
@@ -67,6 +70,14 @@ CASES = {
     "run: config not UTF-8": (lambda f: _run(f, "--config", str(f["latin1.yaml"])), ["latin1.yaml", "not UTF-8"]),
     "run: broken image": (lambda f: _run(f, probe="broken_probe"),
                           ["'red/broken.png' is not usable", "--on-bad-image skip"]),
+    "run: a checkpoint without its architecture": (lambda f: _run(f, model=("--model", str(f["notes.pth"]))),
+                                                   ["without its architecture", "resnet50:/"]),
+    "run: weights that are not a checkpoint": (lambda f: _run(f, model=("--model", f"resnet18:{f['notes.pth']}")),
+                                               ["notes.pth is not a checkpoint", "starts with text"]),
+    "run: timm weights that are not a checkpoint": (
+        lambda f: _run(f, model=("--model", f"timm:resnet18:{f['notes.pth']}")), ["notes.pth is not a checkpoint"]),
+    "layers: a checkpoint without its architecture": (lambda f: ["layers", "/ckpt/r50.pth"],
+                                                      ["without its architecture", "resnet50:/ckpt/r50.pth"]),
     "run: unknown similarity": (lambda f: _run(f, "--similarity", "cosine"), ["unknown similarity function"]),
     "run: unknown option": (lambda f: ["run", "--no-such-flag"], ["No such option"]),
     "layers: bad endpoint": (lambda f: ["layers", "resnet18", "--activations", "host:notaport"],
