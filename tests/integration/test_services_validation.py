@@ -62,10 +62,11 @@ def test_a_weights_file_that_is_not_a_checkpoint_is_invalid_argument_naming_it(s
     notes.write_text("these are my notes, not weights\n")
     handle = start_service("activations", {"CDISSECT_STORE": f"file://{tmp_path}/store"})
     stub = handle.stub()
-    for request in (activations_pb2.ListLayersRequest(model=f"resnet18:{notes}"),
-                    activations_pb2.ListLayersRequest(model="resnet18", weights=str(notes))):
+    for request in (activations_pb2.ComputeShardActivationsRequest(model=f"resnet18:{notes}", layers=["layer4"]),
+                    activations_pb2.ComputeShardActivationsRequest(model="resnet18", weights=str(notes),
+                                                                   layers=["layer4"])):
         with pytest.raises(grpc.RpcError) as info:
-            stub.ListLayers(request, timeout=TIMEOUT)
+            stub.CheckActivations(request, timeout=TIMEOUT)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
         assert str(notes) in info.value.details() and EXPECTED in info.value.details()
         assert "starts with text: 'these are my notes" in info.value.details()
