@@ -90,3 +90,12 @@ def test_a_truncated_checkpoint_is_a_checkpoint_error_not_an_internal_one(tmp_pa
             path.write_bytes(full.read_bytes()[:cut])
         with pytest.raises(CheckpointError, match=f"{path.name}.*cannot be read"):
             read_checkpoint(path)
+
+
+def test_a_clip_file_that_is_not_a_checkpoint_is_named_the_same_way(tmp_path: Path) -> None:
+    from cdissect_common.clip_checkpoints import load_openai_clip
+
+    notes = _junk(tmp_path)["text"]
+    with pytest.raises(ValueError) as info:
+        load_openai_clip(str(notes), torch.device("cpu"))
+    assert f"{notes} is not a checkpoint: {EXPECTED}, but it starts with text" in str(info.value)

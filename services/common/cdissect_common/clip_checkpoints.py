@@ -27,6 +27,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from .checkpoint_format import CheckpointFormatError, check_checkpoint_file
 from .downloads import DownloadError, cache_dir, fetch, host_reachable, sha256_file
 from .suggest import closest_hint
 
@@ -113,6 +114,10 @@ def load_openai_clip(name: str, device: Any) -> LoadedClip:
     path, model_id, expected = resolve_checkpoint(name)
     if expected is not None:
         path = fetch(model_url(name), path, expected_sha256=expected)
+    try:
+        check_checkpoint_file(path)     # a text or empty file: named, instead of clip's KeyError
+    except CheckpointFormatError as exc:
+        raise ValueError(str(exc)) from None
     clip = openai_clip_module()
     try:
         with warnings.catch_warnings():  # torch.jit.load inside clip.load is deprecated in torch 2.x
