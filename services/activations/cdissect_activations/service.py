@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import closing
 
 import grpc
 import numpy as np
@@ -23,9 +24,11 @@ from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelErr
 from cdissect_common import artifacts
 from cdissect_common.downloads import DownloadError
 from cdissect_common.errors import failed_precondition, invalid_argument, require_shard_ref
-from cdissect_common.images import check_bad_image_policy, prepared_batches
+from cdissect_common.devices import BatchCollator, default_batch_size, one_torch_thread
+from cdissect_common.images import check_bad_image_policy
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
+from cdissect_common.prefetch import prefetched_batches
 from cdissect_common.server import Registration, ServiceRuntime
 
 log = logging.getLogger("cdissect.activations")
@@ -45,6 +48,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         self.runtime = runtime
         self.settings = runtime.settings
         self.device = resolve_device(self.settings.device)
+        self.batch_size = self.settings.batch_size or default_batch_size(self.device)
+        self.collate = BatchCollator(self.device)
         self.models: ModelCache[Target] = ModelCache(on_load=lambda k, m: runtime.metrics.set_model_loaded(True))
         self._shapes: dict[tuple[str, str], dict[str, list[int]]] = {}
 
@@ -138,19 +143,21 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
         skipped: list[str] = []
         recorder = LayerRecorder(target.model, layers, pooling, token_pooling, model_name=target.name)
-        batches = prepared_batches([(e.name, b) for e, b in pairs], self.settings.batch_size, target.preprocess,
-                                   policy, where=f"shard {shard.index}")
-        for tensors, skipped_here in batches:
-            skipped.extend(skipped_here)
-            if not tensors:
-                continue
-            batch = torch.stack(tensors)
-            with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
-                with recorder:
-                    out = recorder.record(batch)
-                for layer in layers:
-                    parts[layer].append(out[layer].float().cpu().numpy())
-            self.runtime.metrics.add_images(len(tensors))
+        batches = prefetched_batches([(e.name, b) for e, b in pairs], self.batch_size, target.preprocess,
+                                     self.collate, on_bad_image=policy, where=f"shard {shard.index}",
+                                     workers=self.settings.prefetch_workers, depth=self.settings.prefetch_depth,
+                                     thread_init=one_torch_thread)
+        with closing(batches):
+            for batch in batches:
+                skipped.extend(batch.skipped)
+                if batch.data is None:
+                    continue
+                with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
+                    with recorder:
+                        out = recorder.record(batch.data.tensor())
+                    for layer in layers:
+                        parts[layer].append(out[layer].float().cpu().numpy())
+                self.runtime.metrics.add_images(len(batch))
         if not parts[layers[0]]:
             raise invalid_argument(f"every image of shard {shard.index} was unreadable ({len(skipped)} skipped); "
                                    f"check the probe set")

@@ -61,13 +61,17 @@ DEFAULTS: dict[str, Any] = {
     "tls_ca": "",
     "device": "auto",
     "model": "",
-    "batch_size": 64,
+    "batch_size": 0,               # images per forward pass; 0: per device type (devices.DEFAULT_BATCH_SIZES)
     "max_message_bytes": 64 * 1024 * 1024,
     "cache_dir": "~/.cache/cdissect/weights",
     "data_dir": "~/.cache/cdissect/data",
     "download_timeout": 20.0,
     "shutdown_grace_seconds": 120.0,
-    "max_workers": 8,
+    "max_workers": 64,             # gRPC handler threads (concurrent inline calls batch together)
+    "prefetch_workers": 0,         # threads decoding the next images; 0: the cores available
+    "prefetch_depth": 2,           # prepared batches waiting for the device
+    "inline_batch_max": 0,         # most images/texts in one server-side batch; 0: the batch size
+    "inline_batch_wait_ms": 5.0,   # how long a lone inline call waits for others to batch with
     "embedder": (),
     "activations": (),
     "labeler": (),
@@ -98,6 +102,10 @@ ENV_VARS: dict[str, str] = {
     "download_timeout": "CDISSECT_DOWNLOAD_TIMEOUT",
     "shutdown_grace_seconds": "CDISSECT_SHUTDOWN_GRACE_SECONDS",
     "max_workers": "CDISSECT_MAX_WORKERS",
+    "prefetch_workers": "CDISSECT_PREFETCH_WORKERS",
+    "prefetch_depth": "CDISSECT_PREFETCH_DEPTH",
+    "inline_batch_max": "CDISSECT_INLINE_BATCH_MAX",
+    "inline_batch_wait_ms": "CDISSECT_INLINE_BATCH_WAIT_MS",
     "embedder": "CDISSECT_EMBEDDER",
     "activations": "CDISSECT_ACTIVATIONS",
     "labeler": "CDISSECT_LABELER",
@@ -105,8 +113,9 @@ ENV_VARS: dict[str, str] = {
 }
 CONFIG_ENV_VAR = "CDISSECT_CONFIG"
 
-_INT_KEYS = {"port", "metrics_port", "batch_size", "max_message_bytes", "max_workers"}
-_FLOAT_KEYS = {"shutdown_grace_seconds", "download_timeout"}
+_INT_KEYS = {"port", "metrics_port", "batch_size", "max_message_bytes", "max_workers", "prefetch_workers",
+             "prefetch_depth", "inline_batch_max"}
+_FLOAT_KEYS = {"shutdown_grace_seconds", "download_timeout", "inline_batch_wait_ms"}
 _BOOL_KEYS = {"s3_secure"}
 _LIST_KEYS = {"embedder", "activations", "labeler"}
 _DEVICES = {"auto", "cpu", "cuda"}
@@ -140,6 +149,10 @@ class Settings:
     download_timeout: float = DEFAULTS["download_timeout"]
     shutdown_grace_seconds: float = DEFAULTS["shutdown_grace_seconds"]
     max_workers: int = DEFAULTS["max_workers"]
+    prefetch_workers: int = DEFAULTS["prefetch_workers"]
+    prefetch_depth: int = DEFAULTS["prefetch_depth"]
+    inline_batch_max: int = DEFAULTS["inline_batch_max"]
+    inline_batch_wait_ms: float = DEFAULTS["inline_batch_wait_ms"]
     embedder: tuple[str, ...] = ()
     activations: tuple[str, ...] = ()
     labeler: tuple[str, ...] = ()
@@ -196,7 +209,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             number = int(str(value).strip())
         except ValueError:
             raise ConfigError(f"{where} must be an integer, got {value!r}") from None
-        if number < 0 or (key in {"batch_size", "max_message_bytes", "max_workers"} and number == 0):
+        if number < 0 or (key in {"max_message_bytes", "max_workers", "prefetch_depth"} and number == 0):
             raise ConfigError(f"{where} must be positive, got {number}")
         return number
     if key in _FLOAT_KEYS:
