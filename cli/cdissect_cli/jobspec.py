@@ -23,6 +23,7 @@ from cdissect_cli.errors import SpecError
 POOLINGS = ("avg", "max")
 TOKEN_POOLINGS = ("cls", "mean", "patch_mean")
 PRECISIONS = ("float32", "float16")
+TARGET_PRECISIONS = ("float32", "bfloat16")
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 # Parameters each similarity function accepts (names as in the reference's similarity.py).
@@ -53,6 +54,7 @@ class JobSpec:
     similarity_function: str = "soft_wpmi"
     similarity_params: Mapping[str, float] = field(default_factory=dict)
     clip_precision: str = "float32"
+    target_precision: str = "float32"
     prompt_templates: tuple[str, ...] = ()
     top_concepts: int = 5
     top_images: int = 10
@@ -73,6 +75,7 @@ class JobSpec:
             "similarity": {"function": self.similarity_function,
                            "params": {k: float(v) for k, v in sorted(self.similarity_params.items())}},
             "clip_precision": self.clip_precision,
+            "target_precision": self.target_precision,
             "prompt_templates": list(self.prompt_templates),
             "top_concepts": self.top_concepts,
             "top_images": self.top_images,
@@ -93,7 +96,7 @@ class JobSpec:
             layers=list(self.layers), pooling=self.pooling, token_pooling=self.token_pooling,
             probe_set=self.probe_set, concept_set=self.concept_set, clip_model=self.clip_model,
             similarity=self.similarity_proto(), clip_precision=self.clip_precision,
-            prompt_templates=list(self.prompt_templates), top_concepts=self.top_concepts,
+            target_precision=self.target_precision, prompt_templates=list(self.prompt_templates), top_concepts=self.top_concepts,
             top_images=self.top_images, on_bad_image=self.on_bad_image)
 
     def similarity_proto(self) -> Any:
@@ -208,6 +211,8 @@ def _validated(values: dict[str, Any]) -> JobSpec:
         kwargs["token_pooling"] = _choice("token_pooling", values["token_pooling"], TOKEN_POOLINGS)
     if "clip_precision" in values:
         kwargs["clip_precision"] = _choice("clip_precision", values["clip_precision"], PRECISIONS)
+    if "target_precision" in values:
+        kwargs["target_precision"] = _choice("target_precision", values["target_precision"], TARGET_PRECISIONS)
     if "on_bad_image" in values:
         kwargs["on_bad_image"] = _choice("on_bad_image", values["on_bad_image"], BAD_IMAGE_POLICIES)
     for key in ("top_concepts", "top_images", "shard_size"):

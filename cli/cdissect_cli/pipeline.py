@@ -80,7 +80,8 @@ def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[l
             model=spec.clip_model, shard=shard, precision=spec.clip_precision, on_bad_image=spec.on_bad_image)
         act_request = activations_pb2.ComputeShardActivationsRequest(
             model=spec.target_model, weights=spec.target_weights, layers=list(spec.layers), pooling=spec.pooling,
-            token_pooling=spec.token_pooling, shard=shard, on_bad_image=spec.on_bad_image)
+            token_pooling=spec.token_pooling, shard=shard, on_bad_image=spec.on_bad_image,
+            precision=spec.target_precision)
         image_tasks.append(ShardTask(
             what=f"image embeddings of {label}",
             call=lambda stub, timeout, r=image_request: stub.EmbedImageShard(r, timeout=timeout),

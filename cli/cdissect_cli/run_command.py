@@ -123,6 +123,9 @@ def run(
                                                          rich_help_panel=JOB)] = None,
     clip_precision: Annotated[Optional[str], typer.Option(help="float32 | float16 (default: float32).",
                                                           rich_help_panel=JOB)] = None,
+    target_precision: Annotated[Optional[str], typer.Option(help="float32 | bfloat16: the target's forward pass "
+                                                            "under bf16 autocast, for speed on GPUs (default: "
+                                                            "float32).", rich_help_panel=JOB)] = None,
     prompt_template: Annotated[Optional[list[str]], typer.Option("--prompt-template", help="e.g. 'a photo of {}' "
                                                                  "(repeatable; default: raw concepts).",
                                                                  rich_help_panel=JOB)] = None,
@@ -148,7 +151,7 @@ def run(
         "target_model": model, "target_weights": weights, "layers": layers, "probe_set": probe_set,
         "concept_set": concept_set, "clip_model": clip_model, "similarity_function": similarity,
         "similarity_params": parse_param_flags(param), "pooling": pooling, "token_pooling": token_pooling,
-        "clip_precision": clip_precision, "prompt_templates": prompt_template, "top_concepts": top_concepts,
+        "clip_precision": clip_precision, "target_precision": target_precision, "prompt_templates": prompt_template, "top_concepts": top_concepts,
         "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size})
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, activations=activations,
                             labeler=labeler, deadline_s=deadline, retry_s=retry_timeout)

@@ -33,6 +33,9 @@ from cdissect_common.server import Registration, ServiceRuntime
 
 log = logging.getLogger("cdissect.activations")
 SERVICE = "activations"
+# The target's forward pass: float32 (the reference), or under bf16 autocast (an option for speed
+# on GPUs; matrix products and convolutions in bf16, reductions and normalisation in float32).
+PRECISIONS = ("float32", "bfloat16")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -92,6 +95,9 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         if len(set(layers)) != len(layers):
             raise invalid_argument(f"layer list repeats a name: {layers}; list each layer once")
         pooling, token_pooling = request.pooling or "avg", request.token_pooling or "cls"
+        precision = request.precision or "float32"
+        if precision not in PRECISIONS:
+            raise invalid_argument(f"precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
         try:
             check_pooling(pooling, token_pooling)
         except ValueError as exc:
@@ -104,7 +110,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             keys = {layer: artifacts.content_key(
                 "activations", model_id=target.model_id, checkpoint_sha256=target.checkpoint_sha256, layer=layer,
                 pooling=pooling, token_pooling=token_pooling, preprocess_id=preprocess_id(target),
-                shard_sha256=shard.ref.sha256, on_bad_image=policy) for layer in layers}
+                shard_sha256=shard.ref.sha256, on_bad_image=policy,
+                **({"precision": precision} if precision != "float32" else {})) for layer in layers}
             refs = {layer: artifacts.find_artifact(self.runtime.store, key) for layer, key in keys.items()}
             missing = [layer for layer in layers if refs[layer] is None]
             reused = len(layers) - len(missing)
@@ -112,13 +119,13 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             if missing:
                 log.info("ComputeShardActivations shard=%d (%d images) layers=%s started", shard.index,
                          len(shard.images), ",".join(missing))
-                computed, skipped = self._compute(target, missing, pooling, token_pooling, shard, policy)
+                computed, skipped = self._compute(target, missing, pooling, token_pooling, shard, policy, precision)
                 skipped_count = len(skipped)
                 producer = {"service": SERVICE, "model_id": target.model_id,
                             "checkpoint_sha256": target.checkpoint_sha256, "device": str(self.device),
                             "pooling": pooling, "token_pooling": token_pooling, "shard_sha256": shard.ref.sha256,
                             "code_version": artifacts.CODE_VERSION["activations"],
-                            "skipped_images": str(skipped_count)}
+                            "skipped_images": str(skipped_count), "precision": precision}
                 with self.runtime.metrics.stage("store_write"):
                     for layer in missing:
                         refs[layer] = artifacts.put_arrays(self.runtime.store, keys[layer],
@@ -136,7 +143,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise
 
     def _compute(self, target: Target, layers: list[str], pooling: str, token_pooling: str,
-                 shard: common_pb2.Shard, policy: str) -> tuple[dict[str, np.ndarray], list[str]]:
+                 shard: common_pb2.Shard, policy: str,
+                 precision: str = "float32") -> tuple[dict[str, np.ndarray], list[str]]:
         with self.runtime.metrics.stage("read_shard"):
             pairs = read_shard(self.runtime.store, shard)
         self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
@@ -152,7 +160,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
                 skipped.extend(batch.skipped)
                 if batch.data is None:
                     continue
-                with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
+                with self.runtime.device_lock, self.runtime.metrics.stage("forward"), \
+                        torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bfloat16"):
                     with recorder:
                         out = recorder.record(batch.data.tensor())
                     for layer in layers:
