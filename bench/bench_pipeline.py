@@ -78,7 +78,9 @@ from pathlib import Path
 
 GOAL_BARE = 0.8
 GOAL_FORWARD = 0.95
-RN50_CLIP = (1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12)
+# clip.model.CLIP(...) arguments of OpenAI's published architectures (random weights here).
+CLIP_ARCHS = {"RN50": (1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12),
+              "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12)}
 WORDS = ("red green blue yellow orange purple white black grey brown pink cyan circle square triangle "
          "star stripe dot grid wave noise sky grass water wood metal stone fur glass cloud road car dog "
          "cat tree house face hand text edge").split()
@@ -88,14 +90,15 @@ CDISSECT = str(Path(sys.executable).with_name("cdissect"))
 
 
 # ----------------------------------------------------------------------------- inputs
-def make_probe_folder(root: Path, n: int, size: int = 224, seed: int = 0) -> list[Path]:
-    """n JPEGs of coloured squares/circles on noise, in class subfolders (ImageFolder layout)."""
+def make_probe_folder(root: Path, n: int, size: int = 224, seed: int = 0, start: int = 0) -> list[Path]:
+    """n JPEGs of coloured squares/circles on noise, in class subfolders (ImageFolder layout),
+    numbered from ``start`` (so several calls can fill one folder in parallel)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, start])
     paths = []
-    for i in range(n):
+    for i in range(start, start + n):
         name = list(COLOURS)[i % len(COLOURS)]
         pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
         img = Image.fromarray(pixels, "RGB")
@@ -103,14 +106,14 @@ def make_probe_folder(root: Path, n: int, size: int = 224, seed: int = 0) -> lis
         a, b = sorted(int(v) for v in rng.integers(8, size - 8, 2))
         box = (a, a, max(b, a + 16), max(b, a + 16))
         (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[name])
-        path = root / name / f"img_{i:05d}.jpg"
+        path = root / name / f"img_{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, format="JPEG", quality=90)
         paths.append(path)
     return paths
 
 
-def clip_checkpoints(tmp: Path, shapes_clip: bool) -> tuple[Path, Path, str]:
+def clip_checkpoints(tmp: Path, shapes_clip: bool, arch: str = "RN50") -> tuple[Path, Path, str]:
     """(CLIP file, same weights under another digest, description)."""
     import torch
 
@@ -123,11 +126,11 @@ def clip_checkpoints(tmp: Path, shapes_clip: bool) -> tuple[Path, Path, str]:
         from clip.model import CLIP
 
         torch.manual_seed(0)
-        model = CLIP(*RN50_CLIP).eval()
+        model = CLIP(*CLIP_ARCHS[arch]).eval()
         traced = torch.jit.trace(model, (torch.randn(1, 3, 224, 224), clip.tokenize(["a photo"])), check_trace=False)
-        path = tmp / "rn50-clip.pt"
+        path = tmp / f"{arch.replace('/', '-').lower()}-clip.pt"
         torch.jit.save(traced, str(path))
-        what = "random-weight RN50 CLIP (OpenAI TorchScript layout)"
+        what = f"random-weight {arch} CLIP (OpenAI TorchScript layout)"
     twin = tmp / "clip-twin.pt"
     try:  # a TorchScript archive records its file name: re-saved under another name, the digest differs
         torch.jit.save(torch.jit.load(str(path), map_location="cpu"), str(twin))
@@ -157,15 +160,16 @@ def bare_loop(items: list[tuple[str, bytes]], batch: int, preprocess, forward) -
     return {"img_s": len(items) / seconds, "seconds": seconds, "forward_s": fwd}
 
 
-def forward_only_loop(items: list[tuple[str, bytes]], batch: int, preprocess, forward) -> dict:
-    """The forward passes alone: the same batches decoded and preprocessed beforehand (untimed)."""
+def forward_only_loop(items: list[tuple[str, bytes]], batch: int, preprocess, forward, device=None) -> dict:
+    """The forward passes alone: the same batches decoded, preprocessed and (on a GPU) copied to the
+    device beforehand, untimed."""
     import torch
     from cdissect_common.images import decode_images
 
     batches = []
     for i in range(0, len(items), batch):
         images, _ = decode_images(items[i:i + batch])
-        batches.append(torch.stack([preprocess(img) for img in images]))
+        batches.append(torch.stack([preprocess(img) for img in images]).to(device or "cpu"))
     start = time.perf_counter()
     for tensors in batches:
         forward(tensors)
@@ -190,7 +194,7 @@ def on_worker_thread(fn, *args, threads: int = 0) -> dict:
 class BareModels:
     """The timed models loaded once in this process: (preprocess, forward) of the target and the CLIP."""
 
-    def __init__(self, target: str, clip_path: Path, device) -> None:
+    def __init__(self, target: str, clip_path: Path, device, clip_precision: str = "float32") -> None:
         import torch
         from PIL import Image
         from cdissect_activations.zoo import load_target
@@ -206,12 +210,17 @@ class BareModels:
         self.target_forward = target_forward
         warm = self.target.preprocess(Image.new("RGB", (224, 224), (127, 127, 127)))
         target_forward(warm.unsqueeze(0))  # as the service's ListLayers probe forward
-        self.clip = load_backend(str(clip_path), device, "float32")
+        self.clip = load_backend(str(clip_path), device, clip_precision)
+        self.clip.image_batch_size = 1 << 30  # one forward per batch, as the embedder does
+        self.device = device
 
     def run(self, loop, stage: str, items: list, batch: int, threads: int) -> dict:
+        extra = (self.device,) if loop is forward_only_loop else ()
         if stage == "activations":
-            return on_worker_thread(loop, items, batch, self.target.preprocess, self.target_forward, threads=threads)
-        return on_worker_thread(loop, items, batch, self.clip.preprocess, self.clip.encode_images, threads=threads)
+            return on_worker_thread(loop, items, batch, self.target.preprocess, self.target_forward, *extra,
+                                    threads=threads)
+        return on_worker_thread(loop, items, batch, self.clip.preprocess, self.clip.encode_images, *extra,
+                                threads=threads)
 
 
 # ----------------------------------------------------------------------------- services
@@ -277,7 +286,8 @@ class Bench:
         """One `cdissect run`; (results.json, metric deltas, wall seconds)."""
         argv = ["run", "--model", model, "--weights", "none", "--probe-set", str(probe),
                 "--concept-set", str(self.tmp / "concepts.txt"), "--clip-model", str(clip),
-                "--shard-size", str(self.args.shard_size), "--no-progress"]
+                "--shard-size", str(self.args.shard_size), "--clip-precision", self.args.clip_precision,
+                "--no-progress"]
         if self.args.images < 100:
             argv += ["--param", f"top_k={self.args.images}"]
         before = self.metrics()
@@ -324,7 +334,7 @@ def one_repeat(bench: "Bench", models: BareModels, args: argparse.Namespace, r: 
             compute = "forward"
         else:  # CLIP' (same weights, other digest): only the embedder computes
             bench.stub("embedder").EmbedConcepts(embedder_pb2.EmbedConceptsRequest(  # loads CLIP' (untimed)
-                model=str(clip_b), concepts=concepts, precision="float32"), timeout=600)
+                model=str(clip_b), concepts=concepts, precision=args.clip_precision), timeout=600)
             res, delta, wall = bench.run(args.target, clip_b, probe)
             timing = res["timings"]["image embeddings"]
             compute = "encode_images"
@@ -357,6 +367,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="32 images, one repeat: a fast smoke run")
     parser.add_argument("--shapes-clip", action="store_true",
                         help="time the shipped 64-pixel shapes-world CLIP instead of a random RN50 CLIP")
+    parser.add_argument("--clip-arch", default="RN50", choices=sorted(CLIP_ARCHS),
+                        help="architecture of the random-weight CLIP (default RN50)")
+    parser.add_argument("--clip-precision", default="float32", choices=("float32", "float16"),
+                        help="the CLIP's precision, as cdissect run --clip-precision (float16 needs CUDA)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     args = parser.parse_args()
     args.images = args.images or (32 if args.quick else 128)
@@ -382,7 +396,7 @@ def main() -> int:
     repeats: list[dict] = []
     try:
         (tmp / "concepts.txt").write_text("\n".join(WORDS) + "\n")
-        clip_a, clip_b, clip_what = clip_checkpoints(tmp, args.shapes_clip)
+        clip_a, clip_b, clip_what = clip_checkpoints(tmp, args.shapes_clip, args.clip_arch)
         shards = args.images // args.shard_size + bool(args.images % args.shard_size)
         print(f"pipeline benchmark: {args.repeats} repeats of {args.images} images ({shards} shards of "
               f"{args.shard_size}), batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()} "
@@ -390,7 +404,7 @@ def main() -> int:
         print(f"target {args.target} (random weights), CLIP: {clip_what}", flush=True)
         from cdissect_common.concepts import load_concept_set
         concepts = list(load_concept_set(str(tmp / "concepts.txt")).words)
-        models = BareModels(args.target, clip_a, device)
+        models = BareModels(args.target, clip_a, device, args.clip_precision)
         bench.up()
         from cdissect.v1 import activations_pb2
         bench.stub("activations").ListLayers(  # loads the timed target in the service (untimed)
@@ -403,7 +417,7 @@ def main() -> int:
 
     summary: dict = {"images": args.images, "batch_size": args.batch_size, "shard_size": args.shard_size,
                      "repeats": args.repeats, "device": str(device), "cpus": os.cpu_count(), "target": args.target,
-                     "clip": clip_what}
+                     "clip": clip_what, "clip_precision": args.clip_precision}
     print()
     print(f"medians over {args.repeats} repeat(s) (each repeat: forward only, bare loop and path back to back):")
     print(f"{'stage':<12} {'path img/s':>10} {'fwd img/s':>10} {'bare img/s':>10} {'path/fwd':>9} {'path/bare':>9}")
