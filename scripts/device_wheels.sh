@@ -15,7 +15,7 @@ OUT=.whl
 # must match our lock (grpcio, protobuf: stub versions; typer, rich: the CLI).
 CARRY=(grpcio grpcio-health-checking grpcio-reflection protobuf minio argon2-cffi argon2-cffi-bindings
        pycryptodome cffi pycparser clip-anytorch ftfy wcwidth typer rich)
-OURS=(services/common services/labeler services/activations services/embedder cli shapes_world)
+OURS=(./services/common ./services/labeler ./services/activations ./services/embedder ./cli ./shapes_world)
 
 pins=()
 for name in "${CARRY[@]}"; do
