@@ -34,8 +34,9 @@ repeat's probe set, arranged so that in each timed run exactly one of the two st
 The models of the timed stages are loaded in the services by untimed calls first (ListLayers for
 the target, EmbedConcepts with the run's concept words for CLIP', which also makes the run's text
 embeddings a reuse), so the timed stages measure throughput, not model loading. Right before each
-timed run, this process runs the same model with the same batch size, thread count and device on
-the same images, two ways, on a non-main thread like the services' gRPC handler threads (on this
+timed run, the same model runs with the same batch size, thread count and device on the same
+images, two ways, each in a fresh process started like a service (model loaded and warmed by one
+forward first, untimed), on a non-main thread like the services' gRPC handler threads (on this
 2-core machine, with another process keeping one core busy, a 2-thread resnet50 forward measured
 ~3.5 img/s on the main thread but ~6.5 img/s on a worker thread):
 
@@ -191,36 +192,49 @@ def on_worker_thread(fn, *args, threads: int = 0) -> dict:
         return pool.submit(call).result()
 
 
-class BareModels:
-    """The timed models loaded once in this process: (preprocess, forward) of the target and the CLIP."""
+def loop_figures(kind: str, stage: str, probe: Path, clip_path: Path, args: argparse.Namespace) -> dict:
+    """One loop (``forward`` only or ``bare``) of one stage's model, in this process: load the model
+    (target, or the CLIP in ``args.clip_precision``), one warm-up forward, then the timed loop over
+    the probe folder's images on a non-main thread."""
+    import torch
+    from PIL import Image
 
-    def __init__(self, target: str, clip_path: Path, device, clip_precision: str = "float32") -> None:
-        import torch
-        from PIL import Image
+    from cdissect_activations.zoo import resolve_device
+    device = resolve_device(os.environ.get("CDISSECT_DEVICE", "auto"))
+    if stage == "activations":
         from cdissect_activations.zoo import load_target
-        from cdissect_embedder.backends.registry import load_backend
 
-        self.target = load_target(target, "none", device)
-        model = self.target.model
+        target = load_target(args.target, "none", device)
+        preprocess = target.preprocess
 
         @torch.no_grad()
-        def target_forward(x):
-            model(x.to(device)).cpu()
+        def forward(x):
+            target.model(x.to(device)).cpu()
+    else:
+        from cdissect_embedder.backends.registry import load_backend
 
-        self.target_forward = target_forward
-        warm = self.target.preprocess(Image.new("RGB", (224, 224), (127, 127, 127)))
-        target_forward(warm.unsqueeze(0))  # as the service's ListLayers probe forward
-        self.clip = load_backend(str(clip_path), device, clip_precision)
-        self.clip.image_batch_size = 1 << 30  # one forward per batch, as the embedder does
-        self.device = device
+        backend = load_backend(str(clip_path), device, args.clip_precision)
+        backend.image_batch_size = 1 << 30  # one forward per batch, as the embedder does
+        preprocess, forward = backend.preprocess, backend.encode_images
+    on_worker_thread(forward, preprocess(Image.new("RGB", (224, 224), (127, 127, 127))).unsqueeze(0),
+                     threads=args.threads)  # as the services' warm-up forward
+    items = [(p.name, p.read_bytes()) for p in sorted(probe.rglob("*.jpg"))]
+    if kind == "forward":
+        return on_worker_thread(forward_only_loop, items, args.batch_size, preprocess, forward, device,
+                                threads=args.threads)
+    return on_worker_thread(bare_loop, items, args.batch_size, preprocess, forward, threads=args.threads)
 
-    def run(self, loop, stage: str, items: list, batch: int, threads: int) -> dict:
-        extra = (self.device,) if loop is forward_only_loop else ()
-        if stage == "activations":
-            return on_worker_thread(loop, items, batch, self.target.preprocess, self.target_forward, *extra,
-                                    threads=threads)
-        return on_worker_thread(loop, items, batch, self.clip.preprocess, self.clip.encode_images, *extra,
-                                threads=threads)
+
+def loop_in_child(kind: str, stage: str, probe: Path, clip_path: Path, args: argparse.Namespace) -> dict:
+    """``loop_figures`` in a fresh process, started like a service (so neither this benchmark's
+    process state nor the services' favours one side)."""
+    cmd = [sys.executable, __file__, "--child-loop", kind, stage, str(probe), str(clip_path), "--target",
+           args.target, "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--clip-precision",
+           args.clip_precision]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise SystemExit(f"the {kind} loop of {stage} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- services
@@ -306,22 +320,21 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def one_repeat(bench: "Bench", models: BareModels, args: argparse.Namespace, r: int, clip_a: Path, clip_b: Path,
+def one_repeat(bench: "Bench", args: argparse.Namespace, r: int, clip_a: Path, clip_b: Path,
                concepts: list[str]) -> dict:
     """Both stages once on a fresh probe folder (seed r), each as forward-only, bare loop and path."""
     from cdissect.v1 import embedder_pb2
 
     probe = bench.tmp / f"probe-{r}"
-    files = make_probe_folder(probe, args.images, seed=r)
-    items = [(p.name, p.read_bytes()) for p in files]
+    make_probe_folder(probe, args.images, seed=r)
     out: dict = {"repeat": r}
     print(f"[{r}] run 1: {args.other_target} + CLIP (prepares the image embeddings)", flush=True)
     res1, _, wall1 = bench.run(args.other_target, clip_a, probe)
     first = res1["reused"]["image embeddings"]
     for stage in ("activations", "embedder"):
         print(f"[{r}] {stage}: forward only, bare loop, path", flush=True)
-        fwd = models.run(forward_only_loop, stage, items, args.batch_size, args.threads)
-        bare = models.run(bare_loop, stage, items, args.batch_size, args.threads)
+        fwd = loop_in_child("forward", stage, probe, clip_a, args)
+        bare = loop_in_child("bare", stage, probe, clip_a, args)
         if stage == "activations":  # CLIP embeddings all exist: only the activations stage computes
             res, delta, wall = bench.run(args.target, clip_a, probe)
             timing = res["timings"]["activations"]
@@ -372,7 +385,15 @@ def main() -> int:
     parser.add_argument("--clip-precision", default="float32", choices=("float32", "float16"),
                         help="the CLIP's precision, as cdissect run --clip-precision (float16 needs CUDA)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    parser.add_argument("--child-loop", nargs=4, metavar=("KIND", "STAGE", "PROBE", "CLIP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_loop:
+        import warnings
+        warnings.filterwarnings("ignore")
+        kind, stage, probe, clip_path = args.child_loop
+        args.batch_size = args.batch_size or 32
+        print(json.dumps(loop_figures(kind, stage, Path(probe), Path(clip_path), args)))
+        return 0
     args.images = args.images or (32 if args.quick else 128)
     args.batch_size = args.batch_size or (16 if args.quick else 32)
     args.shard_size = args.shard_size or (16 if args.quick else 64)
@@ -404,13 +425,12 @@ def main() -> int:
         print(f"target {args.target} (random weights), CLIP: {clip_what}", flush=True)
         from cdissect_common.concepts import load_concept_set
         concepts = list(load_concept_set(str(tmp / "concepts.txt")).words)
-        models = BareModels(args.target, clip_a, device, args.clip_precision)
         bench.up()
         from cdissect.v1 import activations_pb2
         bench.stub("activations").ListLayers(  # loads the timed target in the service (untimed)
             activations_pb2.ListLayersRequest(model=args.target, weights="none"), timeout=600)
         for r in range(args.repeats):
-            repeats.append(one_repeat(bench, models, args, r, clip_a, clip_b, concepts))
+            repeats.append(one_repeat(bench, args, r, clip_a, clip_b, concepts))
     finally:
         bench.down()
         shutil.rmtree(tmp, ignore_errors=True)
