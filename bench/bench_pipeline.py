@@ -423,7 +423,7 @@ def main() -> int:
               f"{args.shard_size}), batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()} "
               f"(bench) / {args.threads or 'default'} (services), {os.cpu_count()} CPUs", flush=True)
         print(f"target {args.target} (random weights), CLIP: {clip_what}", flush=True)
-        from cdissect_common.concepts import load_concept_set
+        from cdissect_cli.concepts import load_concept_set
         concepts = list(load_concept_set(str(tmp / "concepts.txt")).words)
         bench.up()
         from cdissect.v1 import activations_pb2

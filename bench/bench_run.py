@@ -55,7 +55,7 @@ def main() -> int:
                           [max(0, min(chunk, args.images - i * chunk)) for i in range(workers)],
                           [224] * workers, [0] * workers, [i * chunk for i in range(workers)]))
         generate_s = time.perf_counter() - t0
-        from cdissect_common.concepts import load_concept_set
+        from cdissect_cli.concepts import load_concept_set
         (tmp / "concepts.txt").write_text("\n".join(load_concept_set(args.concepts).words) + "\n")
         clip_path, _, clip_what = clip_checkpoints(tmp, shapes_clip=False, arch=args.clip_arch)
         print(f"bench-run: {args.images} images ({generate_s:.0f} s to generate), {clip_what} "

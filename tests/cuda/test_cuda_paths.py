@@ -93,7 +93,7 @@ def test_embedder_prefetch_on_cuda_equals_one_batch_at_a_time(tmp_path: Path, ti
 
 
 def test_inline_batching_on_cuda(tmp_path: Path, tiny_clip_checkpoint: Path) -> None:
-    servicer = _embedder(tmp_path, "cuda", CDISSECT_INLINE_BATCH_WAIT_MS="100")
+    servicer = _embedder(tmp_path, "cuda", CDISSECT_INLINE_BATCH_WAIT_SECONDS="0.1")
     model = str(tiny_clip_checkpoint)
     backend = servicer.backend(model)
     items = _items(16)

@@ -138,7 +138,7 @@ def _inline(servicer: EmbedderServicer, calls: list, method: str) -> list:
 
 
 def test_inline_calls_are_batched_and_errors_stay_apart(tmp_path: Path, tiny_clip_checkpoint: Path) -> None:
-    servicer = EmbedderServicer(_runtime("embedder", tmp_path, CDISSECT_INLINE_BATCH_WAIT_MS="200",
+    servicer = EmbedderServicer(_runtime("embedder", tmp_path, CDISSECT_INLINE_BATCH_WAIT_SECONDS="0.2",
                                          CDISSECT_INLINE_BATCH_MAX="16"))
     model = str(tiny_clip_checkpoint)
     backend = servicer.backend(model)

@@ -30,12 +30,10 @@ from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
 from cdissect_common.prefetch import prefetched_batches
 from cdissect_common.server import Registration, ServiceRuntime
+from cdissect_common.vocabulary import TARGET_PRECISIONS
 
 log = logging.getLogger("cdissect.activations")
 SERVICE = "activations"
-# The target's forward pass: float32 (the reference), or under bf16 autocast (an option for speed
-# on GPUs; matrix products and convolutions in bf16, reductions and normalisation in float32).
-PRECISIONS = ("float32", "bfloat16")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -95,9 +93,12 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         if len(set(layers)) != len(layers):
             raise invalid_argument(f"layer list repeats a name: {layers}; list each layer once")
         pooling, token_pooling = request.pooling or "avg", request.token_pooling or "cls"
+        # float32 (the reference), or bf16 autocast: matrix products and convolutions in bf16,
+        # reductions and normalisation in float32 (speed on GPUs).
         precision = request.precision or "float32"
-        if precision not in PRECISIONS:
-            raise invalid_argument(f"precision must be one of {', '.join(PRECISIONS)}, got {request.precision!r}")
+        if precision not in TARGET_PRECISIONS:
+            raise invalid_argument(f"precision must be one of {', '.join(TARGET_PRECISIONS)}, got "
+                                   f"{request.precision!r}")
         try:
             check_pooling(pooling, token_pooling)
         except ValueError as exc:

@@ -49,7 +49,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             on_load=lambda key, model: runtime.metrics.set_model_loaded(True))
         # Concurrent small inline calls share forward passes (cdissect_common.batching).
         self.inline_max = self.settings.inline_batch_max or self.batch_size
-        wait_s = self.settings.inline_batch_wait_ms / 1000.0
+        wait_s = self.settings.inline_batch_wait_seconds
         self.image_batcher: MicroBatcher[torch.Tensor, np.ndarray] = MicroBatcher(
             self._encode_image_rows, self.inline_max, wait_s, name="inline-images")
         self.text_batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
