@@ -36,9 +36,9 @@ the target, EmbedConcepts with the run's concept words for CLIP', which also mak
 embeddings a reuse), so the timed stages measure throughput, not model loading. Right before each
 timed run, the same model runs with the same batch size, thread count and device on the same
 images, two ways, each in a fresh process started like a service (model loaded and warmed by one
-forward first, untimed), on a non-main thread like the services' gRPC handler threads (on this
-2-core machine, with another process keeping one core busy, a 2-thread resnet50 forward measured
-~3.5 img/s on the main thread but ~6.5 img/s on a worker thread):
+forward of a full batch first, untimed), on a non-main thread like the services' gRPC handler
+threads (on this 2-core machine, with another process keeping one core busy, a 2-thread resnet50
+forward measured ~3.5 img/s on the main thread but ~6.5 img/s on a worker thread):
 
 - forward only: the batches decoded and preprocessed beforehand, untimed; only the forward
   passes (``backend.encode_images`` for CLIP, ``model(batch)`` under no_grad for the target) are
@@ -197,7 +197,6 @@ def loop_figures(kind: str, stage: str, probe: Path, clip_path: Path, args: argp
     (target, or the CLIP in ``args.clip_precision``), one warm-up forward, then the timed loop over
     the probe folder's images on a non-main thread."""
     import torch
-    from PIL import Image
 
     from cdissect_activations.zoo import resolve_device
     device = resolve_device(os.environ.get("CDISSECT_DEVICE", "auto"))
@@ -216,9 +215,12 @@ def loop_figures(kind: str, stage: str, probe: Path, clip_path: Path, args: argp
         backend = load_backend(str(clip_path), device, args.clip_precision)
         backend.image_batch_size = 1 << 30  # one forward per batch, as the embedder does
         preprocess, forward = backend.preprocess, backend.encode_images
-    on_worker_thread(forward, preprocess(Image.new("RGB", (224, 224), (127, 127, 127))).unsqueeze(0),
-                     threads=args.threads)  # as the services' warm-up forward
     items = [(p.name, p.read_bytes()) for p in sorted(probe.rglob("*.jpg"))]
+    # Warm up with one full batch (untimed): the first pass at a new batch shape sets up kernels
+    # and memory, which a service that has served a batch before has done already.
+    from cdissect_common.images import decode_images
+    warm, _ = decode_images(items[:args.batch_size])
+    on_worker_thread(forward, torch.stack([preprocess(img) for img in warm]), threads=args.threads)
     if kind == "forward":
         return on_worker_thread(forward_only_loop, items, args.batch_size, preprocess, forward, device,
                                 threads=args.threads)
