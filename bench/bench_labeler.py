@@ -130,7 +130,7 @@ def run_streaming(n: int, c: int, d: int, k: int, out: Path, device: str = "cpu"
     from cdissect_labeler.streaming import StreamingLabeler
 
     images, texts, _ = make_embeddings(n, c, d)
-    if device.startswith("cuda"):  # pay CUDA's start-up (context, kernels) before the clock, as a service's warm-up does
+    if device.startswith("cuda"):  # CUDA's start-up (context, kernels) before the clock, as a service's warm-up
         warm = StreamingLabeler("soft_wpmi", {"top_k": 2}, texts[:8], device=device, num_images=4)
         warm.add_shard(images[:4], np.ones((4, 2), np.float32))
         warm.finish(top_concepts=1, top_images=1)

@@ -233,7 +233,8 @@ def loop_in_child(kind: str, stage: str, probe: Path, clip_path: Path, args: arg
     cmd = [sys.executable, __file__, "--child-loop", kind, stage, str(probe), str(clip_path), "--target",
            args.target, "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--clip-precision",
            args.clip_precision]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise SystemExit(f"the {kind} loop of {stage} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -465,7 +466,8 @@ def main() -> int:
     summary["per_repeat"] = repeats
     first = repeats[0]["reuse"]
     print()
-    print(f"reuse check, each repeat: run 2 ({args.target}) after run 1 ({args.other_target}), same probe set and CLIP: "
+    print(f"reuse check, each repeat: run 2 ({args.target}) after run 1 ({args.other_target}), same probe set and "
+          f"CLIP: "
           f"image-embedding shards computed {first['run2_computed']}, reused {first['run2_reused']}/{first['total']} "
           f"(run 1 computed {first['run1_computed']}); embedder images embedded during run 2: "
           f"{first['images_embedded']:.0f} (first repeat) → {'PASS' if summary['reuse_ok'] else 'FAIL'}")

@@ -141,8 +141,10 @@ def main() -> int:
             row["shard_bytes"] = shard_bytes
             row["peak_above_baseline_bytes"] = row["peak_bytes"] - row["baseline_bytes"]
             rows.append(row)
-            print(f"{n:>6} images: shard {row['shard_bytes'] / 2**20:7.1f} MiB, peak RSS {row['peak_bytes'] / 2**20:7.0f} "
-                  f"MiB = baseline {row['baseline_bytes'] / 2**20:.0f} + {row['peak_above_baseline_bytes'] / 2**20:.0f} "
+            mib = {key: row[key] / 2**20 for key in ("shard_bytes", "peak_bytes", "baseline_bytes",
+                                                     "peak_above_baseline_bytes")}
+            print(f"{n:>6} images: shard {mib['shard_bytes']:7.1f} MiB, peak RSS {mib['peak_bytes']:7.0f} "
+                  f"MiB = baseline {mib['baseline_bytes']:.0f} + {mib['peak_above_baseline_bytes']:.0f} "
                   f"MiB; {n / row['seconds']:.0f} img/s (batch {row['batch_size']}, {row['workers']} workers)",
                   flush=True)
     finally:
