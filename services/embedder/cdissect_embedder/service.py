@@ -191,8 +191,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         except (ValueError, TypeError) as exc:
             raise invalid_argument(str(exc)) from None
 
-    def EmbedTexts(self, request: embedder_pb2.EmbedTextsRequest,
-                   context: grpc.ServicerContext) -> embedder_pb2.Vectors:
+    def EmbedTexts(self, request: embedder_pb2.EmbedTextsRequest, context: grpc.ServicerContext) -> embedder_pb2.Vectors:
         """Inline text embeddings (always L2-normalised: the backends return unit vectors)."""
         texts = list(request.texts)
         _check_texts(texts, "text list", "text")
