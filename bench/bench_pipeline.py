@@ -450,9 +450,15 @@ def main() -> int:
         summary[stage] = fig
         summary[f"{stage}_vs_forward"] = fig["vs_forward"]
         summary[f"{stage}_vs_bare"] = fig["vs_bare"]
+        # The part of the path that is not the service's own forward passes (first batch's
+        # decoding, RPCs, store, dispatch): immune to load differences between processes.
+        summary[f"{stage}_service_forward_share"] = fig["service_compute_s"] / fig["path_s"]
         print(f"{stage:<12} {fig['path_img_s']:>10.2f} {fig['forward_img_s']:>10.2f} {fig['bare_img_s']:>10.2f} "
               f"{fig['vs_forward']:>9.3f} {fig['vs_bare']:>9.3f}   goals: path/fwd >= {GOAL_FORWARD}, "
               f"path/bare >= {GOAL_BARE}")
+    shares = {stage: summary[f"{stage}_service_forward_share"] for stage in ("embedder", "activations")}
+    print(f"share of the path spent in the service's forward passes (same process, same moment): embedder "
+          f"{shares['embedder']:.3f}, activations {shares['activations']:.3f}")
     print()
     print("where the time goes (medians, seconds; service side from cdissect_stage_duration_seconds):")
     for stage in ("embedder", "activations"):
