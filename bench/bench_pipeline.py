@@ -52,7 +52,9 @@ only, bare loop and path back to back, so a burst of background load on a shared
 one repeat, not the median. The services' ``cdissect_stage_duration_seconds`` histograms (scraped
 from their /metrics before and after each run) give the service-side breakdown: shard read,
 forward/encode, artifact write, and the rest of the path's time (the first batch's decoding, RPC,
-dispatch) as what remains. ``--json`` prints every figure as one JSON object on the last line
+dispatch) as what remains; ``<stage>_service_forward_share`` (the service's forward seconds over
+the path's seconds, both from the same run) is the one figure that load differences between
+processes cannot move. ``--json`` prints every figure as one JSON object on the last line
 (``embedder_vs_forward``, ``activations_vs_forward``, ``embedder_vs_bare``, ``activations_vs_bare``,
 ``reuse_ok``, the medians per stage and each repeat's figures).
 
