@@ -10,11 +10,11 @@ APT_PACKAGES := prometheus chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install test test-fast demo bench bench-labeler bench-pipeline bench-inline bench-memory device-wheels gpu-check \
-	shapes-models protos up down lint clean help
+	shapes-models protos rehearse up down lint clean help
 
 help:
 	@echo "make install | test | demo | bench | bench-labeler | bench-pipeline | bench-inline | bench-memory |" \
-	      "device-wheels | gpu-check | shapes-models | protos | up | down | clean"
+	      "device-wheels | gpu-check | shapes-models | protos | rehearse | up | down | clean"
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ shapes-models: install
 
 protos: install
 	$(PY) scripts/gen_protos.py
+
+# The manifests' pods as local processes (no cluster needed): see deploy/README.md, "Rehearsal".
+REHEARSE_IMAGES ?= 1200
+rehearse: install
+	$(PY) -m deploy.rehearse --images $(REHEARSE_IMAGES)
 
 up:
 	bash deploy/kind/up.sh

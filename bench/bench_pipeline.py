@@ -44,7 +44,7 @@ forward measured ~3.5 img/s on the main thread but ~6.5 img/s on a worker thread
   passes (``backend.encode_images`` for CLIP, ``model(batch)`` under no_grad for the target) are
   timed. path / forward-only (goal >= 0.95) is what decoding, RPCs and the store cost on top of
   the device's work once decoding overlaps the forward passes;
-- bare loop: decode with ``cdissect_common.images.decode_images``, the model's preprocessing,
+- bare loop: decode with ``cdissect_common.images.decode_image``, the model's preprocessing,
   stack, forward, one batch after the other, nothing overlapped (goal path / bare >= 0.8).
 
 Each figure is the median over ``--repeats`` repeats (default 3); each repeat measures forward
@@ -149,13 +149,12 @@ def clip_checkpoints(tmp: Path, shapes_clip: bool, arch: str = "RN50") -> tuple[
 def bare_loop(items: list[tuple[str, bytes]], batch: int, preprocess, forward) -> dict:
     """Decode → preprocess → stack → forward, batch after batch, nothing overlapped; img/s."""
     import torch
-    from cdissect_common.images import decode_images
+    from cdissect_common.images import decode_image
 
     fwd = 0.0
     start = time.perf_counter()
     for i in range(0, len(items), batch):
-        images, _ = decode_images(items[i:i + batch])
-        tensors = torch.stack([preprocess(img) for img in images])
+        tensors = torch.stack([preprocess(decode_image(name, data)) for name, data in items[i:i + batch]])
         t = time.perf_counter()
         forward(tensors)
         fwd += time.perf_counter() - t
@@ -167,11 +166,11 @@ def forward_only_loop(items: list[tuple[str, bytes]], batch: int, preprocess, fo
     """The forward passes alone: the same batches decoded, preprocessed and (on a GPU) copied to the
     device beforehand, untimed."""
     import torch
-    from cdissect_common.images import decode_images
+    from cdissect_common.images import decode_image
 
     batches = []
     for i in range(0, len(items), batch):
-        images, _ = decode_images(items[i:i + batch])
+        images = [decode_image(name, data) for name, data in items[i:i + batch]]
         batches.append(torch.stack([preprocess(img) for img in images]).to(device or "cpu"))
     start = time.perf_counter()
     for tensors in batches:
@@ -220,8 +219,8 @@ def loop_figures(kind: str, stage: str, probe: Path, clip_path: Path, args: argp
     items = [(p.name, p.read_bytes()) for p in sorted(probe.rglob("*.jpg"))]
     # Warm up with one full batch (untimed): the first pass at a new batch shape sets up kernels
     # and memory, which a service that has served a batch before has done already.
-    from cdissect_common.images import decode_images
-    warm, _ = decode_images(items[:args.batch_size])
+    from cdissect_common.images import decode_image
+    warm = [decode_image(name, data) for name, data in items[:args.batch_size]]
     on_worker_thread(forward, torch.stack([preprocess(img) for img in warm]), threads=args.threads)
     if kind == "forward":
         return on_worker_thread(forward_only_loop, items, args.batch_size, preprocess, forward, device,

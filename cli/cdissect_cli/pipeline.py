@@ -21,16 +21,19 @@ from typing import Any, Callable
 import numpy as np
 from cdissect.v1 import activations_pb2, embedder_pb2, labeler_pb2
 from cdissect_common.artifacts import get_arrays
+from cdissect_common.config import DEFAULTS
+from cdissect_common.evaluation import (EVAL_FRACTION, EVAL_SEED, MIN_EVAL_IMAGES, check_heldout_split,
+                                       heldout_count)
 from cdissect_common.manifest import manifest_key
 from cdissect_common.store import ObjectStore
 from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
 
-from cdissect_cli.datasets import ensure_dataset
+from cdissect_cli.datasets import ensure_dataset, skipped_names
 from cdissect_cli.dispatch import ShardDispatcher, ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
-from cdissect_cli.results import LayerResult, RunResult
+from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult
 
 STAGE_DATASET = "probe set"
 STAGE_TEXT = "text embeddings"
@@ -94,8 +97,27 @@ def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[l
     return image_tasks, act_tasks
 
 
+def _eval_split_chosen(spec: JobSpec) -> bool:
+    """True when the job sets its own held-out split (not the defaults)."""
+    return (spec.eval_fraction, spec.eval_seed) != (EVAL_FRACTION, EVAL_SEED)
+
+
+def small_split_note(spec: JobSpec, num_images: int) -> str | None:
+    """The warning for a reference run (default split) on a probe set too small for a held-out split
+    of MIN_EVAL_IMAGES: it still labels as the reference does, its scores are flagged by their interval."""
+    heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
+    if heldout >= MIN_EVAL_IMAGES:
+        return None
+    return (f"note: only {heldout} of the {num_images} probe images are held out (fraction {spec.eval_fraction}); "
+            f"correlation and AUPRC need at least {MIN_EVAL_IMAGES}, so this run's scores are too uncertain to "
+            f"trust and its units are flagged low. Use a larger probe set for meaningful scores")
+
+
 def check_sizes(spec: JobSpec, num_images: int) -> None:
-    """Parameters that need more probe images than there are fail here, before any RPC, naming the fix."""
+    """Parameters that need more probe images than there are fail here, before any RPC, naming the fix.
+
+    A held-out split under MIN_EVAL_IMAGES is an error for `--select simulation` and for a job that
+    chose its own split; the reference selection with the default split still runs (small_split_note)."""
     if spec.top_images > num_images:
         raise CliError(f"top_images={spec.top_images} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; lower --top-images or use a larger probe set", exit_code=2)
@@ -104,29 +126,49 @@ def check_sizes(spec: JobSpec, num_images: int) -> None:
         raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "
                        f"probe set", exit_code=2)
+    heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
+    if heldout < MIN_EVAL_IMAGES and (spec.select == "simulation" or _eval_split_chosen(spec)):
+        try:
+            check_heldout_split(num_images, spec.eval_fraction, spec.eval_seed)
+        except ValueError as err:
+            raise CliError(str(err), exit_code=2) from None
+    if spec.select == "simulation" and top_k is not None and top_k > num_images - heldout:
+        raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images - heldout} images of "
+                       f"the selection split ({num_images} minus {heldout} held out); lower --eval-fraction or "
+                       f"pass --param top_k=N with N <= {num_images - heldout}", exit_code=2)
 
 
-def _check_skips(spec: JobSpec, image_responses: list[Any], act_responses: list[Any]) -> None:
-    """Both services must have seen the same images, or the rows of the two matrices would not align."""
+def _check_skips(image_responses: list[Any], act_responses: list[Any]) -> None:
+    """No service may drop an image of a registered shard: its rows would no longer be the manifest's.
+
+    Current services refuse such a shard instead; an older service reports a skip, caught here.
+    """
     for index, (img, act) in enumerate(zip(image_responses, act_responses)):
         if img.skipped_images or act.skipped_images:
-            if img.skipped_images != act.skipped_images:
-                raise CliError(f"shard {index + 1}: the embedder skipped {img.skipped_images} unreadable image(s) "
-                               f"but the activations service {act.skipped_images}; the rows would not align. "
-                               f"Remove the unreadable images from the probe folder and rerun")
+            raise CliError(f"shard {index + 1}: a service skipped {max(img.skipped_images, act.skipped_images)} "
+                           f"image(s) that registration accepted, so the rows would not match the probe set; "
+                           f"update the services to this cdissect version and rerun")
 
 
 def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], ShardDispatcher],
-                 progress: RunProgress) -> RunResult:
-    """Run every stage for `spec`; returns the labelled layers with artifact keys and reuse counts."""
+                 progress: RunProgress, max_image_pixels: int = DEFAULTS["max_image_pixels"]) -> RunResult:
+    """Run every stage for `spec`; returns the labelled layers with artifact keys and reuse counts.
+
+    Which images are skipped is decided once, when the probe set is registered; every row of
+    every array then belongs to the manifest's image at that index.
+    """
     started = time.monotonic()
     concepts = load_concepts(spec.concept_set)
 
     progress.stage(STAGE_DATASET, 1)
-    manifest, dataset_reused = ensure_dataset(store, spec.probe_set, spec.shard_size, spec.on_bad_image)
+    manifest, dataset_reused = ensure_dataset(store, spec.probe_set, spec.shard_size, spec.on_bad_image,
+                                              max_image_pixels)
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
     check_sizes(spec, int(manifest.num_images))
+    note = small_split_note(spec, int(manifest.num_images))
+    if note:
+        progress.console.print(note, style="yellow", markup=False)
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()
@@ -159,7 +201,7 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     image_responses, act_responses = image_future.result(), act_future.result()
     for stage in (STAGE_TEXT, STAGE_IMAGES, STAGE_ACTS):
         progress.done(stage)
-    _check_skips(spec, image_responses, act_responses)
+    _check_skips(image_responses, act_responses)
 
     image_refs = [r.embeddings for r in image_responses]
     progress.stage(STAGE_LABELS, len(spec.layers))
@@ -169,7 +211,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
         request = labeler_pb2.LabelLayerRequest(
             layer=layer, image_embeddings=image_refs, text_embeddings=text_response.embeddings,
             activations=act_refs, similarity=spec.similarity_proto(), top_concepts=spec.top_concepts,
-            top_images=spec.top_images, precision=spec.clip_precision)
+            top_images=spec.top_images, precision=spec.clip_precision, selection=spec.selection_proto(),
+            evaluation=spec.evaluation_proto())
         label_tasks.append(ShardTask(
             what=f"labels of layer {layer!r} ({len(act_refs)} shards)",
             call=lambda stub, timeout, r=request: stub.LabelLayer(r, timeout=timeout),
@@ -185,12 +228,14 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     dataset = {"name": manifest.name, "digest": manifest.digest, "num_images": int(manifest.num_images),
                "store_url": store.url, "manifest_key": manifest_key(manifest.name),
                "shards": len(manifest.shards),
-               "skipped_images": int(manifest.info.get("skipped_images", "0") or 0)}
+               "skipped_images": int(manifest.info.get("skipped_images", "0") or 0),
+               "skipped_names": skipped_names(manifest)}
     return RunResult(spec=spec, dataset=dataset, concepts_name=concepts.name, concepts_sha256=concepts.sha256,
                      words=concepts.words, layers=layers, timings=timings, reused=progress.summary())
 
 
-LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p")
+LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p", "similarity_rank",
+                *HeldOutQuality.ARRAYS)
 
 
 def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[Any], image_refs: list[Any],
@@ -198,7 +243,8 @@ def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[
     """One layer's labels, read from the labels artifact the labeler stored (digest verified).
 
     The artifact (not the inline summary) is the source, because it also carries the labeler's
-    per-unit quality figure (AUC and p-value of the label separating the unit's top images).
+    per-unit quality figures: AUC and p-value of the label separating the unit's top images, and
+    the held-out simulation scores (correlation with its interval, AUPRC).
     """
     arrays = get_arrays(store, response.labels)
     missing = [name for name in LABEL_ARRAYS if name not in arrays]
@@ -210,4 +256,6 @@ def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[
                        concept_ids=np.asarray(arrays["concept_ids"]), scores=np.asarray(arrays["scores"]),
                        top_images=np.asarray(arrays["top_images"]), dead=np.asarray(arrays["dead"]),
                        quality_auc=np.asarray(arrays["quality_auc"], dtype=np.float64),
-                       quality_p=np.asarray(arrays["quality_p"], dtype=np.float64))
+                       quality_p=np.asarray(arrays["quality_p"], dtype=np.float64),
+                       similarity_rank=np.asarray(arrays["similarity_rank"]),
+                       heldout=HeldOutQuality.from_arrays(arrays, int(response.heldout_images)))

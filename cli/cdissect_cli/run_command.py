@@ -21,8 +21,9 @@ from cdissect_cli.dispatch import ShardFailure
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec, load_spec_file, parse_param_flags, resolve_spec
 from cdissect_cli.options import (
-    DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, DeadlineOpt, EmbedderOpt,
-    LabelerOpt, RetryOpt, StoreOpt)
+    DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ActivationsOpt, AuprcAlphaOpt, CandidatesOpt, ConfigOpt, ConnectionFlags,
+    DeadlineOpt, EmbedderOpt, EvalFractionOpt, EvalSeedOpt, LabelerOpt, RankPenaltyOpt, RetryOpt, SelectOpt, StoreOpt,
+    selection_overrides)
 from cdissect_cli.pipeline import run_pipeline
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import RunResult, new_run_dir, write_run_folder
@@ -80,7 +81,8 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
     try:
         with RunProgress(console=console, enabled=show_progress) as progress:
             try:
-                result = run_pipeline(spec, connection.store, connection.dispatcher, progress)
+                result = run_pipeline(spec, connection.store, connection.dispatcher, progress,
+                                      settings.max_image_pixels)
             except ShardFailure as err:
                 note = connection.exit_note(err.service)
                 if note is None:
@@ -140,6 +142,8 @@ def run(
                                                         rich_help_panel=JOB)] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Images per shard when a folder is registered "
                                                       "(default: 1000).", rich_help_panel=JOB)] = None,
+    select: SelectOpt = None, candidates: CandidatesOpt = None, rank_penalty: RankPenaltyOpt = None,
+    eval_fraction: EvalFractionOpt = None, eval_seed: EvalSeedOpt = None, auprc_alpha: AuprcAlphaOpt = None,
     runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (env CDISSECT_RUNS_DIR; "
                                                     "default: runs).")] = None,
     config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
@@ -154,18 +158,21 @@ def run(
         "target_model": model, "target_weights": weights, "layers": layers, "probe_set": probe_set,
         "concept_set": concept_set, "clip_model": clip_model, "similarity_function": similarity,
         "similarity_params": parse_param_flags(param), "pooling": pooling, "token_pooling": token_pooling,
-        "clip_precision": clip_precision, "target_precision": target_precision, "prompt_templates": prompt_template, "top_concepts": top_concepts,
-        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size})
+        "clip_precision": clip_precision, "target_precision": target_precision,
+        "prompt_templates": prompt_template, "top_concepts": top_concepts,
+        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size,
+        **selection_overrides(select, candidates, rank_penalty, eval_fraction, eval_seed, auprc_alpha)})
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, activations=activations,
                             labeler=labeler, deadline_s=deadline, retry_s=retry_timeout)
     outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress)
     console.print(reuse_table(outcome.result))
     units = sum(layer.units for layer in outcome.result.layers)
     console.print(f"labelled {units} units in {len(outcome.result.layers)} layer(s)")
-    skipped = outcome.result.dataset.get("skipped_images", 0)
+    skipped = outcome.result.dataset.get("skipped_names", [])
     if skipped:
-        console.print(f"skipped {skipped} unreadable image(s) of the probe set (on_bad_image=skip)",
-                      style="yellow")
+        shown = ", ".join(skipped[:20]) + (f" ... ({len(skipped) - 20} more)" if len(skipped) > 20 else "")
+        console.print(f"skipped {len(skipped)} unreadable image(s) of the probe set (on_bad_image=skip): {shown}",
+                      style="yellow", highlight=False, markup=False)
     typer.echo(f"run folder: {outcome.run_dir}")
     if outcome.report is not None:
         typer.echo(f"report: {outcome.report}")

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from cdissect_common.errors import ServiceError
-from cdissect_common.images import decode_images
+from cdissect_common.images import SHARD_IMAGE_FIX, decode_or_refuse
 from cdissect_common.prefetch import PrefetchCrash, in_background, ordered_map, prefetched_batches
 from tests.conftest import make_probe_images
 
@@ -98,40 +98,30 @@ def test_in_background_bounds_the_queue_and_reraises_in_place() -> None:
     assert rest == list(range(1, 10))
 
 
-def test_batches_equal_the_serial_path_with_skips() -> None:
+def test_batches_equal_the_serial_path() -> None:
     items = _items(23)
-    items.insert(5, ("broken.png", b"not an image"))
-    items.insert(17, ("empty.png", b""))
-    serial = []
-    for start in range(0, len(items), 4):
-        images, skipped = decode_images(items[start:start + 4], "skip")
-        serial.append(([img.tobytes() for img in images], skipped))
-    with closing(prefetched_batches(items, 4, lambda img: img.tobytes(), list, on_bad_image="skip",
-                                    workers=3)) as batches:
-        parallel = [(b.data or [], b.skipped) for b in batches]
-    assert parallel == serial
+    serial = [[decode_or_refuse(n, d).tobytes() for n, d in items[start:start + 4]] for start in range(0, 23, 4)]
+    with closing(prefetched_batches(items, 4, lambda img: img.tobytes(), list, workers=3)) as batches:
+        parallel = [(b.data, b.names) for b in batches]
+    assert [data for data, _ in parallel] == serial
+    assert [name for _, names in parallel for name in names] == [name for name, _ in items]
 
 
-def test_all_skipped_batch_has_no_data() -> None:
-    items = [("a.png", b"x"), ("b.png", b"y")] + _items(2)
-    with closing(prefetched_batches(items, 2, lambda img: img.mode, list, on_bad_image="skip")) as batches:
-        out = [(b.data, b.names, b.skipped) for b in batches]
-    assert out == [(None, [], ["a.png", "b.png"]), (["RGB", "RGB"], ["img_00000.png", "img_00001.png"], [])]
-
-
-def test_bad_image_error_names_the_first_bad_image_like_the_serial_path() -> None:
+def test_an_unreadable_image_is_refused_naming_the_first_one_like_the_serial_path() -> None:
     items = _items(30)
     items[11] = ("late-broken.png", b"nope")
     items[3] = ("broken.png", b"nope")
     with pytest.raises(ServiceError) as serial:
-        decode_images(items, "error", "shard 2")
+        for name, data in items:
+            decode_or_refuse(name, data, "shard 2", fix=SHARD_IMAGE_FIX)
     with pytest.raises(ServiceError) as info:
-        with closing(prefetched_batches(items, 4, lambda img: img, list, where="shard 2", workers=4)) as batches:
+        with closing(prefetched_batches(items, 4, lambda img: img, list, where="shard 2", fix=SHARD_IMAGE_FIX,
+                                        workers=4)) as batches:
             for _ in batches:
                 pass
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert _no_address(info.value.message) == _no_address(serial.value.message)
-    assert "'broken.png' in shard 2" in info.value.message
+    assert "'broken.png' in shard 2" in info.value.message and "register the probe set again" in info.value.message
 
 
 def test_a_crashing_worker_fails_with_a_clear_message() -> None:

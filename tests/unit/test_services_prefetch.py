@@ -1,7 +1,7 @@
 """The services' prefetch pipeline and inline batching, in process (servicers without a server).
 
 - the embedder and the activations service give exactly the arrays of the serial path (decode,
-  preprocess, stack, forward, one batch after the other), with skipped images too;
+  preprocess, stack, forward, one batch after the other);
 - a crashing prefetch worker fails the shard with INTERNAL naming the image, and nothing is
   written to the store;
 - concurrent inline EmbedImages/EmbedTexts calls are batched, each gets its own vectors (equal
@@ -25,7 +25,7 @@ from cdissect_activations.hooks import LayerRecorder
 from cdissect_activations.service import ActivationsServicer
 from cdissect_common.config import load_settings
 from cdissect_common.errors import ServiceError
-from cdissect_common.images import decode_images
+from cdissect_common.images import decode_image
 from cdissect_common.manifest import ImageSource, register_dataset
 from cdissect_common.server import ServiceRuntime
 from cdissect_embedder.service import EmbedderServicer
@@ -59,22 +59,16 @@ def _runtime(service: str, tmp_path: Path, **env: str) -> ServiceRuntime:
 
 def _serial_batches(items: list[tuple[str, bytes]], preprocess) -> list[torch.Tensor]:
     """Today's serial path: batch_size items at a time, the kept images stacked."""
-    out = []
-    for start in range(0, len(items), BATCH):
-        images, _ = decode_images(items[start:start + BATCH], "skip")
-        if images:
-            out.append(torch.stack([preprocess(img) for img in images]))
-    return out
+    return [torch.stack([preprocess(decode_image(n, d)) for n, d in items[start:start + BATCH]])
+            for start in range(0, len(items), BATCH)]
 
 
 def test_embedder_equals_the_serial_path(tmp_path: Path, tiny_clip_checkpoint: Path) -> None:
     servicer = EmbedderServicer(_runtime("embedder", tmp_path))
     backend = servicer.backend(str(tiny_clip_checkpoint), "float32")
     items = _jpegs(19)
-    items.insert(6, ("broken.jpg", b"\xff\xd8 not really"))
-    emb, skipped = servicer._embed_images(backend, items, "skip", where="shard 0")
+    emb = servicer._embed_images(backend, items, where="shard 0")
     serial = np.concatenate([backend.encode_images(b).numpy() for b in _serial_batches(items, backend.preprocess)])
-    assert skipped == ["broken.jpg"]
     assert emb.dtype == np.float32 and emb.shape == (19, backend.embed_dim)
     assert np.array_equal(emb, serial)
 
@@ -90,8 +84,7 @@ def test_activations_equal_the_serial_path(tmp_path: Path) -> None:
     items = _jpegs(11)
     shard = _shard(servicer.runtime, items)
     target = servicer.target("resnet18", "none")
-    computed, skipped = servicer._compute(target, ["layer1", "fc"], "avg", "cls", shard, "error")
-    assert skipped == []
+    computed = servicer._compute(target, ["layer1", "fc"], "avg", "cls", shard)
     recorder = LayerRecorder(target.model, ["layer1", "fc"], "avg", "cls", model_name=target.name)
     serial = [recorder.record(b) for b in _serial_batches(items, target.preprocess)]
     for layer in ("layer1", "fc"):

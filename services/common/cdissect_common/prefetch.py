@@ -13,12 +13,13 @@ The pipeline, for ``prefetched_batches``::
           (in order; groups batch_size images, calls ``collate``) ──► queue of ``depth`` ──► caller
 
 Pillow decodes and resizes, and torch runs its tensor kernels, with the GIL released, so threads
-run in parallel. Errors keep their meaning: a bad image under the 'error' policy raises the
-same INVALID_ARGUMENT naming the image as the serial path (the first bad image in dataset
-order, since results are taken in order); under 'skip' it is skipped and named. Any other
-failure in a worker (a bug or resource error in decoding, preprocessing or ``collate``) is a
-crash: it raises ``PrefetchCrash`` (INTERNAL) naming the image and where it happened, the
-remaining work is cancelled, and the caller writes nothing for the shard.
+run in parallel. Each image is prepared right after it is decoded, so a worker holds at most one
+full-resolution image. Errors keep their meaning: an unreadable image raises the INVALID_ARGUMENT
+of ``images.decode_or_refuse`` naming it (the first one in dataset order, since results are
+taken in order; registration decides skipping, the services never skip). Any other failure in
+a worker (a bug or resource error in preprocessing or ``collate``) is a crash: it raises
+``PrefetchCrash`` (INTERNAL) naming the image and where it happened, the remaining work is
+cancelled, and the caller writes nothing for the shard.
 
 torch-free: the services pass their own ``collate`` (stacking, pinned memory, device copies).
 """
@@ -36,7 +37,8 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from .errors import ServiceError
-from .images import check_bad_image_policy, decode_images
+from .config import DEFAULTS
+from .images import DEFAULT_FIX, decode_or_refuse
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -146,20 +148,15 @@ def _of(where: str) -> str:
     return f" of {where}" if where else ""
 
 
-def prepare_image(item: tuple[str, bytes], prepare: Callable[[Any], R], on_bad_image: str = "error",
-                  where: str = "") -> tuple[str, bool, R | None]:
-    """(name, kept, prepared image) of one (name, encoded bytes) item, the work of one prefetch task.
-
-    Decoded by ``images.decode_images``: an unreadable image raises its INVALID_ARGUMENT under
-    'error' and comes back with kept=False under 'skip'. A failure of ``prepare`` is a crash
-    (``PrefetchCrash``, naming the image).
-    """
-    name = item[0]
-    images, _ = decode_images([item], on_bad_image, where)
-    if not images:
-        return name, False, None
+def prepare_image(item: tuple[str, bytes], prepare: Callable[[Any], R], where: str = "",
+                  max_pixels: int = DEFAULTS["max_image_pixels"], fix: str = DEFAULT_FIX) -> R:
+    """One (name, encoded bytes) item decoded (``images.decode_or_refuse``: an unreadable image
+    raises its INVALID_ARGUMENT) and ``prepare``d: the work of one prefetch task. A failure of
+    ``prepare`` is a crash (``PrefetchCrash``, naming the image)."""
+    name, data = item
+    image = decode_or_refuse(name, data, where, max_pixels, fix)
     try:
-        return name, True, prepare(images[0])
+        return prepare(image)
     except ServiceError:
         raise
     except Exception as exc:  # noqa: BLE001 - any other failure is a crash of this shard
@@ -169,51 +166,47 @@ def prepare_image(item: tuple[str, bytes], prepare: Callable[[Any], R], on_bad_i
 
 @dataclass
 class PreparedBatch(Generic[B]):
-    """One batch: the collated prepared images, the names kept and the names skipped (in order)."""
+    """One batch: the collated prepared images and their names, in order."""
 
-    data: B | None
+    data: B
     names: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
 
 
 def prefetched_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prepare: Callable[[Any], R],
-                       collate: Callable[[list[R]], B], *, on_bad_image: str = "error", where: str = "",
+                       collate: Callable[[list[R]], B], *, where: str = "",
+                       max_pixels: int = DEFAULTS["max_image_pixels"], fix: str = DEFAULT_FIX,
                        workers: int | None = None, depth: int = DEFAULT_DEPTH,
                        thread_init: Callable[[], None] | None = None) -> Iterator[PreparedBatch[B]]:
-    """Decode (``images.decode_images``, one image per task) and ``prepare`` every image of ``items``
-    on ``workers`` threads (default: the available cores), group them into batches of
-    ``batch_size`` images in input order and ``collate`` each batch on an assembler thread;
-    yield ``PreparedBatch``es with at most ``depth`` of them waiting for the caller.
+    """Decode and ``prepare`` every image of ``items`` (``prepare_image``, one image per task) on
+    ``workers`` threads (default: the available cores), group them into batches of ``batch_size``
+    images in input order and ``collate`` each batch on an assembler thread; yield
+    ``PreparedBatch``es with at most ``depth`` of them waiting for the caller.
 
     Close the returned generator when done (``with contextlib.closing(...)``): an exception in
     the caller's loop then stops the workers at once, not whenever the generator is collected.
-
-    Batches are cut over the input items, as the serial path cuts them: a batch holds the kept
-    images of ``batch_size`` consecutive items (fewer when some were skipped; ``data`` is None
-    when all were). ``thread_init`` runs once on every worker thread and on the assembler (the
-    services limit torch's CPU threads there: ``devices.one_torch_thread``). See the module
-    docstring for errors.
+    The batches are those of a serial loop over ``items`` (the same images in the same order).
+    ``thread_init`` runs once on every worker thread and on the assembler (the services limit
+    torch's CPU threads there: ``devices.one_torch_thread``). See the module docstring for errors.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    policy = check_bad_image_policy(on_bad_image)
     workers = workers or available_cores()
     suffix = _of(where)
 
-    def work(item: tuple[str, bytes]) -> tuple[str, bool, Any]:
-        return prepare_image(item, prepare, policy, where)
+    def work(item: tuple[str, bytes]) -> tuple[str, Any]:
+        return item[0], prepare_image(item, prepare, where, max_pixels, fix)
 
     def batches() -> Iterator[PreparedBatch[B]]:
         prepared = ordered_map(work, items, workers, ahead=max(workers, batch_size), initializer=thread_init)
         try:
             while True:
-                names, skipped, values = [], [], []
+                names, values = [], []
                 for _ in range(batch_size):
                     try:
-                        name, kept, value = next(prepared)
+                        name, value = next(prepared)
                     except StopIteration:
                         break
                     except ServiceError:
@@ -221,21 +214,16 @@ def prefetched_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prep
                     except Exception as exc:  # noqa: BLE001 - e.g. a worker thread that could not start
                         raise PrefetchCrash(f"a prefetch worker{suffix} crashed ({type(exc).__name__}: {exc}); "
                                             f"nothing was written for it") from exc
-                    if kept:
-                        names.append(name)
-                        values.append(value)
-                    else:
-                        skipped.append(name)
-                if not names and not skipped:
+                    names.append(name)
+                    values.append(value)
+                if not names:
                     return
-                data = None
-                if values:
-                    try:
-                        data = collate(values)
-                    except Exception as exc:  # noqa: BLE001 - a crash of this shard
-                        raise PrefetchCrash(f"assembling the batch of {names[0]!r}..{names[-1]!r}{suffix} crashed "
-                                            f"({type(exc).__name__}: {exc}); nothing was written for it") from exc
-                yield PreparedBatch(data, names, skipped)
+                try:
+                    data = collate(values)
+                except Exception as exc:  # noqa: BLE001 - a crash of this shard
+                    raise PrefetchCrash(f"assembling the batch of {names[0]!r}..{names[-1]!r}{suffix} crashed "
+                                        f"({type(exc).__name__}: {exc}); nothing was written for it") from exc
+                yield PreparedBatch(data, names)
         finally:
             prepared.close()
 

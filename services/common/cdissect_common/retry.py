@@ -45,12 +45,15 @@ class RetryPolicy:
             base = min(base * self.multiplier, self.max_backoff)
 
     def call(self, fn: Callable[[], T], retryable: Callable[[BaseException], bool],
-             describe: str = "call", sleep: Callable[[float], None] = time.sleep) -> T:
+             describe: str = "call", sleep: Callable[[float], None] = time.sleep,
+             clock: Callable[[], float] = time.monotonic) -> T:
         """Run ``fn`` until it succeeds, a non-retryable error occurs, or the budget runs out.
 
-        The last error is re-raised unchanged, so callers still see its type and gRPC code.
+        The time budget counts from the first attempt on ``clock``, the attempts included: no wait
+        is started that would end past ``max_total_seconds``. The last error is re-raised
+        unchanged, so callers still see its type and gRPC code.
         """
-        start = time.monotonic()
+        start = clock()
         delays = self.delays()
         attempt = 1
         while True:
@@ -60,7 +63,7 @@ class RetryPolicy:
                 if not retryable(exc):
                     raise
                 delay = next(delays, None)
-                elapsed = time.monotonic() - start
+                elapsed = clock() - start
                 if delay is None or elapsed + delay > self.max_total_seconds:
                     log.warning("%s failed after %d attempts in %.1fs: %s", describe, attempt, elapsed, exc)
                     raise

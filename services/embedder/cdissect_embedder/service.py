@@ -20,9 +20,9 @@ import torch
 from cdissect.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from cdissect_common import artifacts
 from cdissect_common.batching import MicroBatcher
-from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument, require_shard_ref
 from cdissect_common.devices import BatchCollator, default_batch_size, one_torch_thread
-from cdissect_common.images import check_bad_image_policy
+from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument, require_shard_ref
+from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
 from cdissect_common.prefetch import available_cores, prefetched_batches, prepare_image
@@ -80,26 +80,19 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         except RuntimeError as exc:  # weights unavailable (offline) and similar
             raise failed_precondition(f"cannot load CLIP model {name!r}: {exc}") from None
 
-    def _embed_images(self, backend: ClipBackend, items: list[tuple[str, bytes]], policy: str,
-                      where: str = "") -> tuple[np.ndarray, list[str]]:
+    def _embed_images(self, backend: ClipBackend, items: list[tuple[str, bytes]], where: str = "",
+                      **fix: str) -> np.ndarray:
         """Decode+preprocess in prefetch workers, encode batch by batch under the device lock."""
         parts: list[np.ndarray] = []
-        skipped: list[str] = []
-        batches = prefetched_batches(items, self.batch_size, backend.preprocess, self.collate, on_bad_image=policy,
-                                     where=where, workers=self.settings.prefetch_workers,
-                                     depth=self.settings.prefetch_depth, thread_init=one_torch_thread)
+        batches = prefetched_batches(items, self.batch_size, backend.preprocess, self.collate, where=where,
+                                     max_pixels=self.settings.max_image_pixels, workers=self.settings.prefetch_workers,
+                                     depth=self.settings.prefetch_depth, thread_init=one_torch_thread, **fix)
         with closing(batches):
             for batch in batches:
-                skipped.extend(batch.skipped)
-                if batch.data is None:
-                    continue
                 with self.runtime.device_lock, self.runtime.metrics.stage("encode_images"):
                     parts.append(backend.encode_images(batch.data.tensor()).numpy())
                 self.runtime.metrics.add_images(len(batch))
-        if not parts:
-            raise invalid_argument(f"every image{' of ' + where if where else ''} was unreadable "
-                                   f"({len(skipped)} skipped); check the probe set")
-        return np.concatenate(parts).astype(np.float32), skipped
+        return np.concatenate(parts).astype(np.float32)
 
     def _encode_texts(self, backend: ClipBackend, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         out = []
@@ -137,7 +130,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def EmbedImageShard(self, request: embedder_pb2.EmbedImageShardRequest,
                         context: grpc.ServicerContext) -> embedder_pb2.EmbedResponse:
         """Embed every image of one shard; returns the [n, d] artifact (reused if it exists)."""
-        policy = check_bad_image_policy(request.on_bad_image)
+        check_bad_image_policy(request.on_bad_image)  # validated; registration decided the skipping
         shard = request.shard
         require_shard_ref(shard)
         try:
@@ -146,7 +139,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             key = artifacts.content_key("embeddings/image", model_id=backend.model_id,
                                         checkpoint_sha256=backend.checkpoint_sha256,
                                         preprocess_id=backend.preprocess_id, dtype=backend.dtype,
-                                        shard_sha256=shard.ref.sha256, on_bad_image=policy)
+                                        shard_sha256=shard.ref.sha256)
             existing = artifacts.find_artifact(self.runtime.store, key)
             if existing is not None:
                 self.runtime.metrics.shard("reused")
@@ -155,11 +148,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             with self.runtime.metrics.stage("read_shard"):
                 pairs = read_shard(self.runtime.store, shard)
             self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
-            emb, skipped = self._embed_images(backend, [(e.name, b) for e, b in pairs], policy,
-                                              where=f"shard {shard.index}")
-            ref = self._store(key, emb, self._producer(backend, "embeddings/image", shard_sha256=shard.ref.sha256,
-                                                       skipped_images=len(skipped),
-                                                       skipped_names=",".join(skipped)[:1000]))
+            emb = self._embed_images(backend, [(e.name, b) for e, b in pairs], where=f"shard {shard.index}",
+                                     fix=SHARD_IMAGE_FIX)
+            ref = self._store(key, emb, self._producer(backend, "embeddings/image", shard_sha256=shard.ref.sha256))
             self.runtime.metrics.shard("computed")
             log.info("EmbedImageShard shard=%d done", shard.index)
             return _embed_response(ref, reused=False)
@@ -224,12 +215,12 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         _require_image_tower(backend)
         items = [(f"images[{i}]", b) for i, b in enumerate(request.images)]
         if len(items) >= self.inline_max:  # a batch's worth or more: the shard path, with prefetching
-            emb, _ = self._embed_images(backend, items, "error")
-            return self._vectors(backend, emb)
+            return self._vectors(backend, self._embed_images(backend, items))
         # Decoded by the prefetch workers' code on a shared pool; a bad image fails this call alone,
         # before it joins a batch.
-        prepared = self.inline_prepare.map(lambda item: prepare_image(item, backend.preprocess), items)
-        tensors = [tensor for _, _, tensor in prepared]
+        max_pixels = self.settings.max_image_pixels
+        tensors = list(self.inline_prepare.map(
+            lambda item: prepare_image(item, backend.preprocess, max_pixels=max_pixels), items))
         return self._vectors(backend, np.stack(self.image_batcher.submit(backend, tensors)))
 
     def ListModels(self, request: common_pb2.ListModelsRequest,
@@ -253,7 +244,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         backend = self.backend(self.settings.model)
         grey = io.BytesIO()
         Image.new("RGB", (224, 224), (127, 127, 127)).save(grey, format="PNG")
-        self._embed_images(backend, [("warm-up.png", grey.getvalue())], "error")
+        self._embed_images(backend, [("warm-up.png", grey.getvalue())])
         self._encode_texts(backend, ["warm-up"], [])
 
 
@@ -273,10 +264,8 @@ def _check_texts(texts: list[str], what: str, item: str) -> None:
 
 
 def _embed_response(ref: common_pb2.ArtifactRef, reused: bool) -> embedder_pb2.EmbedResponse:
-    names = ref.producer.get("skipped_names", "")
-    return embedder_pb2.EmbedResponse(embeddings=ref, reused=reused,
-                                      skipped_images=int(ref.producer.get("skipped_images", "0") or 0),
-                                      skipped_names=[n for n in names.split(",") if n])
+    """The response of a shard RPC (skipped_images stays 0: registration decides skipping, see images.py)."""
+    return embedder_pb2.EmbedResponse(embeddings=ref, reused=reused)
 
 
 def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], EmbedderServicer]:
