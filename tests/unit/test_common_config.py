@@ -51,7 +51,7 @@ def test_config_file_from_env_var_and_comma_lists(tmp_path: Path) -> None:
     ({"CDISSECT_PORT": "abc"}, r"port \(from CDISSECT_PORT\) must be an integer"),
     ({"CDISSECT_DEVICE": "tpu"}, "device"),
     ({"CDISSECT_S3_SECURE": "maybe"}, "true or false"),
-    ({"CDISSECT_BATCH_SIZE": "0"}, "must be positive"),
+    ({"CDISSECT_BATCH_SIZE": "-1"}, "must be positive"),
     ({"CDISSECT_TLS_CERT": "/c.pem"}, "TLS needs both"),
     ({"CDISSECT_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
 ])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from contextlib import closing
 
 import grpc
 import numpy as np
@@ -31,11 +32,14 @@ from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelErr
                                       load_target, resolve_device, resolve_layer)
 from cdissect_common import artifacts, model_specs
 from cdissect_common.downloads import DownloadError
+from cdissect_common.devices import BatchCollator, default_batch_size, one_torch_thread
 from cdissect_common.errors import failed_precondition, invalid_argument, require_shard_ref
-from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy, prepared_batches
+from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
+from cdissect_common.prefetch import prefetched_batches
 from cdissect_common.server import Registration, ServiceRuntime
+from cdissect_common.vocabulary import TARGET_PRECISIONS
 
 log = logging.getLogger("cdissect.activations")
 SERVICE = "activations"
@@ -54,6 +58,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         self.runtime = runtime
         self.settings = runtime.settings
         self.device = resolve_device(self.settings.device)
+        self.batch_size = self.settings.batch_size or default_batch_size(self.device)
+        self.collate = BatchCollator(self.device)
         self.models: ModelCache[Target] = ModelCache(on_load=lambda k, m: runtime.metrics.set_model_loaded(True))
         self.saes: ModelCache[SparseAutoencoder] = ModelCache()
         self._shapes: dict[tuple[str, str], dict[str, list[int]]] = {}
@@ -132,8 +138,9 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             except UnknownLayerError as exc:
                 raise invalid_argument(str(exc)) from None
 
-    def _request_layers(self, request: activations_pb2.ComputeShardActivationsRequest) -> tuple[list[str], str, str]:
-        """(layers, pooling, token pooling) of a request, validated."""
+    def _request_layers(self, request: activations_pb2.ComputeShardActivationsRequest
+                        ) -> tuple[list[str], str, str, str]:
+        """(layers, pooling, token pooling, target precision) of a request, validated."""
         layers = [l.strip() for l in request.layers]
         if not layers or not all(layers):
             raise invalid_argument("no layers requested (or a blank name); name at least one, e.g. 'layer4' "
@@ -141,17 +148,23 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         if len(set(layers)) != len(layers):
             raise invalid_argument(f"layer list repeats a name: {layers}; list each layer once")
         pooling, token_pooling = request.pooling or "avg", request.token_pooling or "cls"
+        # float32 (the reference), or bf16 autocast: matrix products and convolutions in bf16,
+        # reductions and normalisation in float32 (speed on GPUs).
+        precision = request.precision or "float32"
+        if precision not in TARGET_PRECISIONS:
+            raise invalid_argument(f"precision must be one of {', '.join(TARGET_PRECISIONS)}, got "
+                                   f"{request.precision!r}")
         try:
             check_pooling(pooling, token_pooling)
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
-        return layers, pooling, token_pooling
+        return layers, pooling, token_pooling, precision
 
     def CheckActivations(self, request: activations_pb2.ComputeShardActivationsRequest,
                          context: grpc.ServicerContext) -> activations_pb2.CheckActivationsResponse:
         """Everything ComputeShardActivations checks, plus one probe image through the hooks (and
         the SAE); answers the unit count of each layer. Writes nothing."""
-        layers, pooling, token_pooling = self._request_layers(request)
+        layers, pooling, token_pooling, precision = self._request_layers(request)
         check_bad_image_policy(request.on_bad_image)
         target = self.target(request.model, request.weights, request.model_files)
         self._check_layers(target, layers)
@@ -183,7 +196,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
                                 context: grpc.ServicerContext) -> activations_pb2.ComputeShardActivationsResponse:
         """One artifact per requested layer for one shard; existing ones are reused."""
         check_bad_image_policy(request.on_bad_image)  # validated; registration decided the skipping
-        layers, pooling, token_pooling = self._request_layers(request)
+        layers, pooling, token_pooling, precision = self._request_layers(request)
         shard = request.shard
         require_shard_ref(shard)
         try:
@@ -193,7 +206,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             keys = {layer: artifacts.content_key(
                 "activations", model_id=target.model_id, checkpoint_sha256=target.checkpoint_sha256, layer=layer,
                 pooling=pooling, token_pooling=token_pooling, preprocess_id=preprocess_id(target),
-                shard_sha256=shard.ref.sha256, **self._features_key(request, features, layer))
+                shard_sha256=shard.ref.sha256, **self._features_key(request, features, layer),
+                **({"precision": precision} if precision != "float32" else {}))
                 for layer in layers}
             refs = {layer: artifacts.find_artifact(self.runtime.store, key) for layer, key in keys.items()}
             missing = [layer for layer in layers if refs[layer] is None]
@@ -201,11 +215,11 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             if missing:
                 log.info("ComputeShardActivations shard=%d (%d images) layers=%s started", shard.index,
                          len(shard.images), ",".join(missing))
-                computed = self._compute(target, missing, pooling, token_pooling, shard, features)
+                computed = self._compute(target, missing, pooling, token_pooling, shard, features, precision)
                 producer = {"service": SERVICE, "model_id": target.model_id,
                             "checkpoint_sha256": target.checkpoint_sha256, "device": str(self.device),
                             "pooling": pooling, "token_pooling": token_pooling, "shard_sha256": shard.ref.sha256,
-                            "code_version": artifacts.CODE_VERSION["activations"],
+                            "code_version": artifacts.CODE_VERSION["activations"], "precision": precision,
                             **({"features": f"sae {next(iter(features.values())).describe()}"} if features else {})}
                 with self.runtime.metrics.stage("store_write"):
                     for layer in missing:
@@ -223,25 +237,30 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise
 
     def _compute(self, target: Target, layers: list[str], pooling: str, token_pooling: str,
-                 shard: common_pb2.Shard, features: dict[str, SparseAutoencoder]) -> dict[str, np.ndarray]:
+                 shard: common_pb2.Shard, features: dict[str, SparseAutoencoder],
+                 precision: str = "float32") -> dict[str, np.ndarray]:
         with self.runtime.metrics.stage("read_shard"):
             pairs = read_shard(self.runtime.store, shard)
         self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
         parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
         recorder = target.recorder(layers, pooling, token_pooling, features)
-        batches = prepared_batches([(e.name, b) for e, b in pairs], self.settings.batch_size, target.preprocess,
-                                   f"shard {shard.index}", self.settings.max_image_pixels, fix=SHARD_IMAGE_FIX)
-        for tensors in batches:
-            batch = torch.stack(tensors)
-            with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
-                try:
+        batches = prefetched_batches([(e.name, b) for e, b in pairs], self.batch_size, target.preprocess,
+                                     self.collate, where=f"shard {shard.index}",
+                                     max_pixels=self.settings.max_image_pixels, fix=SHARD_IMAGE_FIX,
+                                     workers=self.settings.prefetch_workers, depth=self.settings.prefetch_depth,
+                                     thread_init=one_torch_thread)
+        with closing(batches):
+            for batch in batches:
+                with self.runtime.device_lock, self.runtime.metrics.stage("forward"), \
+                        torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bfloat16"):
                     with recorder:
-                        out = recorder.record(batch)
-                except RepeatedLayerError as exc:
-                    raise invalid_argument(f"{target.name}: {exc}") from None
-                for layer in layers:
-                    parts[layer].append(out[layer].float().cpu().numpy())
-            self.runtime.metrics.add_images(len(tensors))
+                        try:
+                            out = recorder.record(batch.data.tensor())
+                        except RepeatedLayerError as exc:
+                            raise invalid_argument(f"{target.name}: {exc}") from None
+                    for layer in layers:
+                        parts[layer].append(out[layer].float().cpu().numpy())
+                self.runtime.metrics.add_images(len(batch))
         return {layer: np.concatenate(p).astype(np.float32) for layer, p in parts.items()}
 
     def ListLayers(self, request: activations_pb2.ListLayersRequest,

@@ -81,7 +81,7 @@ class Settings:
     tls_ca: str = _setting("")
     device: str = _setting("auto", choices=("auto", "cpu", "cuda"))
     model: str = _setting("")
-    batch_size: int = _setting(64, positive=True)
+    batch_size: int = _setting(0)  # images per forward pass; 0: per device type (devices.DEFAULT_BATCH_SIZES)
     # Images with more pixels are refused by name before decoding (0 = no limit). The default is
     # PIL's own decompression-bomb threshold: about 0.25 GiB once decoded to RGB.
     max_image_pixels: int = _setting(89_478_485)
@@ -90,7 +90,11 @@ class Settings:
     data_dir: str = _setting("~/.cache/cdissect/data")
     download_timeout: float = _setting(20.0, positive=True)
     shutdown_grace_seconds: float = _setting(120.0)
-    max_workers: int = _setting(8, positive=True)
+    max_workers: int = _setting(64, positive=True)  # gRPC handler threads: concurrent inline calls batch together
+    prefetch_workers: int = _setting(0)  # threads decoding and preprocessing the next images; 0: the cores available
+    prefetch_depth: int = _setting(2, positive=True)  # prepared batches waiting for the device
+    inline_batch_max: int = _setting(0)  # most images/texts in one server-side batch of inline calls; 0: batch_size
+    inline_batch_wait_seconds: float = _setting(0.005)  # how long a lone inline call waits for others to batch with
     embedder: tuple[str, ...] = _setting(())
     activations: tuple[str, ...] = _setting(())
     labeler: tuple[str, ...] = _setting(())

@@ -11,6 +11,8 @@ from typing import Any
 
 # Precision of the CLIP features the labeler scores with ("float16" mimics the reference's GPU fp16).
 PRECISIONS: tuple[str, ...] = ("float32", "float16")
+# Precision of the target's forward pass: the reference's float32, or bf16 autocast (speed on GPUs).
+TARGET_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 # Pooling of conv maps over H, W (the reference's default: avg).
 POOLINGS: tuple[str, ...] = ("avg", "max")
 # Pooling of ViT token sequences [B, T, D] (the reference's default: cls).
@@ -46,6 +48,6 @@ def choices_text(values: tuple[str, ...]) -> str:
     return " | ".join(values)
 
 
-__all__ = ["PRECISIONS", "POOLINGS", "TOKEN_POOLINGS", "BAD_IMAGE_POLICIES", "SAE_ACTIVATIONS", "SIMILARITY_DEFAULTS",
-           "SIMILARITY_FUNCTIONS", "PMI_FUNCTIONS", "RANK_FUNCTIONS", "COSINE_FUNCTIONS", "SELECTIONS",
-           "choices_text"]
+__all__ = ["PRECISIONS", "TARGET_PRECISIONS", "POOLINGS", "TOKEN_POOLINGS", "BAD_IMAGE_POLICIES", "SAE_ACTIVATIONS",
+           "SIMILARITY_DEFAULTS", "SIMILARITY_FUNCTIONS", "PMI_FUNCTIONS", "RANK_FUNCTIONS", "COSINE_FUNCTIONS",
+           "SELECTIONS", "choices_text"]
