@@ -317,7 +317,7 @@ def main() -> int:
         res1, d1, wall1 = bench.run(args.other_target, clip_a)
 
         from cdissect.v1 import activations_pb2, embedder_pb2
-        from cdissect_common.concepts import load_concept_set
+        from cdissect_cli.concepts import load_concept_set
         bench.stub("activations").ListLayers(  # loads the target in the service (untimed)
             activations_pb2.ListLayersRequest(model=args.target, weights="none"), timeout=600)
         print(f"bare loop: {args.target}", flush=True)

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from cdissect_cli import catalog_commands, demo_command, local_commands, run_command
+from cdissect_cli import analysis_commands, catalog_commands, demo_command, local_commands, run_command
 from cdissect_cli.errors import CliError, Interrupted
 
 app = typer.Typer(
@@ -33,13 +33,7 @@ app.command("concepts")(catalog_commands.concepts)
 app.command("demo")(demo_command.demo)
 app.add_typer(catalog_commands.datasets_app, name="datasets")
 
-_ANALYSIS_NOTE = ""
-try:
-    from cdissect_cli import analysis_commands
-except ImportError as _err:  # the report teammate's module is optional until it lands
-    _ANALYSIS_NOTE = f"analysis commands (report, eval, explain, analyze, compare) are not available: {_err}"
-else:
-    analysis_commands.register(app)
+analysis_commands.register(app)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -68,8 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_library_logs()
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     args = sys.argv[1:] if argv is None else argv
-    if _ANALYSIS_NOTE and args[:1] in (["report"], ["eval"], ["explain"], ["analyze"], ["compare"]):
-        console.print(f"note: {_ANALYSIS_NOTE}", style="yellow", markup=False)
     try:
         app(args=args, prog_name="cdissect", standalone_mode=True)
     except _user_error_types() as err:

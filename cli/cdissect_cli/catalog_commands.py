@@ -1,7 +1,7 @@
 """Discovery commands: `models`, `layers MODEL`, `concepts [NAME]`, `datasets add|list`.
 
 Models and layers are asked of the services (the CLI never loads a model: no torch here);
-concept sets are read with `cdissect_common.concepts`; datasets live in the object store.
+concept sets are read with `cdissect_cli.concepts`; datasets live in the object store.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from cdissect.v1 import activations_pb2, common_pb2
+from cdissect_common.vocabulary import BAD_IMAGE_POLICIES, choices_text
 from rich.console import Console
 from rich.table import Table
 
@@ -17,7 +18,7 @@ from cdissect_cli.connection import Connection
 from cdissect_cli.datasets import dataset_summary, register_source
 from cdissect_cli.dispatch import ShardTask
 from cdissect_cli.errors import CliError
-from cdissect_cli.jobspec import BAD_IMAGE_POLICIES, DEFAULT_SHARD_SIZE
+from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
     DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
 
@@ -74,7 +75,7 @@ def layers(
 
 
 def _concepts_api() -> Any:
-    from cdissect_common import concepts
+    from cdissect_cli import concepts
 
     return concepts
 
@@ -112,7 +113,7 @@ def datasets_add(
     source: Annotated[str, typer.Argument(help="Image folder (class subfolders allowed) or a built-in probe "
                                           "set name (broden, imagenet_val, ...).")],
     shard_size: Annotated[int, typer.Option(min=1, help="Images per shard.")] = DEFAULT_SHARD_SIZE,
-    on_bad_image: Annotated[str, typer.Option(help="error | skip unreadable images.")] = "error",
+    on_bad_image: Annotated[str, typer.Option(help=f"{choices_text(BAD_IMAGE_POLICIES)} unreadable images.")] = "error",
     config: ConfigOpt = None, store: StoreOpt = None,
 ) -> None:
     """Register a probe set: image shards and a manifest in the object store."""

@@ -3,7 +3,7 @@
 `ensure_dataset` turns a job's `probe_set` into a registered `DatasetManifest` in the store:
   1. a name already registered (`cdissect datasets add`) is used as it is;
   2. a folder is registered under `<folder name>-<8 hex of its absolute path>`;
-  3. a built-in name (broden, imagenet_val, ...) is resolved by `cdissect_common.probesets`.
+  3. a built-in name (broden, imagenet_val, ...) is resolved by `cdissect_cli.probesets`.
 Registering is skipped when a manifest with the same source fingerprint (image names, file
 sizes and mtimes, shard size, bad-image policy) exists already, so a rerun does not re-read
 tens of thousands of images; the shards themselves are content-addressed and reused anyway.
@@ -54,8 +54,8 @@ def _fingerprint(images: list[Any], shard_size: int, on_bad_image: str) -> str:
 
 
 def _resolve_source(source: str) -> tuple[Iterable[Any], dict[str, str]]:
-    """(images, manifest info) of a folder or a built-in probe set name, via cdissect_common.probesets."""
-    from cdissect_common import probesets
+    """(images, manifest info) of a folder or a built-in probe set name, via cdissect_cli.probesets."""
+    from cdissect_cli import probesets
 
     path = Path(source).expanduser()
     try:

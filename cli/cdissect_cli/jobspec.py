@@ -17,22 +17,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SIMILARITY_DEFAULTS,
+                                        TOKEN_POOLINGS)
 
 from cdissect_cli.errors import SpecError
 
-POOLINGS = ("avg", "max")
-TOKEN_POOLINGS = ("cls", "mean", "patch_mean")
-PRECISIONS = ("float32", "float16")
-BAD_IMAGE_POLICIES = ("error", "skip")
-
 # Parameters each similarity function accepts (names as in the reference's similarity.py).
-SIMILARITY_PARAMS: dict[str, tuple[str, ...]] = {
-    "soft_wpmi": ("top_k", "a", "lam", "min_prob", "p_start", "p_end"),
-    "wpmi": ("top_k", "a", "lam", "min_prob"),
-    "rank_reorder": ("p", "top_fraction", "scale_p", "seed"),
-    "cos_similarity": (),
-    "cos_similarity_cubed": (),
-}
+SIMILARITY_PARAMS: dict[str, tuple[str, ...]] = {fn: tuple(params) for fn, params in SIMILARITY_DEFAULTS.items()}
 
 DEFAULT_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")
 DEFAULT_SHARD_SIZE = 1000

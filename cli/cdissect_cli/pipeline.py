@@ -23,6 +23,7 @@ from cdissect.v1 import activations_pb2, embedder_pb2, labeler_pb2
 from cdissect_common.artifacts import get_arrays
 from cdissect_common.manifest import manifest_key
 from cdissect_common.store import ObjectStore
+from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
 
 from cdissect_cli.datasets import ensure_dataset
 from cdissect_cli.dispatch import ShardDispatcher, ShardTask
@@ -48,8 +49,8 @@ class ConceptWords:
 
 
 def load_concepts(concept_set: str) -> ConceptWords:
-    """Load a concept set by name or path through `cdissect_common.concepts`, with a clear error."""
-    from cdissect_common.concepts import load_concept_set
+    """Load a concept set by name or path through `cdissect_cli.concepts`, with a clear error."""
+    from cdissect_cli.concepts import load_concept_set
 
     try:
         concepts = load_concept_set(concept_set)
@@ -97,7 +98,7 @@ def check_sizes(spec: JobSpec, num_images: int) -> None:
     if spec.top_images > num_images:
         raise CliError(f"top_images={spec.top_images} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; lower --top-images or use a larger probe set", exit_code=2)
-    top_k = spec.similarity_params.get("top_k", {"soft_wpmi": 100, "wpmi": 28}.get(spec.similarity_function))
+    top_k = spec.similarity_params.get("top_k", SIMILARITY_DEFAULTS[spec.similarity_function].get("top_k"))
     if top_k is not None and top_k > num_images:
         raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SIMILARITY_FUNCTIONS,
+                                        TOKEN_POOLINGS, choices_text)
 from rich.table import Table
 
 from cdissect_cli.cli_settings import load_cli_settings
@@ -113,15 +115,16 @@ def run(
                                                        "file (default: 20k).", rich_help_panel=JOB)] = None,
     clip_model: Annotated[Optional[str], typer.Option("--clip-model", help="CLIP model name or checkpoint path "
                                                       "(default: ViT-B/16).", rich_help_panel=JOB)] = None,
-    similarity: Annotated[Optional[str], typer.Option(help="soft_wpmi | wpmi | rank_reorder | cos_similarity | "
-                                                      "cos_similarity_cubed (default: soft_wpmi).",
+    similarity: Annotated[Optional[str], typer.Option(help=f"{choices_text(SIMILARITY_FUNCTIONS)} "
+                                                      "(default: soft_wpmi).",
                                                       rich_help_panel=JOB)] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="Similarity parameter name=value "
                                                        "(repeatable), e.g. top_k=100.", rich_help_panel=JOB)] = None,
-    pooling: Annotated[Optional[str], typer.Option(help="avg | max (default: avg).", rich_help_panel=JOB)] = None,
-    token_pooling: Annotated[Optional[str], typer.Option(help="cls | mean | patch_mean (default: cls).",
+    pooling: Annotated[Optional[str], typer.Option(help=f"{choices_text(POOLINGS)} (default: avg).",
+                                                   rich_help_panel=JOB)] = None,
+    token_pooling: Annotated[Optional[str], typer.Option(help=f"{choices_text(TOKEN_POOLINGS)} (default: cls).",
                                                          rich_help_panel=JOB)] = None,
-    clip_precision: Annotated[Optional[str], typer.Option(help="float32 | float16 (default: float32).",
+    clip_precision: Annotated[Optional[str], typer.Option(help=f"{choices_text(PRECISIONS)} (default: float32).",
                                                           rich_help_panel=JOB)] = None,
     prompt_template: Annotated[Optional[list[str]], typer.Option("--prompt-template", help="e.g. 'a photo of {}' "
                                                                  "(repeatable; default: raw concepts).",
@@ -130,7 +133,7 @@ def run(
                                                         rich_help_panel=JOB)] = None,
     top_images: Annotated[Optional[int], typer.Option(help="Top images kept per unit (default: 10).",
                                                       rich_help_panel=JOB)] = None,
-    on_bad_image: Annotated[Optional[str], typer.Option(help="error | skip (default: error).",
+    on_bad_image: Annotated[Optional[str], typer.Option(help=f"{choices_text(BAD_IMAGE_POLICIES)} (default: error).",
                                                         rich_help_panel=JOB)] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Images per shard when a folder is registered "
                                                       "(default: 1000).", rich_help_panel=JOB)] = None,

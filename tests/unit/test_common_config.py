@@ -1,11 +1,12 @@
 """cdissect_common.config: precedence flags > env > file > defaults, typed values, clear errors."""
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 
-from cdissect_common.config import ENV_VARS, SERVICE_DEFAULTS, ConfigError, load_settings
+from cdissect_common.config import DEFAULTS, ENV_VARS, SERVICE_DEFAULTS, ConfigError, Settings, load_settings
 
 
 def test_service_defaults_match_the_contract_table() -> None:
@@ -76,3 +77,25 @@ def test_token_from_file(tmp_path: Path) -> None:
     s2 = s.replace(auth_token_file=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="cannot read the auth token file"):
         s2.token()
+
+
+_SAMPLE_BY_TYPE = {int: ("5", 5), float: ("2.5", 2.5), bool: ("yes", True), str: ("cpu", "cpu"),
+                   tuple[str, ...]: ("a:1, b:2", ("a:1", "b:2"))}
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_every_setting_reads_its_env_var_with_the_field_type(name: str) -> None:
+    """Settings is the one table: a field is a setting with env var CDISSECT_<NAME>, typed by its annotation."""
+    kind = typing.get_type_hints(Settings)[name]
+    raw, expected = _SAMPLE_BY_TYPE[kind]
+    assert ENV_VARS[name] == "CDISSECT_" + name.upper()
+    env = {ENV_VARS["tls_cert"]: "x", ENV_VARS["tls_key"]: "x"} if name.startswith("tls_") else {}
+    s = load_settings(None, env={**env, ENV_VARS[name]: raw}, config_file="/dev/null")
+    assert getattr(s, name) == expected and s.sources[name] == "env"
+    assert DEFAULTS[name] == getattr(Settings(), name)
+
+
+def test_explicit_port_zero_is_kept_for_a_service() -> None:
+    """Only an unset port falls back to the service's fixed port; 0 (a free port) is a real choice."""
+    s = load_settings("labeler", env={"CDISSECT_PORT": "0"}, config_file="/dev/null")
+    assert (s.port, s.metrics_port) == (0, 9103)

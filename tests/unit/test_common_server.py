@@ -122,3 +122,15 @@ def test_tls_with_token(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         srv.stop(grace=0)
+
+
+def test_service_main_builds_the_named_service(tmp_path: Path) -> None:
+    """`python -m cdissect_<service>` is one call: service_main(name) -> <module>.service.registrations."""
+    from cdissect_common.config import ConfigError
+    from cdissect_common.server import build_from_module, service_main
+
+    runtime = ServiceRuntime("labeler", _settings(tmp_path))
+    regs, warmup = build_from_module("labeler")(runtime)
+    assert [r.full_name for r in regs] == ["cdissect.v1.Labeler"] and callable(warmup)
+    with pytest.raises(ConfigError, match="unknown service 'labeller'"):
+        service_main("labeller")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cdissect_common.concepts import (ConceptSetError, UnknownConceptSetError, available_concept_sets,
-                                      load_concept_set)
+from cdissect_cli.concepts import (ConceptSetError, UnknownConceptSetError, available_concept_sets,
+                                   load_concept_set)
 from tests.conftest import SHARED
 
 SIZES = {"20k": 20000, "10k": 9894, "3k": 3000, "broden": 1197, "imagenet": 1000, "places365": 365}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdissect_common.probesets import (ProbeSetDownloadError, ProbeSetError, ProbeSetNotFoundError,
-                                       download_probe_set, resolve_probe_set)
+from cdissect_cli.probeset_download import download_probe_set
+from cdissect_cli.probesets import ProbeSetDownloadError, ProbeSetError, ProbeSetNotFoundError, resolve_probe_set
 
 BRODEN_SOURCES = ("pascal", "ade20k", "opensurfaces", "dtd")      # created out of order on purpose
 
@@ -207,6 +207,6 @@ def test_download_cifar100_from_archive(tmp_path: Path) -> None:
 
 def test_probesets_module_does_not_import_torch() -> None:
     import subprocess
-    code = "import sys, cdissect_common.probesets, cdissect_common.concepts; print('torch' in sys.modules)"
+    code = "import sys, cdissect_cli.probesets, cdissect_cli.concepts; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

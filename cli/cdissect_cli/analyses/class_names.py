@@ -1,7 +1,7 @@
 """Class names of a classifier's output layer, and when a neuron label "is" a class name.
 
 `--class-names` takes a file (one class per line, in output-unit order) or the name of a
-shipped list (`imagenet`, `places365`, ... through cdissect_common.concepts). Places365's
+shipped list (`imagenet`, `places365`, ... through cdissect_cli.concepts). Places365's
 category file lines look like `/a/apartment_building/outdoor 12`; they become
 `apartment building-outdoor`, the spelling of Broden's scene labels.
 
@@ -35,7 +35,7 @@ def load_class_names(spec: str) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     else:
         try:
-            from cdissect_common.concepts import load_concept_set
+            from cdissect_cli.concepts import load_concept_set
         except ImportError as err:
             raise CliError(f"{spec!r} is not a file, and shipped lists are unavailable ({err}). "
                            f"Pass a file with one class name per line.") from err

@@ -18,12 +18,12 @@ from typing import Any
 from cdissect_cli.errors import CliError
 
 REQUIRED_COLUMNS = ("layer", "unit", "description", "similarity")
-# Short names of the authors' released result files (in cdissect_common/data/reference_results).
+# Short names of the authors' released result files (in cdissect_cli/data/reference_results).
 REFERENCE_FILES = {
     "resnet50": "resnet50_imagenet_broden.csv",
     "resnet18_places": "resnet18_places_imagenet_broden.csv",
 }
-REFERENCE_PACKAGE = "cdissect_common.data.reference_results"
+REFERENCE_PACKAGE = "cdissect_cli.data.reference_results"
 
 
 @dataclass(frozen=True)

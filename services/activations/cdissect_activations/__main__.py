@@ -1,24 +1,7 @@
-"""`python -m cdissect_activations`: run the activations service with settings from env/config (cdissect_common.config)."""
-from __future__ import annotations
+"""`python -m cdissect_activations`: run the activations service (settings from env/config; see cdissect_common.server)."""
+from cdissect_common.server import service_main
 
-import sys
-from collections.abc import Callable
-
-from cdissect_common.server import Registration, ServiceRuntime, run_service
-
-
-def build(runtime: ServiceRuntime) -> tuple[list[Registration], Callable[[], None]]:
-    """Servicers and warm-up of the activations service (imported here so start-up errors show in the log)."""
-    from cdissect_activations.service import registrations
-
-    regs, servicer = registrations(runtime)
-    return regs, servicer.warmup
-
-
-def main() -> int:
-    """Entry point of the service process."""
-    return run_service("activations", build)
-
+main = service_main("activations")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

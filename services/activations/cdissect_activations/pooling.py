@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-POOLINGS = ("avg", "max")
-TOKEN_POOLINGS = ("cls", "mean", "patch_mean")
+from cdissect_common.vocabulary import POOLINGS, TOKEN_POOLINGS
 
 
 def check_pooling(pooling: str, token_pooling: str = "cls") -> None:

@@ -3,14 +3,16 @@
 Precedence, highest first: explicit overrides (CLI flags) > ``CDISSECT_*`` environment >
 YAML config file (``CDISSECT_CONFIG`` or ``~/.config/cdissect/config.yaml``) > defaults.
 
-Every default (ports, metrics ports, health service names, store URL, limits) lives in this
-file once: ``SERVICE_DEFAULTS`` per service, ``DEFAULTS`` for the rest, ``ENV_VARS`` for the
-environment variable of every setting. The Kubernetes manifests are checked against them.
+Every setting is one field of ``Settings`` (name, type, default, checks); its environment
+variable is ``CDISSECT_<NAME>``. ``DEFAULTS`` and ``ENV_VARS`` are derived from the class;
+``SERVICE_DEFAULTS`` holds each service's ports and health name. The Kubernetes manifests are
+checked against them.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,108 +44,54 @@ SERVICE_DEFAULTS: dict[str, ServiceDefaults] = {
 }
 
 DEFAULT_CONFIG_FILE = "~/.config/cdissect/config.yaml"
-
-# Settings that are not per-service. ``port``/``metrics_port`` default per service (above).
-DEFAULTS: dict[str, Any] = {
-    "host": "0.0.0.0",
-    "port": None,
-    "metrics_port": None,
-    "store": "file://~/.cache/cdissect/store",
-    "s3_endpoint": "",
-    "s3_access_key": "",
-    "s3_secret_key": "",
-    "s3_secure": False,
-    "s3_region": "",
-    "auth_token": "",
-    "auth_token_file": "",
-    "tls_cert": "",
-    "tls_key": "",
-    "tls_ca": "",
-    "device": "auto",
-    "model": "",
-    "batch_size": 64,
-    "max_message_bytes": 64 * 1024 * 1024,
-    "cache_dir": "~/.cache/cdissect/weights",
-    "data_dir": "~/.cache/cdissect/data",
-    "download_timeout": 20.0,
-    "shutdown_grace_seconds": 120.0,
-    "max_workers": 8,
-    "embedder": (),
-    "activations": (),
-    "labeler": (),
-    "runs_dir": "runs",
-}
-
-ENV_VARS: dict[str, str] = {
-    "host": "CDISSECT_HOST",
-    "port": "CDISSECT_PORT",
-    "metrics_port": "CDISSECT_METRICS_PORT",
-    "store": "CDISSECT_STORE",
-    "s3_endpoint": "CDISSECT_S3_ENDPOINT",
-    "s3_access_key": "CDISSECT_S3_ACCESS_KEY",
-    "s3_secret_key": "CDISSECT_S3_SECRET_KEY",
-    "s3_secure": "CDISSECT_S3_SECURE",
-    "s3_region": "CDISSECT_S3_REGION",
-    "auth_token": "CDISSECT_AUTH_TOKEN",
-    "auth_token_file": "CDISSECT_AUTH_TOKEN_FILE",
-    "tls_cert": "CDISSECT_TLS_CERT",
-    "tls_key": "CDISSECT_TLS_KEY",
-    "tls_ca": "CDISSECT_TLS_CA",
-    "device": "CDISSECT_DEVICE",
-    "model": "CDISSECT_MODEL",
-    "batch_size": "CDISSECT_BATCH_SIZE",
-    "max_message_bytes": "CDISSECT_MAX_MESSAGE_BYTES",
-    "cache_dir": "CDISSECT_CACHE_DIR",
-    "data_dir": "CDISSECT_DATA_DIR",
-    "download_timeout": "CDISSECT_DOWNLOAD_TIMEOUT",
-    "shutdown_grace_seconds": "CDISSECT_SHUTDOWN_GRACE_SECONDS",
-    "max_workers": "CDISSECT_MAX_WORKERS",
-    "embedder": "CDISSECT_EMBEDDER",
-    "activations": "CDISSECT_ACTIVATIONS",
-    "labeler": "CDISSECT_LABELER",
-    "runs_dir": "CDISSECT_RUNS_DIR",
-}
 CONFIG_ENV_VAR = "CDISSECT_CONFIG"
+ENV_PREFIX = "CDISSECT_"
 
-_INT_KEYS = {"port", "metrics_port", "batch_size", "max_message_bytes", "max_workers"}
-_FLOAT_KEYS = {"shutdown_grace_seconds", "download_timeout"}
-_BOOL_KEYS = {"s3_secure"}
-_LIST_KEYS = {"embedder", "activations", "labeler"}
-_DEVICES = {"auto", "cpu", "cuda"}
+
+def _setting(default: Any, *, positive: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """A field of ``Settings`` that is a setting: its env variable is ``CDISSECT_<NAME>``, its
+    type the field's annotation; ``positive`` rejects 0, ``choices`` lists the valid strings."""
+    return field(default=default, metadata={"setting": True, "positive": positive, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved configuration of one process (a service or the CLI)."""
+    """Resolved configuration of one process (a service or the CLI).
+
+    This class is the one table of settings: each ``_setting`` field gives the setting's name,
+    type (int, float, bool, str or a comma list ``tuple[str, ...]``), default and checks; its
+    environment variable is ``CDISSECT_`` + the upper-cased name (``DEFAULTS``, ``ENV_VARS``
+    below are derived from it).
+    """
 
     service: str | None = None
-    host: str = DEFAULTS["host"]
-    port: int = 0
-    metrics_port: int = 0
-    store: str = DEFAULTS["store"]
-    s3_endpoint: str = ""
-    s3_access_key: str = ""
-    s3_secret_key: str = ""
-    s3_secure: bool = False
-    s3_region: str = ""
-    auth_token: str = ""
-    auth_token_file: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_ca: str = ""
-    device: str = "auto"
-    model: str = ""
-    batch_size: int = DEFAULTS["batch_size"]
-    max_message_bytes: int = DEFAULTS["max_message_bytes"]
-    cache_dir: str = DEFAULTS["cache_dir"]
-    data_dir: str = DEFAULTS["data_dir"]
-    download_timeout: float = DEFAULTS["download_timeout"]
-    shutdown_grace_seconds: float = DEFAULTS["shutdown_grace_seconds"]
-    max_workers: int = DEFAULTS["max_workers"]
-    embedder: tuple[str, ...] = ()
-    activations: tuple[str, ...] = ()
-    labeler: tuple[str, ...] = ()
-    runs_dir: str = DEFAULTS["runs_dir"]
+    host: str = _setting("0.0.0.0")
+    port: int = _setting(0)  # left at the default: the service's port from SERVICE_DEFAULTS
+    metrics_port: int = _setting(0)  # likewise
+    store: str = _setting("file://~/.cache/cdissect/store")
+    s3_endpoint: str = _setting("")
+    s3_access_key: str = _setting("")
+    s3_secret_key: str = _setting("")
+    s3_secure: bool = _setting(False)
+    s3_region: str = _setting("")
+    auth_token: str = _setting("")
+    auth_token_file: str = _setting("")
+    tls_cert: str = _setting("")
+    tls_key: str = _setting("")
+    tls_ca: str = _setting("")
+    device: str = _setting("auto", choices=("auto", "cpu", "cuda"))
+    model: str = _setting("")
+    batch_size: int = _setting(64, positive=True)
+    max_message_bytes: int = _setting(64 * 1024 * 1024, positive=True)
+    cache_dir: str = _setting("~/.cache/cdissect/weights")
+    data_dir: str = _setting("~/.cache/cdissect/data")
+    download_timeout: float = _setting(20.0, positive=True)
+    shutdown_grace_seconds: float = _setting(120.0)
+    max_workers: int = _setting(8, positive=True)
+    embedder: tuple[str, ...] = _setting(())
+    activations: tuple[str, ...] = _setting(())
+    labeler: tuple[str, ...] = _setting(())
+    runs_dir: str = _setting("runs")
     config_file: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -176,6 +124,13 @@ class Settings:
         return dataclasses.replace(self, **clean)
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.metadata.get("setting")}
+_TYPES: dict[str, Any] = {name: hint for name, hint in typing.get_type_hints(Settings).items() if name in _FIELDS}
+# Derived from Settings, for code that needs one setting's default or env variable by name.
+DEFAULTS: dict[str, Any] = {name: f.default for name, f in _FIELDS.items()}
+ENV_VARS: dict[str, str] = {name: ENV_PREFIX + name.upper() for name in _FIELDS}
+
+
 def service_defaults(service: str) -> ServiceDefaults:
     """The fixed defaults of a service by name; unknown names list the valid ones."""
     try:
@@ -186,28 +141,29 @@ def service_defaults(service: str) -> ServiceDefaults:
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Turn a raw value (env string, YAML scalar, flag) into the setting's type, or explain."""
-    if key not in DEFAULTS:
+    if key not in _FIELDS:
         raise ConfigError(f"unknown setting {key!r} in {source}; valid settings: {', '.join(sorted(DEFAULTS))}")
     where = f"{key} (from {source})"
     if value is None:
         return DEFAULTS[key]
-    if key in _INT_KEYS:
+    kind, meta = _TYPES[key], _FIELDS[key].metadata
+    if kind is int:
         try:
             number = int(str(value).strip())
         except ValueError:
             raise ConfigError(f"{where} must be an integer, got {value!r}") from None
-        if number < 0 or (key in {"batch_size", "max_message_bytes", "max_workers"} and number == 0):
+        if number < 0 or (meta["positive"] and number == 0):
             raise ConfigError(f"{where} must be positive, got {number}")
         return number
-    if key in _FLOAT_KEYS:
+    if kind is float:
         try:
             number = float(str(value).strip())
         except ValueError:
             raise ConfigError(f"{where} must be a number of seconds, got {value!r}") from None
-        if number < 0 or (key == "download_timeout" and number == 0):
-            raise ConfigError(f"{where} must be {'positive' if key == 'download_timeout' else '>= 0'}, got {number}")
+        if number < 0 or (meta["positive"] and number == 0):
+            raise ConfigError(f"{where} must be {'positive' if meta['positive'] else '>= 0'}, got {number}")
         return number
-    if key in _BOOL_KEYS:
+    if kind is bool:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -216,12 +172,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if text in {"0", "false", "no", "off", ""}:
             return False
         raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if key in _LIST_KEYS:
+    if kind == tuple[str, ...]:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(v).strip() for v in items if str(v).strip())
     text = str(value).strip()
-    if key == "device" and text not in _DEVICES:
-        raise ConfigError(f"{where} must be one of {', '.join(sorted(_DEVICES))}, got {text!r}")
+    if meta["choices"] and text not in meta["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(sorted(meta['choices']))}, got {text!r}")
     return text
 
 
@@ -263,7 +219,7 @@ def load_settings(service: str | None = None, overrides: Mapping[str, Any] | Non
             values[key], sources[key] = _coerce(key, overrides[key], "flag"), "flag"
         elif env.get(ENV_VARS[key]) not in (None, ""):
             values[key], sources[key] = _coerce(key, env[ENV_VARS[key]], ENV_VARS[key]), "env"
-        elif key in from_file:
+        elif from_file.get(key) is not None:
             values[key], sources[key] = _coerce(key, from_file[key], str(path)), "file"
         else:
             values[key], sources[key] = DEFAULTS[key], "default"
@@ -277,11 +233,10 @@ def load_settings(service: str | None = None, overrides: Mapping[str, Any] | Non
             raise ConfigError(f"unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(DEFAULTS))}")
     if service is not None:
         fixed = SERVICE_DEFAULTS[service]
-        values["port"] = fixed.port if values["port"] is None else values["port"]
-        values["metrics_port"] = fixed.metrics_port if values["metrics_port"] is None else values["metrics_port"]
-    else:
-        values["port"] = values["port"] or 0
-        values["metrics_port"] = values["metrics_port"] or 0
+        if sources["port"] == "default":
+            values["port"] = fixed.port
+        if sources["metrics_port"] == "default":
+            values["metrics_port"] = fixed.metrics_port
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError(f"TLS needs both {ENV_VARS['tls_cert']} and {ENV_VARS['tls_key']}; set both or neither")
     return Settings(service=service, config_file=str(path) if path.exists() else "", sources=sources, **values)

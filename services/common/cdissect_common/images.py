@@ -11,16 +11,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .errors import invalid_argument
+from .vocabulary import BAD_IMAGE_POLICIES
 
-BAD_IMAGE_POLICIES = ("error", "skip")
 T = TypeVar("T")
 
 
 def check_bad_image_policy(value: str) -> str:
-    """'' means the default 'error'; anything else must be error | skip."""
+    """'' means the default 'error'; anything else must be one of BAD_IMAGE_POLICIES."""
     policy = value or "error"
     if policy not in BAD_IMAGE_POLICIES:
-        raise invalid_argument(f"on_bad_image must be 'error' or 'skip', got {value!r}")
+        raise invalid_argument(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {value!r}")
     return policy
 
 

@@ -21,11 +21,11 @@ from google.protobuf import json_format
 from cdissect.v1 import common_pb2
 
 from .store import ObjectNotFoundError, ObjectStore, sha256_hex
+from .vocabulary import BAD_IMAGE_POLICIES
 
 MANIFEST_PREFIX = "datasets/manifests/"
 SHARD_PREFIX = "datasets/shards/"
 DEFAULT_SHARD_SIZE = 1000
-BAD_IMAGE_POLICIES = ("error", "skip")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
@@ -74,7 +74,7 @@ def check_dataset_name(name: str) -> str:
 
 
 def _image_bytes(image: Any) -> bytes:
-    """Bytes of an image-like object: .data, else .path, else .path_or_bytes (probesets' ProbeImage)."""
+    """Bytes of an image-like object: .data, else .path, else .path_or_bytes (cdissect_cli.probesets' ProbeImage)."""
     data = getattr(image, "data", None)
     if data is not None:
         return bytes(data)

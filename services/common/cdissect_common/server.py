@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -325,4 +326,23 @@ def run_service(service: str, build: Builder, settings: Settings | None = None) 
     return code
 
 
-__all__ = ["Registration", "ServiceError", "ServiceRuntime", "ServiceServer", "run_service", "configure_logging"]
+def build_from_module(service: str) -> Builder:
+    """The builder of a service: ``<module>.service.registrations(runtime)`` (module from
+    SERVICE_DEFAULTS) gives the servicers and the servicer whose ``warmup`` loads the model.
+    The import happens inside the builder so start-up errors show in the service log."""
+    def build(runtime: ServiceRuntime) -> tuple[list[Registration], Callable[[], None] | None]:
+        module = importlib.import_module(f"{service_defaults(service).module}.service")
+        regs, servicer = module.registrations(runtime)
+        return regs, servicer.warmup
+    return build
+
+
+def service_main(service: str) -> Callable[[], int]:
+    """The entry point of a service process (``python -m cdissect_<service>`` and the console
+    script): run the service with settings from env/config, return its exit code."""
+    service_defaults(service)
+    return lambda: run_service(service, build_from_module(service))
+
+
+__all__ = ["Registration", "ServiceError", "ServiceRuntime", "ServiceServer", "run_service", "configure_logging",
+           "build_from_module", "service_main"]

@@ -1,24 +1,7 @@
-"""`python -m cdissect_labeler`: run the labeler service with settings from env/config (cdissect_common.config)."""
-from __future__ import annotations
+"""`python -m cdissect_labeler`: run the labeler service (settings from env/config; see cdissect_common.server)."""
+from cdissect_common.server import service_main
 
-import sys
-from collections.abc import Callable
-
-from cdissect_common.server import Registration, ServiceRuntime, run_service
-
-
-def build(runtime: ServiceRuntime) -> tuple[list[Registration], Callable[[], None]]:
-    """Servicers and warm-up of the labeler service (imported here so start-up errors show in the log)."""
-    from cdissect_labeler.service import registrations
-
-    regs, servicer = registrations(runtime)
-    return regs, servicer.warmup
-
-
-def main() -> int:
-    """Entry point of the service process."""
-    return run_service("labeler", build)
-
+main = service_main("labeler")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

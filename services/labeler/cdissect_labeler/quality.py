@@ -20,6 +20,7 @@ image, AUC = 0.5 and p = 1. numpy/scipy only.
 from __future__ import annotations
 
 import numpy as np
+from cdissect_common.vocabulary import PMI_FUNCTIONS
 from scipy.special import ndtr
 
 QUALITY_TOP_FRACTION = 0.05
@@ -27,7 +28,7 @@ QUALITY_TOP_FRACTION = 0.05
 
 def quality_positive_count(function: str, params: dict, num_images: int) -> int:
     """Size of the positive (top-activating) set the quality figure uses for this function."""
-    if function in ("soft_wpmi", "wpmi"):
+    if function in PMI_FUNCTIONS:
         return min(int(params["top_k"]), num_images)
     fraction = float(params.get("top_fraction", QUALITY_TOP_FRACTION)) if function == "rank_reorder" \
         else QUALITY_TOP_FRACTION

@@ -16,6 +16,7 @@ from cdissect.v1 import common_pb2, labeler_pb2, labeler_pb2_grpc
 from cdissect_common import artifacts
 from cdissect_common.errors import failed_precondition, invalid_argument
 from cdissect_common.server import Registration, ServiceRuntime
+from cdissect_common.vocabulary import PRECISIONS
 from cdissect_labeler import similarity
 from cdissect_labeler.labels import LayerLabels
 from cdissect_labeler.streaming import StreamingLabeler
@@ -25,7 +26,6 @@ SERVICE = "labeler"
 DEFAULT_FUNCTION = "soft_wpmi"
 DEFAULT_TOP_CONCEPTS = 5
 DEFAULT_TOP_IMAGES = 10
-PRECISIONS = ("float32", "float16")
 
 
 def _array(arrays: dict[str, np.ndarray], name: str, ref: common_pb2.ArtifactRef) -> np.ndarray:

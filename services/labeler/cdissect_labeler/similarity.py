@@ -25,21 +25,18 @@ import numpy as np
 import torch
 
 from cdissect_common.devices import resolve_device
+from cdissect_common.vocabulary import SIMILARITY_DEFAULTS, SIMILARITY_FUNCTIONS
 
 
-FUNCTIONS = ("soft_wpmi", "wpmi", "rank_reorder", "cos_similarity", "cos_similarity_cubed")
-
-SOFT_WPMI_DEFAULTS: dict[str, Any] = dict(top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97)
-WPMI_DEFAULTS: dict[str, Any] = dict(top_k=28, a=2.0, lam=0.6, min_prob=1e-7)
-RANK_REORDER_DEFAULTS: dict[str, Any] = dict(p=3.0, top_fraction=0.05, scale_p=0.5, seed=0)
-COS_CUBED_DEFAULTS: dict[str, Any] = dict(min_norm=1e-3)
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "soft_wpmi": SOFT_WPMI_DEFAULTS,
-    "wpmi": WPMI_DEFAULTS,
-    "rank_reorder": RANK_REORDER_DEFAULTS,
-    "cos_similarity": {},
-    "cos_similarity_cubed": COS_CUBED_DEFAULTS,
-}
+# Names, parameters and defaults live in cdissect_common.vocabulary (the CLI validates with them);
+# the keyword defaults of the functions below repeat them as the reference's signatures do, and
+# tests/unit/test_vocabulary.py checks that they agree.
+FUNCTIONS = SIMILARITY_FUNCTIONS
+DEFAULTS: dict[str, dict[str, Any]] = SIMILARITY_DEFAULTS
+SOFT_WPMI_DEFAULTS = DEFAULTS["soft_wpmi"]
+WPMI_DEFAULTS = DEFAULTS["wpmi"]
+RANK_REORDER_DEFAULTS = DEFAULTS["rank_reorder"]
+COS_CUBED_DEFAULTS = DEFAULTS["cos_similarity_cubed"]
 # Bytes of scratch memory a dense function may use per neuron chunk (keeps tests and CI small).
 _CHUNK_BYTES = 64 * 2**20
 _RANK_REORDER_MIN_AVG = 1e-6

@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from cdissect_common.vocabulary import PMI_FUNCTIONS, PRECISIONS
 
 from cdissect_labeler import similarity as sim
 from cdissect_labeler.labels import LayerLabels
 from cdissect_labeler.quality import label_quality, quality_positive_count
 
-PRECISIONS = ("float32", "float16")
 _LOG_FLOAT32_MAX = 88.0    # float32 partial products stay below e^88 (max 3.4e38)
 _SCRATCH_BYTES = 32 * 2**20
 _LSE_TILE = 4096           # concepts per block when computing softmax normalisers
@@ -87,7 +87,7 @@ class StreamingLabeler:
             raise ValueError(f"neuron_chunk must be ≥ 1, got {neuron_chunk}.")
         if num_images is not None and num_images < 1:
             raise ValueError(f"num_images must be ≥ 1 when given, got {num_images}.")
-        if function in ("soft_wpmi", "wpmi"):
+        if function in PMI_FUNCTIONS:
             off, _ = sim.membership_weights(function, self.params)
             if not bool(np.all(off > 0)):
                 raise ValueError(f"{function} parameters {self.params} make a membership factor ≤ 0 (log of 0 "
@@ -117,7 +117,7 @@ class StreamingLabeler:
         self._moment_AI: torch.Tensor | None = None                      # cos: Σ A·Î [K, d]
         self._moment_AA: torch.Tensor | None = None                      # cos: Σ A² [K]
         self._keep_activations = function == "cos_similarity_cubed" or (
-            function in ("rank_reorder", "cos_similarity") and num_images is None)
+            function not in PMI_FUNCTIONS and num_images is None)
         self._buffer = self._buffer_size()
 
     # ------------------------------------------------------------------ intake
@@ -134,7 +134,7 @@ class StreamingLabeler:
         """Rows of the running top list (0 when all activations are kept instead)."""
         if self._keep_activations:
             return 0
-        if self.function in ("soft_wpmi", "wpmi"):
+        if self.function in PMI_FUNCTIONS:
             return max(int(self.params["top_k"]), self.max_top_images)
         assert self.num_images is not None
         need = quality_positive_count(self.function, self.params, self.num_images)
@@ -245,7 +245,7 @@ class StreamingLabeler:
     def _scores(self, images: torch.Tensor, top_vals: torch.Tensor, top_idx: torch.Tensor,
                 t: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.function
-        if f in ("soft_wpmi", "wpmi"):
+        if f in PMI_FUNCTIONS:
             k = int(self.params["top_k"])
             if k > images.shape[0]:
                 raise ValueError(f"top_k={k} exceeds the {images.shape[0]} probe images; lower top_k.")

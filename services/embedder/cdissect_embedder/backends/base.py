@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from cdissect_common.devices import resolve_device  # noqa: F401 (re-exported)
+from cdissect_common.vocabulary import PRECISIONS
 
-PRECISIONS = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-              "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+# Other spellings accepted for the precisions of cdissect_common.vocabulary.PRECISIONS.
+PRECISION_ALIASES = {"fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 DEFAULT_TEXT_BATCH = 256
 DEFAULT_IMAGE_BATCH = 64
 
@@ -34,7 +35,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> torch.dtyp
     """
     if precision is None or precision == "":
         return torch.float16 if device.type == "cuda" else torch.float32
-    dtype = PRECISIONS.get(str(precision).lower())
+    name = PRECISION_ALIASES.get(str(precision).lower(), str(precision).lower())
+    dtype = getattr(torch, name) if name in PRECISIONS else None
     if dtype is None:
         raise ValueError(f"unknown precision {precision!r}; use 'fp16' or 'fp32' (or leave it unset)")
     if dtype == torch.float16 and device.type == "cpu":

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-# name -> file shipped in cdissect_common/data/concept_sets
+# name -> file shipped in cdissect_cli/data/concept_sets
 SHIPPED: dict[str, str] = {
     "20k": "20k.txt",
     "10k": "10k.txt",
@@ -78,7 +78,7 @@ def shipped_path(name: str) -> Path:
     """Filesystem path of a shipped concept-set file."""
     if name not in SHIPPED:
         raise UnknownConceptSetError(_unknown_message(name))
-    return Path(str(resources.files("cdissect_common.data.concept_sets").joinpath(SHIPPED[name])))
+    return Path(str(resources.files("cdissect_cli.data.concept_sets").joinpath(SHIPPED[name])))
 
 
 def parse_concept_lines(text: str, places365_format: bool = False) -> tuple[list[str], int]:

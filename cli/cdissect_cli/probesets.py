@@ -25,9 +25,9 @@ any folder         class subfolders → ImageFolder order, label ``class``; othe
 =================  ==========================================================================
 
 ROOT is ``root`` if given, else ``cdissect_common.downloads.data_dir()`` (``$CDISSECT_DATA_DIR``,
-the config file's ``data_dir``, else ``~/.cache/cdissect/data``). ``download_probe_set`` fetches
-the sets with public addresses (broden, cifar100) through ``cdissect_common.downloads.fetch`` and
-fails fast with a message saying where to put the files when there is no network. torch-free.
+the config file's ``data_dir``, else ``~/.cache/cdissect/data``). This module only catalogues
+and reads sets already on disk; ``cdissect_cli.probeset_download.download_probe_set`` fetches and
+unpacks the sets with public addresses (broden, cifar100). torch-free; part of the CLI only.
 
 The CIFAR-100 batches are Python pickles (the dataset's official format). They are read with an
 unpickler that only admits numpy arrays and plain containers, so a tampered file cannot run code.
@@ -35,18 +35,16 @@ unpickler that only admits numpy arrays and plain containers, so a tampered file
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import pickle
-import tarfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from cdissect_common.downloads import DownloadError, data_dir
+
 from .concepts import parse_concept_lines, shipped_path
-from .downloads import DownloadError, data_dir, fetch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared in lower case as ImageFolder does.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -56,7 +54,6 @@ LABEL_FILES = ("attributes.csv", "labels.csv")
 
 BRODEN_URL = "http://netdissect.csail.mit.edu/data/broden1_224.zip"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 
 
 class ProbeSetError(ValueError):
@@ -321,104 +318,10 @@ def resolve_probe_set(name_or_path: str | Path, root: str | Path | None = None) 
     return ProbeSet(key, base, len(images), lambda: iter(images))
 
 
-def download_probe_set(name: str, root: str | Path | None = None, url: str | None = None) -> Path:
-    """Download and unpack ``broden`` or ``cifar100`` (both splits) under ``root``; returns root.
-
-    Does nothing if the set is already there. ``url`` overrides the public address (a mirror, or
-    a ``file://`` archive). Fails fast (``CDISSECT_DOWNLOAD_TIMEOUT``) with ``ProbeSetDownloadError``
-    when the host cannot be reached; no partial archive is left behind.
-    """
-    base = Path(root).expanduser() if root is not None else data_dir()
-    if name == "broden":
-        if (base / "broden1_224" / "index.csv").is_file():
-            return base
-        archive = _fetch(name, url or BRODEN_URL, base / "broden1_224.zip", base, "broden1_224/images/<source>/*.jpg")
-        try:
-            _unzip_broden(archive, base)
-        finally:
-            archive.unlink(missing_ok=True)
-        return base
-    if name in ("cifar100", "cifar100_train", "cifar100_val"):
-        if (base / "cifar-100-python" / "meta").is_file():
-            return base
-        archive = _fetch("cifar100", url or CIFAR100_URL, base / "cifar-100-python.tar.gz", base,
-                         "cifar-100-python/{train,test,meta}")
-        try:
-            if url is None and _md5(archive) != CIFAR100_MD5:
-                raise ProbeSetDownloadError(f"{archive} does not have the published MD5 {CIFAR100_MD5}; "
-                                            "delete it and download again.")
-            _untar(archive, base)
-        finally:
-            archive.unlink(missing_ok=True)
-        return base
-    raise ProbeSetError(f"probe set {name!r} has no download: only broden and cifar100 are public. "
-                        f"Place the files under {base} as resolve_probe_set documents "
-                        "(imagenet_val/<wnid>/*.JPEG, places365/val_256 + places365_val.txt).")
-
-
-def _fetch(name: str, url: str, dest: Path, base: Path, layout: str) -> Path:
-    """downloads.fetch, with the probe set's own instructions when it fails."""
-    try:
-        return fetch(url, dest)
-    except DownloadError as exc:
-        raise ProbeSetDownloadError(
-            f"could not download probe set {name!r} from {url}: {exc.reason}. Without network access, "
-            f"fetch that file elsewhere and unpack it under {base} so that {base}/{layout} exists "
-            f"(or pass url= a mirror or a file:// path; the default root is set by $CDISSECT_DATA_DIR).",
-            url, dest, exc.reason) from exc
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _safe_target(base: Path, member: str) -> Path:
-    target = (base / member).resolve()
-    if not str(target).startswith(str(base.resolve()) + os.sep) and target != base.resolve():
-        raise ProbeSetDownloadError(f"archive member {member!r} would be written outside {base}; refusing it.")
-    return target
-
-
-def _unzip_broden(archive: Path, base: Path) -> None:
-    """Unzip, then drop what dlbroden.sh drops: the segmentation PNGs and top-level *.txt files."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                _safe_target(base, member)
-            zf.extractall(base)
-    except zipfile.BadZipFile as exc:
-        raise ProbeSetDownloadError(f"{archive} is not a valid zip ({exc}); delete it and download again.") from exc
-    images = base / "broden1_224" / "images"
-    if images.is_dir():
-        for source in images.iterdir():
-            if source.is_dir():
-                for png in source.rglob("*.png"):
-                    png.unlink()
-    for txt in (base / "broden1_224").glob("*.txt"):
-        txt.unlink()
-
-
-def _untar(archive: Path, base: Path) -> None:
-    try:
-        with tarfile.open(archive, "r:gz") as tf:
-            members = tf.getmembers()
-            for m in members:
-                _safe_target(base, m.name)
-                if not (m.isfile() or m.isdir()):
-                    raise ProbeSetDownloadError(f"archive member {m.name!r} is not a file or folder; refusing it.")
-            tf.extractall(base, members=members, filter="data")
-    except tarfile.TarError as exc:
-        raise ProbeSetDownloadError(f"{archive} is not a valid tar.gz ({exc}); delete it and download again.") from exc
-
-
 def probe_set_names() -> list[str]:
     """Names resolve_probe_set understands besides folder paths."""
     return list(NAMED_SETS)
 
 
 __all__ = ["ProbeImage", "ProbeSet", "ProbeSetError", "ProbeSetNotFoundError", "ProbeSetDownloadError",
-           "resolve_probe_set", "download_probe_set", "image_folder_files", "probe_set_names"]
+           "resolve_probe_set", "image_folder_files", "probe_set_names", "BRODEN_URL", "CIFAR100_URL"]
