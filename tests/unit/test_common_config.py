@@ -54,6 +54,8 @@ def test_config_file_from_env_var_and_comma_lists(tmp_path: Path) -> None:
     ({"CDISSECT_BATCH_SIZE": "0"}, "must be positive"),
     ({"CDISSECT_TLS_CERT": "/c.pem"}, "TLS needs both"),
     ({"CDISSECT_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
+    ({"CDISSECT_MAX_INFLIGHT_RPCS": "8", "CDISSECT_MAX_WORKERS": "8"},
+     "CDISSECT_MAX_INFLIGHT_RPCS=8 must be below CDISSECT_MAX_WORKERS=8"),
 ])
 def test_bad_values_name_the_setting(env: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
