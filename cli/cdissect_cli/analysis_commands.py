@@ -20,7 +20,7 @@ from cdissect_cli.analyses import compare as compare_mod
 from cdissect_cli.analyses.quality import RULE_TEXT
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir, load_run
 from cdissect_cli.errors import CliError
-from cdissect_cli.options import (DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ConfigOpt, ConnectionFlags,
+from cdissect_cli.options import (DEFAULT_DEADLINE_S, ConfigOpt, ConnectionFlags,
                                   DeadlineOpt, EmbedderOpt, LabelerOpt, RetryOpt, StoreOpt)
 
 RunDirArg = Annotated[Path, typer.Argument(help="A finished run folder (holds results.json).")]
@@ -56,9 +56,8 @@ def _report_hint(run_dir: Path) -> None:
 
 
 def _stub(connection, service: str):
-    """A stub on the first address of a service."""
-    address, endpoint = connection.addresses(service)[0]
-    return connection.stub(address, service, endpoint)
+    """A stub of a service (on its first endpoint; gRPC spreads calls over that endpoint's replicas)."""
+    return connection.stub(service)
 
 
 def report(run_dir: RunDirArg,
@@ -85,7 +84,7 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
                     "sentence:/path/to/all-mpnet-base-v2 (default: sentence:all-mpnet-base-v2 when the "
                     "embedder can load it, else sentence:all-MiniLM-L6-v2).")] = None,
                 config: ConfigOpt = None, embedder: EmbedderOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
-                retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
+                retry_timeout: RetryOpt = None) -> None:
     """Top-1/top-5 accuracy of "label == class name" and mean label-class cosine (paper Tables 2/3)."""
     from cdissect_cli.analyses.class_names import load_class_names
     from cdissect_cli.analyses.final_layer import add_cosines, accuracy, write_final_layer
@@ -125,7 +124,7 @@ def compose(run_dir: RunDirArg, layer: LayerOpt,
                                              "(paper: 100, i.e. 10,000 candidates per unit).")] = 100,
             config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
             labeler: LabelerOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
-            retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
+            retry_timeout: RetryOpt = None) -> None:
     """Two-word explanations: pairs of each unit's top concepts, re-scored; the top-2 per unit."""
     from cdissect_cli.analyses.compose import explain_units, write_compose
 
@@ -167,7 +166,7 @@ def weights(run_dir: RunDirArg,
                 "--class-names", help="Compare with these names instead of the output layer's labels "
                                       "(as the paper does for fc: imagenet).")] = None,
             config: ConfigOpt = None, embedder: EmbedderOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
-            retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
+            retry_timeout: RetryOpt = None) -> None:
     """Weights vs concepts: label similarity of connected units against weight size, with a plot."""
     from cdissect_cli.analyses.class_names import load_class_names
     from cdissect_cli.analyses.weights import analyze_weights, load_weight_matrix, write_weights

@@ -20,7 +20,7 @@ from cdissect_cli.dispatch import ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
-    DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
+    ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Register and list probe sets in the object store.")
 
@@ -37,7 +37,7 @@ def _ask(connection: Connection, service: str, what: str, call: Any) -> Any:
 
 def models(
     config: ConfigOpt = None, embedder: EmbedderOpt = None, activations: ActivationsOpt = None,
-    retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    retry_timeout: RetryOpt = None,
 ) -> None:
     """Target models (activations service) and CLIP models (embedder service) that can be used by name."""
     flags = ConnectionFlags(config=config, embedder=embedder, activations=activations, deadline_s=60.0,
@@ -58,7 +58,7 @@ def models(
 def layers(
     model: Annotated[str, typer.Argument(help="Target model name or checkpoint path.")],
     weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT or none.")] = "",
-    config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = None,
 ) -> None:
     """Layer names of a target model (usable in --layers), with their output shapes."""
     flags = ConnectionFlags(config=config, activations=activations, deadline_s=300.0, retry_s=retry_timeout)

@@ -10,7 +10,7 @@
 - message-size limits from ``max_message_bytes`` (larger requests get RESOURCE_EXHAUSTED);
 - at most ``max_inflight_rpcs`` work RPCs at once, fewer than the ``max_workers`` threads, so a
   thread is always free for health checks: a call over the cap is answered at once with
-  RESOURCE_EXHAUSTED and the trailing metadata ``cdissect-busy: 1`` (clients wait and retry);
+  RESOURCE_EXHAUSTED and the trailing metadata ``cdissect-cause: busy`` (clients wait and retry);
 - TLS when certificate files are configured;
 - SIGTERM/SIGINT: NOT_SERVING, refuse new RPCs, let the RPCs in flight (the shard being
   computed) finish within ``shutdown_grace_seconds``, then exit 0; the grace bounds the exit:
@@ -37,10 +37,10 @@ from grpc_reflection.v1alpha import reflection
 
 from .auth import BearerTokenInterceptor, server_credentials
 from .config import ENV_VARS, ConfigError, Settings, load_settings, service_defaults
-from .errors import ServiceError, status_for
+from .errors import ServiceError, status_for, trailing_metadata_for
 from .lifetime import bind_to_parent
 from .metrics import ServiceMetrics
-from .retry import RetryPolicy
+from .retry import CAUSE_BUSY, CAUSE_METADATA_KEY, RetryPolicy
 from .store import ObjectStore, StoreConfigError, open_store
 
 log = logging.getLogger("cdissect.server")
@@ -103,6 +103,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                     code = already  # the handler aborted with its own status
                     raise
                 code, message = status_for(exc)
+                trailing = trailing_metadata_for(exc)
+                if trailing:
+                    context.set_trailing_metadata(trailing)
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
                 else:
@@ -117,7 +120,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                                                    response_serializer=handler.response_serializer)
 
 
-BUSY_METADATA = ("cdissect-busy", "1")
+BUSY_METADATA = (CAUSE_METADATA_KEY, CAUSE_BUSY)
 UNGATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -153,7 +156,7 @@ class WorkGateInterceptor(grpc.ServerInterceptor):
     """Admits unary work RPCs through a ``WorkGate``; health checks and reflection pass ungated.
 
     A call over the cap is answered at once (RESOURCE_EXHAUSTED, trailing metadata
-    ``cdissect-busy: 1``) instead of waiting for a thread, so the pool never fills with shard
+    ``cdissect-cause: busy``) instead of waiting for a thread, so the pool never fills with shard
     work and a liveness probe always finds a free thread.
     """
 
