@@ -9,10 +9,12 @@ services started for the command), through `cdissect_cli.connection.Connection`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
+from cdissect_common.userfiles import split_checkpoint
 from rich.console import Console
 from rich.table import Table
 
@@ -37,17 +39,26 @@ def _console() -> Console:
 
 @contextlib.contextmanager
 def _services(run: RunResults, flags: ConnectionFlags, need: tuple[str, ...], console: Console,
-              with_store: bool) -> Iterator[object]:
-    """A Connection to the services in `need`; with_store uses the run's store unless --store is given."""
+              with_store: bool) -> Iterator[tuple[Any, RunResults]]:
+    """(a Connection to the services in `need`, the run); with_store uses the run's store unless
+    --store is given. A run whose CLIP was a local file but recorded no upload (older runs) gets
+    it uploaded now, so the embedder never has to open a path of this machine."""
     from cdissect_cli.cli_settings import load_cli_settings
     from cdissect_cli.connection import Connection
+    from cdissect_cli.user_files import clip_args
 
+    upload_clip = "embedder" in need and run.clip_file is None and split_checkpoint(run.clip_model)[1] is not None
+    with_store = with_store or upload_clip
     overrides = flags.overrides()
     if with_store and not overrides.get("store"):
         overrides["store"] = run.store_url or None
     settings = load_cli_settings(flags.config, **overrides)
     with Connection(settings, flags, console, need=need, open_object_store=with_store) as connection:
-        yield connection
+        if upload_clip:
+            clip = clip_args(connection.store, run.clip_model, console)
+            if clip.file is not None:
+                run = dataclasses.replace(run, user_files={**run.user_files, "clip_model": clip.file_record()})
+        yield connection, run
 
 
 def _report_hint(run_dir: Path) -> None:
@@ -96,9 +107,9 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
                       run.concept_words if nameable_only else None)
     if not no_embed:
         flags = ConnectionFlags(config=config, embedder=embedder, deadline_s=deadline, retry_s=retry_timeout)
-        with _services(run, flags, ("embedder",), console, with_store=False) as connection:
+        with _services(run, flags, ("embedder",), console, with_store=False) as (connection, run):
             add_cosines(result, _stub(connection, "embedder"), run.clip_model,
-                        [sentence_model] if sentence_model else SENTENCE_MODELS)
+                        [sentence_model] if sentence_model else SENTENCE_MODELS, clip_file=run.clip_file)
     scored = f"{result.units} of {result.classes} units (nameable classes)" if nameable_only else f"{result.units} units"
     table = Table(title=f"final layer {layer}: {scored} vs {class_names}")
     table.add_column("metric")
@@ -136,7 +147,7 @@ def compose(run_dir: RunDirArg, layer: LayerOpt,
         raise CliError(f"--units must be comma-separated integers, got {units!r}.", exit_code=2) from err
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, labeler=labeler,
                             deadline_s=deadline, retry_s=retry_timeout)
-    with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as connection:
+    with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as (connection, run):
         rows = explain_units(run, layer, chosen, top, connection.store, _stub(connection, "embedder"),
                              _stub(connection, "labeler"),
                              progress=lambda done, total: console.print(f"[dim]unit {done}/{total}[/dim]"))
@@ -178,7 +189,7 @@ def weights(run_dir: RunDirArg,
     if names is None:
         run.layer(to_layer)  # unknown layer: fail before starting services
     flags = ConnectionFlags(config=config, embedder=embedder, deadline_s=deadline, retry_s=retry_timeout)
-    with _services(run, flags, ("embedder",), console, with_store=False) as connection:
+    with _services(run, flags, ("embedder",), console, with_store=False) as (connection, run):
         result = analyze_weights(run, from_layer, to_layer, matrix, _stub(connection, "embedder"), names)
     table = Table(title=f"weights {from_layer} -> {to_layer} {result.shape}: mean CLIP cos of labels")
     table.add_column("top-k weights", justify="right")

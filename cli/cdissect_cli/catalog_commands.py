@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from cdissect.v1 import activations_pb2, common_pb2
+from cdissect_common.userfiles import looks_like_path, split_checkpoint
 from cdissect_common.vocabulary import BAD_IMAGE_POLICIES, choices_text
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,7 @@ from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
     ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
+from cdissect_cli.user_files import ModelArgs, target_args
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Register and list probe sets in the object store.")
 
@@ -62,8 +64,11 @@ def layers(
 ) -> None:
     """Layer names of a target model (usable in --layers), with their output shapes."""
     flags = ConnectionFlags(config=config, activations=activations, deadline_s=300.0, retry_s=retry_timeout)
-    request = activations_pb2.ListLayersRequest(model=model, weights=weights)
-    with _connect(flags, ("activations",)) as connection:
+    has_file = split_checkpoint(model)[1] is not None or looks_like_path(weights)
+    with _connect(flags, ("activations",), open_store=has_file) as connection:
+        target = target_args(connection.store, model, weights) if has_file else ModelArgs(model, weights)
+        request = activations_pb2.ListLayersRequest(model=target.model, weights=target.weights,
+                                                    weights_file=target.file)
         reply = _ask(connection, "activations", f"listing the layers of {model!r}",
                      lambda stub, t: stub.ListLayers(request, timeout=t))
     table = Table(title=f"layers of {model}", show_edge=False)

@@ -31,6 +31,7 @@ from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import LayerResult, RunResult
+from cdissect_cli.user_files import ModelArgs, clip_args, target_args
 
 STAGE_DATASET = "probe set"
 STAGE_TEXT = "text embeddings"
@@ -63,25 +64,27 @@ def load_concepts(concept_set: str) -> ConceptWords:
     return ConceptWords(name=concepts.name, sha256=concepts.sha256, words=words)
 
 
-def _text_task(spec: JobSpec, concepts: ConceptWords) -> ShardTask:
+def _text_task(spec: JobSpec, clip: ModelArgs, concepts: ConceptWords) -> ShardTask:
     request = embedder_pb2.EmbedConceptsRequest(
-        model=spec.clip_model, concepts=concepts.words, prompt_templates=list(spec.prompt_templates),
+        model=clip.model, model_file=clip.file, concepts=concepts.words, prompt_templates=list(spec.prompt_templates),
         precision=spec.clip_precision)
     return ShardTask(what=f"text embeddings of concept set {concepts.name!r} ({len(concepts.words)} concepts)",
                      call=lambda stub, timeout: stub.EmbedConcepts(request, timeout=timeout))
 
 
-def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress) -> tuple[list[ShardTask], list[ShardTask]]:
+def _shard_tasks(spec: JobSpec, clip: ModelArgs, target: ModelArgs, manifest: Any,
+                 progress: RunProgress) -> tuple[list[ShardTask], list[ShardTask]]:
     """Image-embedding and activation tasks, one each per shard."""
     image_tasks, act_tasks = [], []
     n = len(manifest.shards)
     for shard in manifest.shards:
         label = f"shard {shard.index + 1}/{n} of dataset {manifest.name!r}"
         image_request = embedder_pb2.EmbedImageShardRequest(
-            model=spec.clip_model, shard=shard, precision=spec.clip_precision, on_bad_image=spec.on_bad_image)
+            model=clip.model, model_file=clip.file, shard=shard, precision=spec.clip_precision,
+            on_bad_image=spec.on_bad_image)
         act_request = activations_pb2.ComputeShardActivationsRequest(
-            model=spec.target_model, weights=spec.target_weights, layers=list(spec.layers), pooling=spec.pooling,
-            token_pooling=spec.token_pooling, shard=shard, on_bad_image=spec.on_bad_image)
+            model=target.model, weights=target.weights, weights_file=target.file, layers=list(spec.layers),
+            pooling=spec.pooling, token_pooling=spec.token_pooling, shard=shard, on_bad_image=spec.on_bad_image)
         image_tasks.append(ShardTask(
             what=f"image embeddings of {label}",
             call=lambda stub, timeout, r=image_request: stub.EmbedImageShard(r, timeout=timeout),
@@ -126,14 +129,16 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
     check_sizes(spec, int(manifest.num_images))
+    target = target_args(store, spec.target_model, spec.target_weights)  # local checkpoints go up first
+    clip = clip_args(store, spec.clip_model)
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()
     progress.stage(STAGE_TEXT, 1)
     progress.stage(STAGE_IMAGES, len(manifest.shards))
     progress.stage(STAGE_ACTS, len(manifest.shards))
-    image_tasks, act_tasks = _shard_tasks(spec, manifest, progress)
-    text_task = _text_task(spec, concepts)
+    image_tasks, act_tasks = _shard_tasks(spec, clip, target, manifest, progress)
+    text_task = _text_task(spec, clip, concepts)
     text_task.on_done = lambda resp: progress.advance(STAGE_TEXT, reused=resp.reused)
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="stage")
     try:
@@ -185,8 +190,11 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
                "store_url": store.url, "manifest_key": manifest_key(manifest.name),
                "shards": len(manifest.shards),
                "skipped_images": int(manifest.info.get("skipped_images", "0") or 0)}
+    uploaded = {name: args.file_record() for name, args in (("target_weights", target), ("clip_model", clip))
+                if args.file is not None}
     return RunResult(spec=spec, dataset=dataset, concepts_name=concepts.name, concepts_sha256=concepts.sha256,
-                     words=concepts.words, layers=layers, timings=timings, reused=progress.summary())
+                     words=concepts.words, layers=layers, timings=timings, reused=progress.summary(),
+                     user_files=uploaded)
 
 
 LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p")

@@ -26,6 +26,7 @@ from cdissect_common.errors import failed_precondition, invalid_argument, requir
 from cdissect_common.images import check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
+from cdissect_common.userfiles import looks_like_path, request_checkpoint, split_checkpoint
 from cdissect_common.server import Registration, ServiceRuntime
 
 log = logging.getLogger("cdissect.activations")
@@ -45,15 +46,34 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         self.runtime = runtime
         self.settings = runtime.settings
         self.device = resolve_device(self.settings.device)
-        self.models: ModelCache[Target] = ModelCache(on_load=lambda k, m: runtime.metrics.set_model_loaded(True))
-        self._shapes: dict[tuple[str, str], dict[str, list[int]]] = {}
+        self.models: ModelCache[Target] = ModelCache(
+            on_load=lambda k, m: runtime.metrics.set_model_loaded(True), max_models=self.settings.max_loaded_models,
+            on_evict=lambda k, m: log.info("dropped target %s (max_loaded_models=%d)", k[0],
+                                           self.settings.max_loaded_models))
+        self._shapes: ModelCache[dict[str, list[int]]] = ModelCache(max_models=4 * self.settings.max_loaded_models)
 
-    def target(self, model: str, weights: str) -> Target:
-        """The loaded target for a request (default: the served model)."""
-        name = (model or self.settings.model).strip()
+    def target(self, model: str, weights: str, weights_file: common_pb2.ArtifactRef | None = None) -> Target:
+        """The loaded target for a request (default: the served model).
+
+        A checkpoint comes as an uploaded file (`weights_file`) or as a server path in `model`
+        ('resnet50:/models/x.pth') or `weights`, accepted only inside the model folders
+        (cdissect_common.userfiles). The served model (CDISSECT_MODEL) is the operator's own.
+        """
+        name, weights = (model or self.settings.model).strip(), (weights or "").strip()
         if not name:
             raise invalid_argument("no target model given and the service serves none; set the request's model "
                                    "(e.g. resnet50) or CDISSECT_MODEL")
+        uploaded = weights_file is not None and bool(weights_file.key)
+        if model.strip():
+            arch, model_path = split_checkpoint(name)
+            weights_path = weights if looks_like_path(weights) else None
+            if sum(map(bool, (model_path, weights_path, uploaded))) > 1 or (uploaded and weights):
+                raise invalid_argument(f"the request names the weights of {arch!r} more than once (model {model!r}, "
+                                       f"weights {weights!r} and an uploaded weights_file); send one of them")
+            local = request_checkpoint(self.runtime.store, weights_file, model_path or weights_path,
+                                       self.settings.model_dirs, self.settings.cache_dir)
+            if local is not None:
+                name, weights = arch, str(local)
 
         def load() -> Target:
             with self.runtime.metrics.stage("model_load"):
@@ -94,7 +114,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         shard = request.shard
         require_shard_ref(shard)
         try:
-            target = self.target(request.model, request.weights)
+            target = self.target(request.model, request.weights, request.weights_file)
             self._check_layers(target, layers)
             keys = {layer: artifacts.content_key(
                 "activations", model_id=target.model_id, checkpoint_sha256=target.checkpoint_sha256, layer=layer,
@@ -159,7 +179,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
     def ListLayers(self, request: activations_pb2.ListLayersRequest,
                    context: grpc.ServicerContext) -> activations_pb2.ListLayersResponse:
         """Every hookable module of the model with its per-image output shape (one probe forward)."""
-        target = self.target(request.model, request.weights)
+        target = self.target(request.model, request.weights, request.weights_file)
         shapes = self._output_shapes(target)
         return activations_pb2.ListLayersResponse(layers=[
             activations_pb2.LayerInfo(name=info.name, kind=info.kind, output_shape=shapes.get(info.name, []))
@@ -167,9 +187,9 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
 
     def _output_shapes(self, target: Target) -> dict[str, list[int]]:
         """Output shape of every module on a grey probe image (modules not called get none)."""
-        cache_key = (target.model_id, target.checkpoint_sha256)
-        if cache_key in self._shapes:
-            return self._shapes[cache_key]
+        return self._shapes.get((target.model_id, target.checkpoint_sha256), lambda: self._probe_shapes(target))
+
+    def _probe_shapes(self, target: Target) -> dict[str, list[int]]:
         from PIL import Image
 
         names = {info.name for info in list_layers(target.model)}
@@ -196,7 +216,6 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         finally:
             for handle in handles:
                 handle.remove()
-        self._shapes[cache_key] = shapes
         return shapes
 
     def ListModels(self, request: common_pb2.ListModelsRequest,
@@ -207,7 +226,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
     def warmup(self) -> None:
         """Load the served model (CDISSECT_MODEL) and run one probe forward pass through it."""
         if self.settings.model:
-            self._output_shapes(self.target(self.settings.model, ""))
+            self._output_shapes(self.target("", ""))  # the served model
 
 
 def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], ActivationsServicer]:

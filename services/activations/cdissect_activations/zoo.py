@@ -35,6 +35,7 @@ from torchvision import transforms as T
 from cdissect_common.devices import resolve_device
 from cdissect_common.downloads import cache_dir, fetch, sha256_file
 from cdissect_common.suggest import closest_hint
+from cdissect_common.userfiles import looks_like_path
 
 from .checkpoints import apply_state_dict, load_state_dict_file, read_checkpoint, strip_prefix, unwrap_state_dict
 from .layers import LayerInfo, UnknownLayerError, list_layers, resolve_layer
@@ -54,7 +55,6 @@ RANDOM_WORDS = ("none", "random")
 REFERENCE_WEIGHTS = "IMAGENET1K_V1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".safetensors")
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
@@ -117,10 +117,6 @@ def available_models() -> list[str]:
     """Every target name: torchvision classification models, resnet18_places, then plugins."""
     builtin = _torchvision_models() + [PLACES_NAME]
     return builtin + sorted(n for n in _plugins() if n not in builtin)
-
-
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES) or Path(text).is_file()
 
 
 def parse_model_spec(name: str, weights: str | None = None) -> tuple[str, str | None]:
@@ -221,7 +217,7 @@ def _load_torchvision(arch: str, weights: str | None, device: torch.device) -> T
         model = _random_model(lambda: torchvision.models.get_model(arch, weights=None))
         return _finish(arch, model, imagenet_preprocess(), f"torchvision:{arch}:random-init:{RANDOM_SEED}",
                        f"random-init:{RANDOM_SEED}", "none", device)
-    if weights and _looks_like_path(weights):
+    if weights and looks_like_path(weights):
         path = Path(weights).expanduser()
         ref = _weights_enum(arch, _reference_weights_name(arch)) if _has_weights(arch) else None
         model = _random_model(lambda: torchvision.models.get_model(arch, weights=None))
@@ -275,7 +271,7 @@ def _load_places(weights: str | None, device: torch.device) -> Target:
     if _is_random(weights):
         return _finish(PLACES_NAME, _random_model(build), preprocess,
                        f"{PLACES_NAME}:random-init:{RANDOM_SEED}", f"random-init:{RANDOM_SEED}", "none", device)
-    if weights and _looks_like_path(weights):
+    if weights and looks_like_path(weights):
         path, weights_name = Path(weights).expanduser(), str(weights)
         model_id = f"{PLACES_NAME}:file:{path.name}"
     elif weights in (None, "", "places365", "DEFAULT"):

@@ -16,6 +16,7 @@ from .config import ConfigError
 from .manifest import DatasetError, DatasetNotFoundError, ShardCorruptError
 from .retry import CAUSE_METADATA_KEY, CAUSE_STORE_UNAVAILABLE, is_retryable_store
 from .store import DigestMismatchError, ObjectNotFoundError, StoreConfigError, StoreUnavailableError
+from .userfiles import ServerPathError, UserFileError
 
 
 class ServiceError(Exception):
@@ -57,8 +58,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, (DigestMismatchError, ShardCorruptError, ArtifactError)):
         return grpc.StatusCode.DATA_LOSS, str(exc)
-    if isinstance(exc, (DatasetError, ConfigError)):
+    if isinstance(exc, (DatasetError, ConfigError, UserFileError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, ServerPathError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     if isinstance(exc, StoreConfigError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, StoreUnavailableError):

@@ -21,6 +21,7 @@ from cdissect_common.errors import ServiceError, failed_precondition, invalid_ar
 from cdissect_common.images import check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
+from cdissect_common.userfiles import join_checkpoint, request_checkpoint, split_checkpoint
 from cdissect_common.server import Registration, ServiceRuntime
 from cdissect_embedder.backends.base import ClipBackend, resolve_device
 from cdissect_embedder.backends.registry import available_models, load_backend
@@ -39,15 +40,32 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self.settings = runtime.settings
         self.device = resolve_device(self.settings.device)
         self.models: ModelCache[ClipBackend] = ModelCache(
-            on_load=lambda key, model: runtime.metrics.set_model_loaded(True))
+            on_load=lambda key, model: runtime.metrics.set_model_loaded(True),
+            max_models=self.settings.max_loaded_models,
+            on_evict=lambda key, model: log.info("dropped CLIP model %s (max_loaded_models=%d)", key[0],
+                                                 self.settings.max_loaded_models))
 
     # ---------------------------------------------------------------- helpers
-    def backend(self, model: str, precision: str = "") -> ClipBackend:
-        """The loaded backend for a request's model (default: the served model) and precision."""
-        name = (model or self.settings.model).strip()
-        if not name:
+    def backend(self, model: str, precision: str = "",
+                model_file: common_pb2.ArtifactRef | None = None) -> ClipBackend:
+        """The loaded backend for a request's model (default: the served model) and precision.
+
+        A checkpoint comes as an uploaded file (`model_file`; `model` then names only the backend
+        and architecture, "" for OpenAI's format) or as a server path in `model`, accepted only
+        inside the model folders (cdissect_common.userfiles). The served model is the operator's own.
+        """
+        requested = model.strip()
+        uploaded = model_file is not None and bool(model_file.key)
+        name = requested if (requested or uploaded) else self.settings.model.strip()
+        if not name and not uploaded:
             raise invalid_argument("no CLIP model given and the embedder serves none; set the request's model "
-                                   "(e.g. ViT-B/16 or a checkpoint path) or CDISSECT_MODEL")
+                                   "(e.g. ViT-B/16, or upload a checkpoint with the cdissect CLI) or CDISSECT_MODEL")
+        if requested or uploaded:
+            name_part, path = split_checkpoint(name)
+            local = request_checkpoint(self.runtime.store, model_file, path, self.settings.model_dirs,
+                                       self.settings.cache_dir)
+            if local is not None:
+                name = join_checkpoint(name_part, local)
         precision = precision.strip() or None
 
         def load() -> ClipBackend:
@@ -108,7 +126,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         shard = request.shard
         require_shard_ref(shard)
         try:
-            backend = self.backend(request.model, request.precision)
+            backend = self.backend(request.model, request.precision, request.model_file)
             key = artifacts.content_key("embeddings/image", model_id=backend.model_id,
                                         checkpoint_sha256=backend.checkpoint_sha256,
                                         preprocess_id=backend.preprocess_id, dtype=backend.dtype,
@@ -138,7 +156,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         """Embed a concept list (raw strings, or averaged over templates) into a [C, d] artifact."""
         concepts = list(request.concepts)
         _check_texts(concepts, "concept list", "concept")
-        backend = self.backend(request.model, request.precision)
+        backend = self.backend(request.model, request.precision, request.model_file)
         digest = hashlib.sha256("\n".join(concepts).encode()).hexdigest()
         key = artifacts.content_key("embeddings/text", model_id=backend.model_id,
                                     checkpoint_sha256=backend.checkpoint_sha256, dtype=backend.dtype,
@@ -164,7 +182,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(texts) > MAX_INLINE_ITEMS:
             raise invalid_argument(f"{len(texts)} texts in one inline call; send at most {MAX_INLINE_ITEMS} per "
                                    f"call or use EmbedConcepts")
-        backend = self.backend(request.model)
+        backend = self.backend(request.model, model_file=request.model_file)
         return self._vectors(backend, self._texts_or_error(backend, texts, request.prompt_templates))
 
     def EmbedImages(self, request: embedder_pb2.EmbedImagesRequest,
@@ -175,7 +193,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(request.images) > MAX_INLINE_ITEMS:
             raise invalid_argument(f"{len(request.images)} images in one inline call; send at most "
                                    f"{MAX_INLINE_ITEMS} or register a dataset")
-        backend = self.backend(request.model)
+        backend = self.backend(request.model, model_file=request.model_file)
         emb, _ = self._embed_images(backend, [(f"images[{i}]", b) for i, b in enumerate(request.images)], "error")
         return self._vectors(backend, emb)
 
@@ -197,7 +215,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 
         from PIL import Image
 
-        backend = self.backend(self.settings.model)
+        backend = self.backend("")  # the served model
         grey = io.BytesIO()
         Image.new("RGB", (224, 224), (127, 127, 127)).save(grey, format="PNG")
         self._embed_images(backend, [("warm-up.png", grey.getvalue())], "error")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ComputeShardActivationsRequest(_message.Message):
-    __slots__ = ("model", "weights", "layers", "pooling", "token_pooling", "shard", "on_bad_image")
+    __slots__ = ("model", "weights", "layers", "pooling", "token_pooling", "shard", "on_bad_image", "weights_file")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ComputeShardActivationsRequest(_message.Message):
     TOKEN_POOLING_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     ON_BAD_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     weights: str
     layers: _containers.RepeatedScalarFieldContainer[str]
@@ -23,7 +24,8 @@ class ComputeShardActivationsRequest(_message.Message):
     token_pooling: str
     shard: _common_pb2.Shard
     on_bad_image: str
-    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., pooling: _Optional[str] = ..., token_pooling: _Optional[str] = ..., shard: _Optional[_Union[_common_pb2.Shard, _Mapping]] = ..., on_bad_image: _Optional[str] = ...) -> None: ...
+    weights_file: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., pooling: _Optional[str] = ..., token_pooling: _Optional[str] = ..., shard: _Optional[_Union[_common_pb2.Shard, _Mapping]] = ..., on_bad_image: _Optional[str] = ..., weights_file: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class ComputeShardActivationsResponse(_message.Message):
     __slots__ = ("activations", "reused", "skipped_images")
@@ -36,12 +38,14 @@ class ComputeShardActivationsResponse(_message.Message):
     def __init__(self, activations: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., reused: _Optional[int] = ..., skipped_images: _Optional[int] = ...) -> None: ...
 
 class ListLayersRequest(_message.Message):
-    __slots__ = ("model", "weights")
+    __slots__ = ("model", "weights", "weights_file")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     weights: str
-    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ...) -> None: ...
+    weights_file: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., weights_file: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class LayerInfo(_message.Message):
     __slots__ = ("name", "kind", "output_shape")

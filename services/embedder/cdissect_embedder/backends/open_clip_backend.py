@@ -19,6 +19,7 @@ import torch
 
 from cdissect_common.downloads import DownloadError, cache_dir, host_reachable, sha256_file
 from cdissect_common.suggest import closest_hint
+from cdissect_common.userfiles import looks_like_path
 
 from .base import ClipBackend, describe_transform, resolve_device, resolve_precision
 
@@ -136,11 +137,11 @@ def load(spec: str, device: str | torch.device = "auto", precision: str | None =
     precision_name = "fp16" if dtype == torch.float16 else "fp32"
     if not pretrained:
         path, model_id, sha = None, f"{PREFIX}:{arch}:random-init:{RANDOM_SEED}", f"random-init:{RANDOM_SEED}"
-    elif Path(pretrained).expanduser().is_file():
+    elif looks_like_path(pretrained):  # the one rule: a tag is never looked up on disk
         path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"open_clip checkpoint {pretrained} does not exist; check the path")
         model_id, sha = f"{PREFIX}:{arch}:file:{path.name}", sha256_file(path)
-    elif pretrained.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"open_clip checkpoint {pretrained} does not exist; check the path")
     else:
         path = _pretrained_file(arch, pretrained)
         model_id, sha = f"{PREFIX}:{arch}:{pretrained}", sha256_file(path)

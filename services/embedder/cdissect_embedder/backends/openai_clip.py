@@ -21,6 +21,7 @@ import torch
 
 from cdissect_common.downloads import cache_dir, fetch, sha256_file
 from cdissect_common.suggest import closest_hint
+from cdissect_common.userfiles import looks_like_path
 
 from .base import ClipBackend, describe_transform, resolve_device, resolve_precision
 
@@ -87,8 +88,10 @@ def resolve_checkpoint(name: str) -> tuple[Path, str, str | None]:
     if name in clip.available_models():
         url = model_url(name)
         return model_cache_path(name), f"{PREFIX}:{name}", url.split("/")[-2]
-    path = Path(name).expanduser()
-    if path.is_file():
+    if looks_like_path(name):  # the one rule: a name is never looked up on disk
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP checkpoint file {path} does not exist; check the path")
         return path, f"{PREFIX}:file:{path.name}", None
     plugins = _plugins()
     if name in plugins:
@@ -96,8 +99,6 @@ def resolve_checkpoint(name: str) -> tuple[Path, str, str | None]:
         if not plugin_path.is_file():
             raise FileNotFoundError(f"CLIP plugin {name!r} ({plugins[name].value}) points to {plugin_path}, which does not exist")
         return plugin_path, f"{PREFIX}:{name}", None
-    if name.startswith(("/", "./", "../", "~")) or name.endswith((".pt", ".pth", ".bin", ".tar")):
-        raise FileNotFoundError(f"CLIP checkpoint file {path} does not exist; check the path")
     known = list_names()
     hint = closest_hint(name, known)
     raise LookupError(
