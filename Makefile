@@ -9,10 +9,10 @@ PKG_FILES := $(addsuffix /pyproject.toml,$(PKGS))
 APT_PACKAGES := prometheus chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast demo bench bench-labeler bench-pipeline shapes-models protos up down lint clean help
+.PHONY: install test test-fast demo bench bench-labeler bench-pipeline shapes-models protos rehearse up down lint clean help
 
 help:
-	@echo "make install | test | demo | bench | bench-labeler | shapes-models | protos | up | down | clean"
+	@echo "make install | test | demo | bench | bench-labeler | shapes-models | protos | rehearse | up | down | clean"
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ shapes-models: install
 
 protos: install
 	$(PY) scripts/gen_protos.py
+
+# The manifests' pods as local processes (no cluster needed): see deploy/README.md, "Rehearsal".
+REHEARSE_IMAGES ?= 1200
+rehearse: install
+	$(PY) -m deploy.rehearse --images $(REHEARSE_IMAGES)
 
 up:
 	bash deploy/kind/up.sh

@@ -37,7 +37,7 @@ Before runs 2 and 3 the model of the timed stage is loaded in its service by an 
 CLIP, which also makes the run's text embeddings a reuse), so the timed stage measures
 throughput, not model loading. Right before each timed run the bare loop of the same model runs
 in this process with the same batch size, thread count and device, on the same image files:
-decode with ``cdissect_common.images.decode_images``, the model's own preprocessing, stack,
+decode with ``cdissect_common.images.decode_image``, the model's own preprocessing, stack,
 forward (``backend.encode_images`` for CLIP, ``model(batch)`` under no_grad for the target), one
 batch after the other, nothing overlapped. Like the services' forward passes (which run in a gRPC
 handler thread), the bare loop runs on a non-main thread: on this 2-core machine, with another
@@ -135,14 +135,13 @@ def clip_checkpoints(tmp: Path, shapes_clip: bool) -> tuple[Path, Path, str]:
 def bare_loop(files: list[Path], batch: int, preprocess, forward) -> dict:
     """Decode → preprocess → stack → forward, batch after batch; img/s and forward seconds."""
     import torch
-    from cdissect_common.images import decode_images
+    from cdissect_common.images import decode_image
 
     items = [(p.name, p.read_bytes()) for p in files]
     fwd = 0.0
     start = time.perf_counter()
     for i in range(0, len(items), batch):
-        images, _ = decode_images(items[i:i + batch])
-        tensors = torch.stack([preprocess(img) for img in images])
+        tensors = torch.stack([preprocess(decode_image(name, data)) for name, data in items[i:i + batch]])
         t = time.perf_counter()
         forward(tensors)
         fwd += time.perf_counter() - t

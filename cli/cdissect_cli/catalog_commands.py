@@ -127,11 +127,13 @@ def datasets_add(
                        exit_code=2)
     flags = ConnectionFlags(config=config, store=store)
     with _connect(flags, (), open_store=True) as connection:
-        manifest, reused = register_source(connection.store, name, source, shard_size, on_bad_image)
+        manifest, reused = register_source(connection.store, name, source, shard_size, on_bad_image,
+                                           connection.settings.max_image_pixels)
         summary = dataset_summary(connection.store, manifest.name)
     verb = "unchanged" if reused else "registered"
     typer.echo(f"{verb} dataset {summary['name']}: {summary['images']} images in {summary['shards']} shard(s)"
-               + (f", {summary['skipped']} unreadable image(s) skipped" if summary["skipped"] else "")
+               + (f", {summary['skipped']} unreadable image(s) skipped: {', '.join(summary['skipped_names'])}"
+                  if summary["skipped"] else "")
                + f" (store {connection.store_url})")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cdissect.v1 import common_pb2
+from cdissect_common.config import DEFAULTS
 from cdissect_common.manifest import (
     DatasetError, DatasetNotFoundError, list_datasets, load_manifest, manifest_key, register_dataset)
 from cdissect_common.store import ObjectStore
@@ -33,9 +34,14 @@ def folder_dataset_name(path: Path) -> str:
     return f"{slug}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
-def _fingerprint(images: list[Any], shard_size: int, on_bad_image: str) -> str:
-    """Digest of what the registration would read: names, labels and file size/mtime (or bytes)."""
-    digest = hashlib.sha256(f"{shard_size}|{on_bad_image}".encode())
+# Bump when registration accepts or refuses images differently, so older manifests are redone.
+VALIDATION = "full-decode-1"
+
+
+def _fingerprint(images: list[Any], shard_size: int, on_bad_image: str, max_pixels: int) -> str:
+    """Digest of what the registration would read and decide: names, labels, file size/mtime (or
+    bytes), the shard size, the bad-image policy and pixel limit, and the validation rule."""
+    digest = hashlib.sha256(f"{shard_size}|{on_bad_image}|{max_pixels}|{VALIDATION}".encode())
     for image in images:
         source = getattr(image, "path_or_bytes", None)
         if source is None:
@@ -66,12 +72,12 @@ def _resolve_source(source: str) -> tuple[Iterable[Any], dict[str, str]]:
         raise CliError(f"probe set {source!r}: {err}") from err
 
 
-def register_source(store: ObjectStore, name: str, source: str, shard_size: int,
-                    on_bad_image: str) -> tuple[common_pb2.DatasetManifest, bool]:
+def register_source(store: ObjectStore, name: str, source: str, shard_size: int, on_bad_image: str,
+                    max_pixels: int = DEFAULTS["max_image_pixels"]) -> tuple[common_pb2.DatasetManifest, bool]:
     """Register a folder or built-in probe set under `name`; (manifest, reused?)."""
     images, info = _resolve_source(source)
     images = list(images)
-    fingerprint = _fingerprint(images, shard_size, on_bad_image)
+    fingerprint = _fingerprint(images, shard_size, on_bad_image, max_pixels)
     if store.exists(manifest_key(name)):
         existing = load_manifest(store, name)
         if existing.info.get(FINGERPRINT_INFO) == fingerprint:
@@ -79,18 +85,18 @@ def register_source(store: ObjectStore, name: str, source: str, shard_size: int,
     info = {**info, FINGERPRINT_INFO: fingerprint, "on_bad_image": on_bad_image}
     try:
         manifest = register_dataset(store, name, images, shard_size=shard_size,
-                                    on_bad_image=on_bad_image, info=info)
+                                    on_bad_image=on_bad_image, info=info, max_pixels=max_pixels)
     except DatasetError as err:
         raise CliError(f"probe set {source!r}: {err}") from err
     return manifest, False
 
 
-def ensure_dataset(store: ObjectStore, probe_set: str, shard_size: int,
-                   on_bad_image: str) -> tuple[common_pb2.DatasetManifest, bool]:
+def ensure_dataset(store: ObjectStore, probe_set: str, shard_size: int, on_bad_image: str,
+                   max_pixels: int = DEFAULTS["max_image_pixels"]) -> tuple[common_pb2.DatasetManifest, bool]:
     """The registered manifest for a job's probe set, registering it when needed; (manifest, reused?)."""
     path = Path(probe_set).expanduser()
     if path.is_dir():
-        return register_source(store, folder_dataset_name(path), str(path), shard_size, on_bad_image)
+        return register_source(store, folder_dataset_name(path), str(path), shard_size, on_bad_image, max_pixels)
     if path.exists():
         raise CliError(f"probe set {probe_set!r} is a file; give a folder of images (class subfolders allowed), "
                        f"a registered dataset name or a built-in probe set", exit_code=2)
@@ -99,10 +105,10 @@ def ensure_dataset(store: ObjectStore, probe_set: str, shard_size: int,
         source = manifest.info.get("source", "")
         if source.startswith("builtin:"):
             # Built-ins are re-checked cheaply (fingerprint) in case the files changed.
-            return register_source(store, probe_set, source[len("builtin:"):], shard_size, on_bad_image)
+            return register_source(store, probe_set, source[len("builtin:"):], shard_size, on_bad_image, max_pixels)
         return manifest, True
     try:
-        return register_source(store, probe_set, probe_set, shard_size, on_bad_image)
+        return register_source(store, probe_set, probe_set, shard_size, on_bad_image, max_pixels)
     except CliError as err:
         known = ", ".join(list_datasets(store)) or "(none)"
         raise CliError(f"{err}\nregistered datasets in {store.url}: {known}; register a folder with "
@@ -116,5 +122,10 @@ def dataset_summary(store: ObjectStore, name: str) -> dict[str, Any]:
     except DatasetNotFoundError as err:
         raise CliError(str(err)) from err
     return {"name": manifest.name, "images": int(manifest.num_images), "shards": len(manifest.shards),
-            "skipped": int(manifest.info.get("skipped_images", "0") or 0),
+            "skipped": int(manifest.info.get("skipped_images", "0") or 0), "skipped_names": skipped_names(manifest),
             "source": manifest.info.get("source", ""), "digest": manifest.digest[:12]}
+
+
+def skipped_names(manifest: common_pb2.DatasetManifest) -> list[str]:
+    """The images the registration left out as unreadable (on_bad_image=skip), in dataset order."""
+    return [n for n in manifest.info.get("skipped_names", "").split(",") if n]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -22,12 +23,13 @@ from cdissect_common.store import ObjectStore
 from rich.console import Console
 from rich.table import Table
 
+from cdissect_cli.analyses.run_results import load_run
 from cdissect_cli.cli_settings import cdissect_home
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.options import (
     DEFAULT_DEADLINE_S, ConfigOpt, ConnectionFlags, DeadlineOpt, RetryOpt, StoreOpt)
-from cdissect_cli.results import LayerResult, RunResult
+from cdissect_cli.results import RunResult
 from cdissect_cli.run_command import execute_run, reuse_table
 
 SCORE_KEYS = ("final_top1", "final_top3", "planted_top1", "conv_selective_top1", "conv_selective_top3",
@@ -66,10 +68,10 @@ def demo_probe_folder(n_images: int, seed: int, write_probe_folder: Any) -> Path
     return folder
 
 
-def _layer_activations(store: ObjectStore, layer: LayerResult) -> np.ndarray:
+def _layer_activations(store: ObjectStore, activation_keys: Sequence[str]) -> np.ndarray:
     """[N, units] activations of a layer, concatenated from its per-shard artifacts in order."""
     parts = []
-    for key in layer.activation_keys:
+    for key in activation_keys:
         arrays = get_arrays(store, key)
         if len(arrays) != 1:
             raise CliError(f"activation artifact {key} holds {sorted(arrays)}; expected one array")
@@ -77,19 +79,34 @@ def _layer_activations(store: ObjectStore, layer: LayerResult) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_run: Any) -> dict:
-    """score_run over a finished run: labels as words, activations and attributes from the store."""
-    labels = {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
-              for layer in result.layers}
+def score_labels(labels: dict[str, list[list[str]]], activation_keys: dict[str, Sequence[str]], dataset: str,
+                 store: ObjectStore, settings: dict, score_run: Any) -> dict:
+    """score_run over labelled layers: labels as words (best first), activations and attributes from the store."""
     special = {settings["final_layer"], settings.get("planted_layer")}
-    activations = {layer.name: _layer_activations(store, layer) for layer in result.layers
-                   if layer.name not in special}
-    manifest = load_manifest(store, result.dataset["name"])
+    activations = {name: _layer_activations(store, keys) for name, keys in activation_keys.items()
+                   if name not in special}
+    manifest = load_manifest(store, dataset)
     attributes = [dict(entry.labels) for shard in manifest.shards for entry in shard.images]
     if not attributes or not all(attributes):
-        raise CliError(f"the demo's probe set {result.dataset['name']} carries no image attributes; delete "
+        raise CliError(f"the demo's probe set {dataset} carries no image attributes; delete "
                        f"{cdissect_home() / 'demo'} and rerun `cdissect demo` to regenerate it")
     return score_run(labels, activations, attributes, settings["final_layer"], settings.get("planted_layer"))
+
+
+def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_run: Any) -> dict:
+    """score_run over a finished run held in memory."""
+    labels = {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
+              for layer in result.layers}
+    return score_labels(labels, {layer.name: layer.activation_keys for layer in result.layers},
+                        result.dataset["name"], store, settings, score_run)
+
+
+def score_run_folder(run_dir: Path, store: ObjectStore, settings: dict, score_run: Any) -> dict:
+    """score_run over a finished run folder (its results.json), e.g. one a cluster Job wrote."""
+    run = load_run(run_dir)
+    labels = {layer.name: [[word for word, _ in unit.top] for unit in layer.units] for layer in run.layers}
+    return score_labels(labels, {layer.name: layer.activation_keys for layer in run.layers},
+                        str(run.dataset.get("name", "")), store, settings, score_run)
 
 
 def _plain(value: Any) -> Any:

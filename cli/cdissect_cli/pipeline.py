@@ -21,11 +21,12 @@ from typing import Any, Callable
 import numpy as np
 from cdissect.v1 import activations_pb2, embedder_pb2, labeler_pb2
 from cdissect_common.artifacts import get_arrays
+from cdissect_common.config import DEFAULTS
 from cdissect_common.manifest import manifest_key
 from cdissect_common.store import ObjectStore
 from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
 
-from cdissect_cli.datasets import ensure_dataset
+from cdissect_cli.datasets import ensure_dataset, skipped_names
 from cdissect_cli.dispatch import ShardDispatcher, ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
@@ -108,24 +109,31 @@ def check_sizes(spec: JobSpec, num_images: int) -> None:
                        f"probe set", exit_code=2)
 
 
-def _check_skips(spec: JobSpec, image_responses: list[Any], act_responses: list[Any]) -> None:
-    """Both services must have seen the same images, or the rows of the two matrices would not align."""
+def _check_skips(image_responses: list[Any], act_responses: list[Any]) -> None:
+    """No service may drop an image of a registered shard: its rows would no longer be the manifest's.
+
+    Current services refuse such a shard instead; an older service reports a skip, caught here.
+    """
     for index, (img, act) in enumerate(zip(image_responses, act_responses)):
         if img.skipped_images or act.skipped_images:
-            if img.skipped_images != act.skipped_images:
-                raise CliError(f"shard {index + 1}: the embedder skipped {img.skipped_images} unreadable image(s) "
-                               f"but the activations service {act.skipped_images}; the rows would not align. "
-                               f"Remove the unreadable images from the probe folder and rerun")
+            raise CliError(f"shard {index + 1}: a service skipped {max(img.skipped_images, act.skipped_images)} "
+                           f"image(s) that registration accepted, so the rows would not match the probe set; "
+                           f"update the services to this cdissect version and rerun")
 
 
 def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], ShardDispatcher],
-                 progress: RunProgress) -> RunResult:
-    """Run every stage for `spec`; returns the labelled layers with artifact keys and reuse counts."""
+                 progress: RunProgress, max_image_pixels: int = DEFAULTS["max_image_pixels"]) -> RunResult:
+    """Run every stage for `spec`; returns the labelled layers with artifact keys and reuse counts.
+
+    Which images are skipped is decided once, when the probe set is registered; every row of
+    every array then belongs to the manifest's image at that index.
+    """
     started = time.monotonic()
     concepts = load_concepts(spec.concept_set)
 
     progress.stage(STAGE_DATASET, 1)
-    manifest, dataset_reused = ensure_dataset(store, spec.probe_set, spec.shard_size, spec.on_bad_image)
+    manifest, dataset_reused = ensure_dataset(store, spec.probe_set, spec.shard_size, spec.on_bad_image,
+                                              max_image_pixels)
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
     check_sizes(spec, int(manifest.num_images))
@@ -163,7 +171,7 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     image_responses, act_responses = image_future.result(), act_future.result()
     for stage in (STAGE_TEXT, STAGE_IMAGES, STAGE_ACTS):
         progress.done(stage)
-    _check_skips(spec, image_responses, act_responses)
+    _check_skips(image_responses, act_responses)
 
     image_refs = [r.embeddings for r in image_responses]
     progress.stage(STAGE_LABELS, len(spec.layers))
@@ -189,7 +197,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     dataset = {"name": manifest.name, "digest": manifest.digest, "num_images": int(manifest.num_images),
                "store_url": store.url, "manifest_key": manifest_key(manifest.name),
                "shards": len(manifest.shards),
-               "skipped_images": int(manifest.info.get("skipped_images", "0") or 0)}
+               "skipped_images": int(manifest.info.get("skipped_images", "0") or 0),
+               "skipped_names": skipped_names(manifest)}
     uploaded = {name: args.file_record() for name, args in (("target_weights", target), ("clip_model", clip))
                 if args.file is not None}
     return RunResult(spec=spec, dataset=dataset, concepts_name=concepts.name, concepts_sha256=concepts.sha256,

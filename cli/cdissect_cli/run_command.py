@@ -80,7 +80,8 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
     try:
         with RunProgress(console=console, enabled=show_progress) as progress:
             try:
-                result = run_pipeline(spec, connection.store, connection.dispatcher, progress)
+                result = run_pipeline(spec, connection.store, connection.dispatcher, progress,
+                                      settings.max_image_pixels)
             except ShardFailure as err:
                 note = connection.exit_note(err.service)
                 if note is None:
@@ -159,10 +160,11 @@ def run(
     console.print(reuse_table(outcome.result))
     units = sum(layer.units for layer in outcome.result.layers)
     console.print(f"labelled {units} units in {len(outcome.result.layers)} layer(s)")
-    skipped = outcome.result.dataset.get("skipped_images", 0)
+    skipped = outcome.result.dataset.get("skipped_names", [])
     if skipped:
-        console.print(f"skipped {skipped} unreadable image(s) of the probe set (on_bad_image=skip)",
-                      style="yellow")
+        shown = ", ".join(skipped[:20]) + (f" ... ({len(skipped) - 20} more)" if len(skipped) > 20 else "")
+        console.print(f"skipped {len(skipped)} unreadable image(s) of the probe set (on_bad_image=skip): {shown}",
+                      style="yellow", highlight=False, markup=False)
     typer.echo(f"run folder: {outcome.run_dir}")
     if outcome.report is not None:
         typer.echo(f"report: {outcome.report}")

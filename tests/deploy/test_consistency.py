@@ -9,6 +9,7 @@ import pytest
 import yaml
 from cdissect_common.config import CONFIG_ENV_VAR, ENV_VARS, SERVICE_DEFAULTS, load_settings
 
+from deploy.rehearse.manifests import secrets_from_script
 from deploy_helpers import K8S, REPO_ROOT, TREES, find, one, pod_specs, rendered, rendered_text  # noqa: F401
 
 DOCKER = REPO_ROOT / "docker"
@@ -166,10 +167,7 @@ def test_bucket_job_creates_the_bucket_of_the_store(rendered: dict) -> None:
 
 def _secrets_created_by_up_sh() -> set[tuple[str, str]]:
     text = (REPO_ROOT / "deploy" / "kind" / "up.sh").read_text()
-    created = set()
-    for match in re.finditer(r"create secret generic (\S+)((?: --from-literal=[\w-]+=\S+)+)", text):
-        created.update((match.group(1), key) for key in re.findall(r"--from-literal=([\w-]+)=", match.group(2)))
-    return created
+    return {(name, key) for name, keys in secrets_from_script(text).items() for key in keys}
 
 
 @pytest.mark.parametrize("tree", TREES)

@@ -1,9 +1,15 @@
-"""Dockerfile lint, the lock-derived installs (docker/lockdeps.py) and the HEALTHCHECK probe."""
+"""Dockerfile lint, and what the images' build and health steps do, run for real here: the
+VARIANT switch of the RUN step, the lock-derived installs (docker/lockdeps.py as the RUN steps
+call it) and the HEALTHCHECK command (docker/healthcheck.py with the Dockerfile's arguments)."""
 from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import json
+import os
 import re
+import shlex
+import subprocess
 import sys
 from concurrent import futures
 from pathlib import Path
@@ -13,6 +19,7 @@ import pytest
 from cdissect_common.config import SERVICE_DEFAULTS
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from deploy.rehearse.dockerfile import instructions as parse_instructions
 from deploy_helpers import REPO_ROOT
 
 DOCKER = REPO_ROOT / "docker"
@@ -30,19 +37,11 @@ def load_module(name: str):
 
 
 lockdeps = load_module("lockdeps")
-healthcheck = load_module("healthcheck")
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
-    text = (DOCKER / f"{name}.Dockerfile").read_text()
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
-    out = []
-    for line in joined.splitlines():
-        if line.strip():
-            word, _, rest = line.strip().partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+    """(INSTRUCTION, arguments) of docker/<name>.Dockerfile (the rehearsal's parser)."""
+    return parse_instructions((DOCKER / f"{name}.Dockerfile").read_text())
 
 
 def base_images(name: str) -> list[str]:
@@ -98,12 +97,24 @@ def test_services_have_a_grpc_healthcheck_and_a_weights_volume(name: str) -> Non
     assert not re.search(r"\.(pt|pth|bin|safetensors)\b", text), "weights are downloaded to the cache, not baked in"
 
 
-@pytest.mark.parametrize("name", ["embedder", "activations"])
-def test_gpu_services_have_cpu_and_cuda_variants(name: str) -> None:
-    runs = " ".join(r for w, r in instructions(name) if w == "RUN")
+def run_variant_switch(name: str, variant: str) -> subprocess.CompletedProcess:
+    """The Dockerfile's own `case "$VARIANT"` step, run by bash; prints the pip index options."""
+    run = next(r for w, r in instructions(name) if w == "RUN" and 'case "$VARIANT"' in r)
+    case = run[run.index('case "$VARIANT"'):run.index("esac") + len("esac")]
+    script = f'set -eu; VARIANT={shlex.quote(variant)}; {case}; printf "%s" "$index"'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("name", [*SERVICE_DEFAULTS])
+def test_variant_switch_picks_cpu_wheels_by_default_and_refuses_unknown_variants(name: str) -> None:
     assert ("ARG", "VARIANT=cpu") in instructions(name)
-    assert "cpu) index=" in runs and "download.pytorch.org/whl/cpu" in runs and "cuda) index=" in runs
-    assert "VARIANT must be cpu or cuda" in runs
+    cpu = run_variant_switch(name, "cpu")
+    assert cpu.returncode == 0 and cpu.stdout.split()[:2] == ["--index-url", "https://download.pytorch.org/whl/cpu"]
+    assert "--extra-index-url https://pypi.org/simple" in cpu.stdout         # everything else from PyPI
+    cuda = run_variant_switch(name, "cuda")
+    assert (cuda.returncode, cuda.stdout) == (0, "")                        # the locked (CUDA) wheels
+    bad = run_variant_switch(name, "rocm")
+    assert bad.returncode == 1 and "rocm" in bad.stderr and bad.stdout == ""
 
 
 def test_cli_image_has_no_healthcheck_and_no_torch() -> None:
@@ -170,6 +181,29 @@ def test_lock_verify_passes_on_the_test_environment() -> None:
     assert lockdeps.verify(LOCK) == []
 
 
+def lockdeps_calls(name: str) -> list[list[str]]:
+    """argv of each `python lockdeps.py ...` in the Dockerfile's RUN steps (files relative to /src,
+    laid out there as in the repository, with lockdeps.py from docker/)."""
+    runs = " ".join(r for w, r in instructions(name) if w == "RUN")
+    calls = re.findall(r"python lockdeps\.py ((?:requirements|verify) [^;&|>]+)", runs)
+    return [[sys.executable, str(DOCKER / "lockdeps.py"), *shlex.split(call)] for call in calls]
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_the_lockdeps_steps_of_the_build_run_and_pin_from_the_lock(name: str) -> None:
+    calls = lockdeps_calls(name)
+    assert [c[2] for c in calls] == ["requirements", "verify"], calls
+    proc = subprocess.run(calls[0], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lock = lockdeps.read_lock(LOCK)
+    pins = [line.split("==") for line in proc.stdout.split()]
+    assert pins and all(lock[lockdeps.normalize(n)][1] == v for n, v in pins), proc.stdout
+    torch_free = name == "cli"
+    assert torch_free != any(lockdeps.normalize(n) == "torch" for n, _ in pins), proc.stdout
+    verify = subprocess.run(calls[1], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stderr                    # this venv is what the lock pins
+
+
 @pytest.fixture
 def health_server():
     """A real gRPC server with only grpc.health.v1, on a free loopback port."""
@@ -182,31 +216,41 @@ def health_server():
     server.stop(None)
 
 
-def test_healthcheck_exits_0_only_when_serving(health_server, monkeypatch, capsys) -> None:
+def run_healthcheck(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    """docker/healthcheck.py run as the container runs it, with only the given CDISSECT_* settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDISSECT_")}
+    return subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), *argv], env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def healthcheck_args(name: str) -> list[str]:
+    """The arguments the Dockerfile's HEALTHCHECK CMD passes to healthcheck.py."""
+    cmd = next(r for w, r in instructions(name) if w == "HEALTHCHECK").split("CMD", 1)[1]
+    argv = [str(a) for a in json.loads(cmd)]
+    assert argv[:2] == ["python", "/opt/cdissect/healthcheck.py"], argv
+    return argv[2:]
+
+
+@pytest.mark.parametrize("name", [*SERVICE_DEFAULTS])
+def test_the_healthcheck_command_of_each_image_passes_only_when_its_service_serves(health_server, name: str) -> None:
     servicer, port = health_server
-    monkeypatch.delenv("CDISSECT_PORT", raising=False)
-    monkeypatch.delenv("CDISSECT_TLS_CERT", raising=False)
-    servicer.set("cdissect.v1.Labeler", health_pb2.HealthCheckResponse.SERVING)
-    assert healthcheck.main(["--service", "cdissect.v1.Labeler", "--port", str(port)]) == 0
-    servicer.set("cdissect.v1.Labeler", health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert healthcheck.main(["--service", "cdissect.v1.Labeler", "--port", str(port)]) == 1
-    assert "NOT_SERVING" in capsys.readouterr().err
-    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", str(port)]) == 1
-    assert "NOT_FOUND" in capsys.readouterr().err
+    args = healthcheck_args(name)
+    assert run_healthcheck(args, CDISSECT_PORT=str(port)).returncode == 1        # not registered yet
+    servicer.set(SERVICE_DEFAULTS[name].health_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert run_healthcheck(args, CDISSECT_PORT=str(port)).returncode == 1
+    servicer.set(SERVICE_DEFAULTS[name].health_name, health_pb2.HealthCheckResponse.SERVING)
+    assert run_healthcheck(args, CDISSECT_PORT=str(port)).returncode == 0
+    assert args[args.index("--port") + 1] == str(SERVICE_DEFAULTS[name].port)  # without CDISSECT_PORT
 
 
-def test_healthcheck_follows_cdissect_port_and_reports_a_dead_server(health_server, monkeypatch, capsys) -> None:
-    from conftest import free_port
+def test_healthcheck_follows_cdissect_port_and_reports_a_dead_server(health_server) -> None:
+    from tests.conftest import free_port
 
     servicer, port = health_server
-    monkeypatch.delenv("CDISSECT_TLS_CERT", raising=False)
     servicer.set("cdissect.v1.Embedder", health_pb2.HealthCheckResponse.SERVING)
-    monkeypatch.setenv("CDISSECT_PORT", str(port))
-    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", "1", "--timeout", "2"]) == 0
-    monkeypatch.setenv("CDISSECT_PORT", str(free_port()))
-    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", str(port), "--timeout", "1"]) == 1
-    err = capsys.readouterr().err
-    assert "UNAVAILABLE" in err or "DEADLINE_EXCEEDED" in err, err
-    monkeypatch.setenv("CDISSECT_PORT", "fifty")
-    assert healthcheck.main(["--service", "cdissect.v1.Embedder", "--port", str(port)]) == 1
-    assert "CDISSECT_PORT must be a port number" in capsys.readouterr().err
+    args = ["--service", "cdissect.v1.Embedder", "--timeout", "2"]
+    assert run_healthcheck([*args, "--port", str(port)]).returncode == 0
+    assert run_healthcheck([*args, "--port", "1"], CDISSECT_PORT=str(port)).returncode == 0
+    dead = run_healthcheck([*args, "--port", str(port)], CDISSECT_PORT=str(free_port()))
+    assert dead.returncode == 1 and ("UNAVAILABLE" in dead.stderr or "DEADLINE_EXCEEDED" in dead.stderr), dead.stderr
+    assert run_healthcheck([*args, "--port", str(port)], CDISSECT_PORT="fifty").returncode == 1

@@ -3,20 +3,18 @@ configuration the Kubernetes manifests deploy (deploy/k8s/base/prometheus/promet
 same job names and metrics path, dns_sd targets rewritten to loopback, interval shortened."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from cdissect_common.config import SERVICE_DEFAULTS
 
-from conftest import free_port
+from tests.conftest import free_port
+from deploy.rehearse.prometheus import api, loopback_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_CONFIG = REPO_ROOT / "deploy" / "k8s" / "base" / "prometheus" / "prometheus.yml"
@@ -28,27 +26,6 @@ def need(program: str) -> str:
         pytest.fail(f"{program} is not installed; `make install` installs the Debian package prometheus "
                     f"(or: apt-get install -y --no-install-recommends prometheus)")
     return path
-
-
-def loopback_config(targets: dict[str, str], prometheus_address: str) -> dict:
-    """The deployed scrape configuration with every dns_sd job pointed at a loopback target."""
-    config = yaml.safe_load(SCRAPE_CONFIG.read_text())
-    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    for job in config["scrape_configs"]:
-        if "dns_sd_configs" in job:
-            del job["dns_sd_configs"]
-            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-        else:
-            job["static_configs"] = [{"targets": [prometheus_address]}]
-    return config
-
-
-def api(base: str, path: str, **params: str) -> dict:
-    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        body = json.loads(resp.read())
-    assert body["status"] == "success", body
-    return body["data"]
 
 
 def test_deployed_scrape_config_passes_promtool() -> None:
@@ -67,7 +44,9 @@ def test_prometheus_finds_cdissect_series_of_a_running_labeler(start_service, tm
     targets["cdissect-labeler"] = f"127.0.0.1:{labeler.metrics_port}"
     address = f"127.0.0.1:{free_port()}"
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(loopback_config(targets, address)))
+    shipped = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    config.write_text(yaml.safe_dump(loopback_config(shipped, lambda job, _kind, _entry: [targets.get(job, address)],
+                                                     interval="1s")))
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address={address}"], stdout=log, stderr=subprocess.STDOUT)

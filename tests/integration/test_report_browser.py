@@ -26,7 +26,7 @@ from cdissect_cli.report import write_report
 from cdissect_cli.results import LayerResult, RunResult, write_run_folder
 from cdissect_common.manifest import ImageSource, manifest_key, register_dataset
 from cdissect_common.store import open_store
-from conftest import REPO_ROOT, make_probe_images
+from tests.conftest import REPO_ROOT, make_probe_images
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WORDS = ["red", "green", "blue", "circle", "square", "dark", "bright", "striped", "dotted",

@@ -143,6 +143,9 @@ def test_bad_model_layer_and_concepts(first_run: PipelineResult, stubs: dict, cl
             model="resnet1800", weights="none", layers=["fc"], shard=shard), timeout=60), "resnet1800"),
         (lambda: act.ComputeShardActivations(activations_pb2.ComputeShardActivationsRequest(
             model="resnet18", weights="none", layers=["fc"], pooling="median", shard=shard), timeout=60), "median"),
+        (lambda: act.ComputeShardActivations(activations_pb2.ComputeShardActivationsRequest(
+            model="resnet18", weights="none", layers=["layer1[0].relu"], shard=shard), timeout=60),
+         "'layer1[0].relu' runs 2 times in one forward pass"),
         (lambda: stubs["embedder"].EmbedConcepts(embedder_pb2.EmbedConceptsRequest(model=clip_path, concepts=[]),
                                                  timeout=60), "empty concept list"),
         (lambda: stubs["embedder"].EmbedConcepts(embedder_pb2.EmbedConceptsRequest(
@@ -161,22 +164,23 @@ def test_bad_model_layer_and_concepts(first_run: PipelineResult, stubs: dict, cl
     assert "layer4" in info.value.details()  # the close names
 
 
-def test_corrupt_image_error_or_skip(stubs: dict, store, clip_path: str) -> None:
+def test_unreadable_image_in_a_shard_is_refused_whatever_the_policy(stubs: dict, store, clip_path: str) -> None:
+    """Registration decides skipping; a service never drops a row of a registered shard (that
+    would shift every later image), it names the image and says to register again."""
     shard = shard_with_bad_image(store)
-    with pytest.raises(grpc.RpcError) as info:
-        stubs["embedder"].EmbedImageShard(embedder_pb2.EmbedImageShardRequest(model=clip_path, shard=shard),
-                                          timeout=60)
-    assert _code(info) == grpc.StatusCode.INVALID_ARGUMENT and "truncated.jpg" in info.value.details()
-    emb = stubs["embedder"].EmbedImageShard(embedder_pb2.EmbedImageShardRequest(
-        model=clip_path, shard=shard, on_bad_image="skip"), timeout=60)
-    assert emb.skipped_images == 1 and list(emb.skipped_names) == ["truncated.jpg"]
-    assert list(emb.embeddings.shape) == [3, 32]
-    acts = stubs["activations"].ComputeShardActivations(activations_pb2.ComputeShardActivationsRequest(
-        model="resnet18", weights="none", layers=["fc"], shard=shard, on_bad_image="skip"), timeout=60)
-    assert acts.skipped_images == 1 and list(acts.activations[0].shape) == [3, 1000]
-    again = stubs["embedder"].EmbedImageShard(embedder_pb2.EmbedImageShardRequest(
-        model=clip_path, shard=shard, on_bad_image="skip"), timeout=60)
-    assert again.reused and again.skipped_images == 1
+    for policy in ("error", "skip"):
+        calls = [
+            lambda: stubs["embedder"].EmbedImageShard(embedder_pb2.EmbedImageShardRequest(
+                model=clip_path, shard=shard, on_bad_image=policy), timeout=60),
+            lambda: stubs["activations"].ComputeShardActivations(activations_pb2.ComputeShardActivationsRequest(
+                model="resnet18", weights="none", layers=["fc"], shard=shard, on_bad_image=policy), timeout=60),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert _code(info) == grpc.StatusCode.INVALID_ARGUMENT
+            assert "'truncated.jpg' in shard 0" in info.value.details()
+            assert "register the probe set again" in info.value.details()
 
 
 def test_labeler_input_errors(first_run: PipelineResult, stubs: dict) -> None:

@@ -8,11 +8,16 @@ from pathlib import Path
 
 
 def hang_object(store_root: Path, key: str) -> Path:
-    """Make ``key`` of the filesystem store at ``store_root`` a FIFO: every read of it blocks."""
-    path = store_root / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.mkfifo(path)
-    return path
+    """Make ``key`` of the filesystem store at ``store_root`` an object whose bytes are a FIFO:
+    every read of it blocks. (A real put, then its data file, wherever the store keeps it,
+    replaced by a named pipe.) Returns the FIFO's path."""
+    from cdissect_common.store import FilesystemStore
+
+    FilesystemStore(store_root).put(key, b"placeholder")
+    data = Path(os.path.realpath(store_root / key))
+    data.unlink()
+    os.mkfifo(data)
+    return data
 
 
 def release(path: Path) -> None:

@@ -31,10 +31,11 @@ class CountingStore(FilesystemStore):
         self.gets: list[str] = []
         self.lock = threading.Lock()
 
-    def put(self, key, data, metadata=None):  # noqa: ANN001 - the store interface
-        with self.lock:
-            self.puts.append(key)
-        return super().put(key, data, metadata)
+    def put(self, key, data, metadata=None, *, if_absent=False):  # noqa: ANN001 - the store interface
+        if not (if_absent and self.exists(key)):
+            with self.lock:
+                self.puts.append(key)
+        return super().put(key, data, metadata, if_absent=if_absent)
 
     def get(self, key, sha256=None):  # noqa: ANN001 - the store interface
         with self.lock:

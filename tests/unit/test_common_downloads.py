@@ -15,7 +15,7 @@ from cdissect_common.config import ConfigError
 from cdissect_common.downloads import (
     DownloadError, cache_dir, data_dir, download_timeout, fetch, host_reachable, sha256_dir, sha256_file,
 )
-from conftest import free_port
+from tests.conftest import free_port
 
 PAYLOAD = b"weights " * 1000
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

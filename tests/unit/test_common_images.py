@@ -1,41 +1,121 @@
-"""cdissect_common.images: one decoding and bad-image policy for every service, batch by batch."""
+"""cdissect_common.images: one full decode everywhere, a pixel limit, one image held at a time,
+and pixels identical to the plain decode-then-preprocess path."""
 from __future__ import annotations
+
+import gc
+import io
 
 import grpc
 import pytest
+from PIL import Image
 
 from cdissect_common.errors import ServiceError
-from cdissect_common.images import decode_images, prepared_batches
-from tests.conftest import make_probe_images
+from cdissect_common.images import SHARD_IMAGE_FIX, UnreadableImageError, decode_image, prepared_batches
+from tests.conftest import make_probe_images, truncated_jpeg
 
 
 def _items(n: int) -> list[tuple[str, bytes]]:
     return [(name, data) for name, data, _ in make_probe_images(n)]
 
 
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
 def test_batches_keep_order_and_size() -> None:
     items = _items(7)
     batches = list(prepared_batches(items, 3, lambda img: img.size))
-    assert [len(b) for b, _ in batches] == [3, 3, 1]
-    assert all(s == (32, 32) for b, _ in batches for s in b)
-    names = []
-    list(prepared_batches(items, 2, lambda img: names.append(img) or len(names)))
-    assert len(names) == 7
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert all(s == (32, 32) for b in batches for s in b)
+    assert list(prepared_batches([], 4, lambda img: img)) == []
 
 
-def test_skip_counts_per_batch_and_error_names_image() -> None:
+def test_unreadable_image_names_image_place_and_fix() -> None:
     items = _items(4)
     items.insert(2, ("broken.png", b"nope"))
-    batches = list(prepared_batches(items, 2, lambda img: img.mode, on_bad_image="skip"))
-    assert [b for b, _ in batches] == [["RGB", "RGB"], ["RGB"], ["RGB"]]
-    assert [s for _, s in batches] == [[], ["broken.png"], []]
     with pytest.raises(ServiceError) as info:
-        list(prepared_batches(items, 2, lambda img: img, where="shard 3"))
+        list(prepared_batches(items, 2, lambda img: img, where="shard 3", fix=SHARD_IMAGE_FIX))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "'broken.png' in shard 3" in info.value.message and "on_bad_image=skip" in info.value.message
+    assert "'broken.png' in shard 3" in info.value.message and "register the probe set again" in info.value.message
 
 
-def test_bad_policy_and_empty() -> None:
-    with pytest.raises(ServiceError, match="on_bad_image must be"):
-        decode_images(_items(1), "ignore")
-    assert list(prepared_batches([], 4, lambda img: img)) == []
+def test_truncated_jpeg_fails_the_full_decode_that_verify_lets_through() -> None:
+    data = truncated_jpeg()
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()  # the old registration check: passes
+    with pytest.raises(UnreadableImageError, match="'cut.jpg': cannot be decoded.*truncated"):
+        decode_image("cut.jpg", data)
+
+
+def test_images_over_the_pixel_limit_are_refused_by_name_before_decoding() -> None:
+    data = _encoded(Image.new("RGB", (300, 200), (1, 2, 3)), "PNG")
+    assert decode_image("ok.png", data, max_pixels=60_000).size == (300, 200)
+    assert decode_image("ok.png", data, max_pixels=0).size == (300, 200)  # 0: no limit
+    with pytest.raises(UnreadableImageError) as info:
+        decode_image("huge.png", data, max_pixels=59_999)
+    assert info.value.over_limit and "300x200 = 60,000 pixels" in str(info.value)
+    assert "CDISSECT_MAX_IMAGE_PIXELS" in str(info.value)
+    with pytest.raises(ServiceError) as info:
+        list(prepared_batches([("huge.png", data)], 2, lambda img: img, where="shard 0", max_pixels=50_000,
+                              fix=SHARD_IMAGE_FIX))
+    assert "'huge.png' in shard 0" in info.value.message and "register" not in info.value.message
+
+
+def test_only_one_full_resolution_image_is_held_while_preparing() -> None:
+    """Each image is prepared as soon as it is decoded (a batch of huge images used to be held whole)."""
+    size = (1500, 1000)
+    items = [(f"big{i}.png", _encoded(Image.new("RGB", size, (i, 2 * i, 3 * i)), "PNG")) for i in range(6)]
+    alive: list[int] = []
+
+    def prepare(img: Image.Image) -> tuple[int, int]:
+        gc.collect()
+        alive.append(sum(1 for o in gc.get_objects() if isinstance(o, Image.Image) and o.size == size))
+        return img.resize((8, 8)).size
+
+    batches = list(prepared_batches(items, 6, prepare))
+    assert batches == [[(8, 8)] * 6] and alive == [1] * 6
+
+
+def _normal_images() -> list[tuple[str, bytes]]:
+    """Everyday inputs: photos-sized JPEGs (RGB, grey, CMYK), PNGs (RGB, RGBA, palette, 16-bit grey)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    base = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    big = Image.fromarray(rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8))
+    return [
+        ("photo.jpg", _encoded(big, "JPEG", quality=90)),
+        ("small.jpg", _encoded(base.resize((500, 375)), "JPEG")),
+        ("grey.jpg", _encoded(base.convert("L"), "JPEG")),
+        ("cmyk.jpg", _encoded(base.convert("CMYK"), "JPEG")),
+        ("rgb.png", _encoded(base, "PNG")),
+        ("rgba.png", _encoded(base.convert("RGBA"), "PNG")),
+        ("palette.png", _encoded(base.convert("P"), "PNG")),
+        ("grey16.png", _encoded(base.convert("I;16"), "PNG")),
+        ("tiny.png", _encoded(base.resize((32, 32)), "PNG")),
+    ]
+
+
+def test_preprocessed_pixels_are_bit_identical_to_decode_then_preprocess() -> None:
+    """The services' tensors equal those of the plain path (open, convert RGB, preprocess) exactly,
+    for the target zoo's and CLIP's preprocessing."""
+    import clip
+    import torch
+    import torchvision
+
+    transforms = {
+        "resnet (torchvision)": torchvision.models.ResNet18_Weights.DEFAULT.transforms(),
+        "clip 224": clip.clip._transform(224),
+    }
+    items = _normal_images()
+    for label, preprocess in transforms.items():
+        expected = []
+        for _name, data in items:
+            with Image.open(io.BytesIO(data)) as img:
+                expected.append(preprocess(img.convert("RGB")))
+        got = [t for batch in prepared_batches(items, 4, preprocess) for t in batch]
+        assert len(got) == len(expected)
+        for (name, _), a, b in zip(items, got, expected):
+            assert torch.equal(a, b), f"{label}: {name} differs"

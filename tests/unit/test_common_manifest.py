@@ -8,7 +8,7 @@ import pytest
 from cdissect_common.manifest import (BadImageError, DatasetError, DatasetNotFoundError, ImageSource,
                                       ShardCorruptError, load_manifest, read_shard, register_dataset)
 from cdissect_common.store import FilesystemStore, sha256_hex
-from tests.conftest import make_probe_images
+from tests.conftest import make_probe_images, truncated_jpeg
 
 
 @pytest.fixture
@@ -63,6 +63,36 @@ def test_bad_image_skip_counts(store: FilesystemStore) -> None:
     manifest = register_dataset(store, "skip", images, on_bad_image="skip")
     assert manifest.num_images == 3
     assert manifest.info["skipped_images"] == "1" and manifest.info["skipped_names"] == "broken.png"
+
+
+def test_truncated_jpeg_is_decided_at_registration(store: FilesystemStore) -> None:
+    """verify() accepts a truncated JPEG that the services cannot decode; registration must not."""
+    images = _sources(4)
+    images.insert(2, ImageSource(name="cut.jpg", data=truncated_jpeg()))
+    with pytest.raises(BadImageError, match="'cut.jpg' is not usable.*truncated"):
+        register_dataset(store, "cut", images)
+    manifest = register_dataset(store, "cut", images, on_bad_image="skip", shard_size=2)
+    assert manifest.num_images == 4 and manifest.info["skipped_names"] == "cut.jpg"
+    assert [e.name for s in manifest.shards for e in s.images] == [i.name for i in images if i.name != "cut.jpg"]
+
+
+def test_pixel_limit_at_registration(store: FilesystemStore) -> None:
+    images = _sources(3)  # 32x32 each
+    with pytest.raises(BadImageError, match="1,024 pixels is over the limit of 1,000"):
+        register_dataset(store, "limit", images, max_pixels=1000)
+    assert register_dataset(store, "limit", images, max_pixels=1024).num_images == 3
+
+
+def test_many_images_validated_in_order(store: FilesystemStore) -> None:
+    """Decoding runs on several threads; shards keep the dataset order and skip decisions."""
+    images = _sources(40)
+    bad = {5, 17, 33}
+    for i in sorted(bad, reverse=True):
+        images.insert(i, ImageSource(name=f"bad{i}.png", data=b"not an image"))
+    manifest = register_dataset(store, "many", images, on_bad_image="skip", shard_size=7)
+    assert [e.name for s in manifest.shards for e in s.images] == [i.name for i in images
+                                                                  if not i.name.startswith("bad")]
+    assert manifest.info["skipped_names"] == ",".join(f"bad{i}.png" for i in sorted(bad))
 
 
 def test_unknown_dataset_lists_known(store: FilesystemStore) -> None:

@@ -26,15 +26,35 @@ def test_concurrent_callers_share_one_load() -> None:
     assert len({id(g) for g in got}) == 2
 
 
-def test_other_keys_not_blocked_and_failures_retried() -> None:
+def test_other_keys_are_not_blocked_while_one_loads() -> None:
     cache: ModelCache[str] = ModelCache()
-    gate = threading.Event()
-    slow = threading.Thread(target=lambda: cache.get("slow", lambda: gate.wait(5) and "s"))
+    started, gate = threading.Event(), threading.Event()
+
+    def slow_load() -> str:
+        started.set()
+        gate.wait(30)
+        return "s"
+
+    slow = threading.Thread(target=lambda: cache.get("slow", slow_load))
     slow.start()
-    assert cache.get("fast", lambda: "f") == "f"  # while "slow" is still loading
-    gate.set()
-    slow.join()
-    with pytest.raises(RuntimeError):
+    got: dict[str, str] = {}
+    try:
+        assert started.wait(10), "the slow load never started"
+        fast = threading.Thread(target=lambda: got.setdefault("fast", cache.get("fast", lambda: "f")))
+        fast.start()
+        fast.join(10)
+        # "fast" was loaded and returned while "slow" was still inside its load.
+        assert got == {"fast": "f"} and not gate.is_set() and slow.is_alive()
+    finally:
+        gate.set()
+        slow.join()
+    assert sorted(cache.keys()) == ["fast", "slow"]
+
+
+def test_failed_loads_are_not_cached() -> None:
+    cache: ModelCache[str] = ModelCache()
+    with pytest.raises(RuntimeError, match="no weights"):
         cache.get("broken", lambda: (_ for _ in ()).throw(RuntimeError("no weights")))
+    assert cache.keys() == []
     assert cache.get("broken", lambda: "fixed") == "fixed"
-    assert sorted(cache.keys()) == ["broken", "fast", "slow"]
+    assert cache.keys() == ["broken"]

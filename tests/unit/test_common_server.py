@@ -92,6 +92,23 @@ def test_auth_required_but_health_exempt(server: ServiceServer) -> None:
     assert server.runtime.metrics.rpc_errors.labels("labeler", "LabelLayer", "UNAUTHENTICATED")._value.get() == 2
 
 
+def test_made_up_methods_share_one_metrics_label(server: ServiceServer) -> None:
+    """Tokenless calls to invented method paths must not add a series per path to /metrics."""
+    channel = _client(server, None)
+    for i in range(30):
+        call = channel.unary_unary(f"/junk.Service{i}/Method{i}", request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    methods = {sample.labels["method"] for metric in server.runtime.metrics.rpc_errors.collect()
+               for sample in metric.samples}
+    stages = {sample.labels["stage"] for metric in server.runtime.metrics.stage_duration.collect()
+              for sample in metric.samples}
+    assert methods == {"unknown"} and stages == {"rpc_unknown"}
+    assert server.runtime.metrics.rpc_errors.labels("labeler", "unknown", "UNAUTHENTICATED")._value.get() == 30
+
+
 def test_stop_reports_not_serving_and_closes(tmp_path: Path) -> None:
     srv = _start(_settings(tmp_path))
     srv.runtime.set_serving(True)

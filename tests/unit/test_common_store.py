@@ -50,11 +50,18 @@ def test_failed_write_leaves_nothing(store: FilesystemStore, monkeypatch: pytest
             raise OSError(28, "No space left on device")
         real(src, dst)
 
+    store.put("old/final.bin", b"old", {"v": "1"})
     monkeypatch.setattr(mod.os, "replace", crash)
     with pytest.raises(OSError):
-        store.put("final.bin", b"data" * 100)
+        store.put("final.bin", b"data" * 100, {"v": "2"})
+    with pytest.raises(OSError):
+        store.put("old/final.bin", b"new", {"v": "2"})
     assert not store.exists("final.bin")
     assert list((store.root / ".tmp").iterdir()) == []
+    objects = sorted(p.parent for p in (store.root / store.OBJECTS).rglob("meta.json"))
+    assert objects == [(store.root / "old/final.bin").resolve().parent]   # no object (data or metadata) of a failed put
+    info = store.stat("old/final.bin")                               # the earlier object is intact
+    assert (store.get("old/final.bin"), info.metadata["v"], info.sha256) == (b"old", "1", sha256_hex(b"old"))
 
 
 @pytest.mark.parametrize("key", ["../evil", "/abs", "a//b", "a/../b", "sp ace"])
@@ -107,3 +114,62 @@ def test_multi_array_artifact_and_bad_bytes(store: FilesystemStore) -> None:
         artifacts.get_arrays(store, "labels/bad.safetensors")
     data = artifacts.encode_arrays({"a": np.ones(2, np.float16)}, {"x": "1"})
     assert b"pickle" not in data and json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["a"]["dtype"] == "F16"
+
+
+ENCODE_IN_SUBPROCESS = """
+import sys, numpy as np
+from cdissect_common.artifacts import encode_arrays
+arrays = {"embeddings": np.arange(6, dtype=np.float32).reshape(2, 3), "dead": np.array([True, False])}
+meta = {f"field-{i}": str(i) for i in range(12)}
+sys.stdout.buffer.write(encode_arrays(arrays, meta))
+"""
+
+
+def test_encoding_gives_the_same_bytes_in_every_process() -> None:
+    """Same arrays and metadata → same bytes (the library's metadata order varies per process)."""
+    import subprocess
+    import sys
+
+    outputs = {subprocess.run([sys.executable, "-c", ENCODE_IN_SUBPROCESS], capture_output=True, check=True).stdout
+               for _ in range(4)}
+    assert len(outputs) == 1
+    arrays, meta = artifacts.decode_arrays(outputs.pop())
+    assert meta == {f"field-{i}": str(i) for i in range(12)} and arrays["dead"].tolist() == [True, False]
+
+
+def test_put_if_absent_keeps_the_first_object(store: FilesystemStore) -> None:
+    first = store.put("k/content.bin", b"first", {"writer": "a"}, if_absent=True)
+    second = store.put("k/content.bin", b"second", {"writer": "b"}, if_absent=True)
+    assert second == first and store.get("k/content.bin", sha256=first.sha256) == b"first"
+    assert store.stat("k/content.bin").metadata["writer"] == "a"
+    # a plain put replaces, data and metadata together, and leaves no old object folder behind
+    third = store.put("k/content.bin", b"third", {"writer": "c"})
+    assert store.get("k/content.bin", sha256=third.sha256) == b"third"
+    assert store.stat("k/content.bin").metadata["writer"] == "c"
+    assert len(list((store.root / ".objects").glob("*/*"))) == 1
+    store.delete("k/content.bin")
+    assert list((store.root / ".objects").glob("*/*")) == [] and not store.exists("k/content.bin")
+
+
+def test_put_arrays_of_an_existing_content_key_returns_the_stored_ref(store: FilesystemStore) -> None:
+    key = "activations/same.safetensors"
+    first = artifacts.put_arrays(store, key, {"activations": np.ones((2, 2), np.float32)}, {"device": "cpu"})
+    again = artifacts.put_arrays(store, key, {"activations": np.ones((2, 2), np.float32)}, {"device": "cpu"})
+    other = artifacts.put_arrays(store, key, {"activations": np.zeros((2, 2), np.float32)}, {"device": "cuda"})
+    assert again == first and other == first
+    np.testing.assert_array_equal(artifacts.get_arrays(store, other)["activations"], np.ones((2, 2)))
+
+
+def test_objects_of_the_earlier_layout_still_read(store: FilesystemStore) -> None:
+    """Plain files with .meta side files (stores written by earlier versions)."""
+    (store.root / "old").mkdir()
+    (store.root / "old" / "a.bin").write_bytes(b"legacy")
+    (store.root / ".meta" / "old").mkdir(parents=True)
+    (store.root / ".meta" / "old" / "a.bin.json").write_text(json.dumps({"sha256": sha256_hex(b"legacy"), "k": "v"}))
+    (store.root / "old" / "b.bin").write_bytes(b"no side file")
+    assert store.stat("old/a.bin").metadata["k"] == "v" and store.get("old/a.bin") == b"legacy"
+    assert store.stat("old/b.bin").sha256 == sha256_hex(b"no side file")
+    assert store.list("old/") == ["old/a.bin", "old/b.bin"]
+    ref = store.put("old/a.bin", b"new")
+    assert store.get("old/a.bin", sha256=ref.sha256) == b"new" and "k" not in store.stat("old/a.bin").metadata
+    assert not (store.root / ".meta" / "old" / "a.bin.json").exists()

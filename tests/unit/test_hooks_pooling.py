@@ -181,3 +181,19 @@ def test_channels_last_inside_convnext_block_only() -> None:
         out = rec.record(x)
     assert torch.allclose(out["features[1][0].block[3]"], inner.mean((1, 2)), atol=1e-5)
     assert out["features[1][0]"].shape == (1, 8)
+
+
+def test_module_called_several_times_is_refused_with_alternatives() -> None:
+    """A Bottleneck's one relu runs 3 times per forward: no single output, so no silent last call."""
+    from cdissect_activations.hooks import RepeatedLayerError
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    with pytest.raises(RepeatedLayerError) as info:
+        LayerRecorder(model, ["layer1[0].conv3", "layer1[0].relu"]).record(torch.randn(1, 3, 32, 32))
+    message = str(info.value)
+    assert "'layer1[0].relu' runs 3 times in one forward pass" in message
+    assert "'layer1[0]'" in message and "'layer1[0].conv1'" in message
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+    # the stem's relu runs once: recorded as before
+    assert LayerRecorder(model, ["relu"]).record(torch.randn(1, 3, 32, 32))["relu"].shape == (1, 64)

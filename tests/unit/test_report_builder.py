@@ -21,7 +21,7 @@ from cdissect_cli.report.layer_data import CALLBACK
 from cdissect_cli.results import LayerResult, RunResult, write_run_folder
 from cdissect_common.manifest import ImageSource, manifest_key, register_dataset
 from cdissect_common.store import open_store
-from conftest import make_probe_images
+from tests.conftest import make_probe_images
 
 WORDS = ["red", "green", "blue", "circle", "square", "dark", "bright"]
 

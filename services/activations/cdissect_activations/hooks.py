@@ -14,8 +14,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .layers import channels_last_modules, resolve_layer
+from .layers import channels_last_modules, display_name, resolve_layer
 from .pooling import check_pooling, first_tensor, pool
+
+
+class RepeatedLayerError(ValueError):
+    """A requested module runs more than once per forward pass, so it has no single output."""
 
 
 class LayerRecorder:
@@ -42,9 +46,13 @@ class LayerRecorder:
         self.channels_last = {name for name, module in self.modules.items() if id(module) in nhwc}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._outputs: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            self._calls[name] = self._calls.get(name, 0) + 1
+            if self._calls[name] > 1:
+                return  # refused after the forward pass (see _check_single_calls)
             tensor = first_tensor(output, layer=name)
             self._outputs[name] = pool(tensor, self.pooling, self.token_pooling, layer=name,
                                        channels_last=name in self.channels_last)
@@ -82,12 +90,13 @@ class LayerRecorder:
             images = images.to(device=param.device, dtype=param.dtype if param.is_floating_point() else images.dtype)
         attached_here = not self._handles
         self.attach()
-        self._outputs = {}
+        self._outputs, self._calls = {}, {}
         try:
             self.model(images)
         finally:
             if attached_here:
                 self.detach()
+        self._check_single_calls()
         missing = [n for n in self.layers if n not in self._outputs]
         if missing:
             raise RuntimeError(
@@ -98,3 +107,25 @@ class LayerRecorder:
         return out
 
     __call__ = record
+
+    def _check_single_calls(self) -> None:
+        """Refuse modules that ran several times in the forward pass (e.g. the one ``relu`` a
+        torchvision ResNet block applies after each of its convolutions): a hook sees each call,
+        and keeping any one of them would silently label something other than what was asked."""
+        repeated = {name: n for name, n in self._calls.items() if n > 1}
+        if not repeated:
+            return
+        name, count = next(iter(repeated.items()))
+        module = self.modules[name]
+        full = next(n for n, m in self.model.named_modules() if m is module)
+        parent = full.rsplit(".", 1)[0] if "." in full else ""
+        options = [f"its parent {display_name(parent)!r} (the output of the whole block)"] if parent else []
+        siblings = [display_name(f"{parent}.{child}" if parent else child)
+                    for child, sibling in self.model.get_submodule(parent).named_children() if sibling is not module]
+        if siblings:
+            options.append(f"a module that runs once, such as {', '.join(repr(s) for s in siblings[:3])}")
+        raise RepeatedLayerError(
+            f"layer {name!r} runs {count} times in one forward pass (the module is reused, as ResNet blocks "
+            f"reuse their relu), so it has no single output to record; choose "
+            + (" or ".join(options) if options else "another layer") + " instead (`cdissect layers MODEL` lists the "
+            "modules)")

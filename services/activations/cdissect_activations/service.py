@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from cdissect.v1 import activations_pb2, activations_pb2_grpc, common_pb2
-from cdissect_activations.hooks import LayerRecorder
+from cdissect_activations.hooks import LayerRecorder, RepeatedLayerError
 from cdissect_activations.pooling import check_pooling
 from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelError, available_models, list_layers,
                                       load_target, resolve_device, resolve_layer)
 from cdissect_common import artifacts
 from cdissect_common.downloads import DownloadError
 from cdissect_common.errors import failed_precondition, invalid_argument, require_shard_ref
-from cdissect_common.images import check_bad_image_policy, prepared_batches
+from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
 from cdissect_common.userfiles import looks_like_path, request_checkpoint, split_checkpoint
@@ -99,7 +99,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
     def ComputeShardActivations(self, request: activations_pb2.ComputeShardActivationsRequest,
                                 context: grpc.ServicerContext) -> activations_pb2.ComputeShardActivationsResponse:
         """One artifact per requested layer for one shard; existing ones are reused."""
-        policy = check_bad_image_policy(request.on_bad_image)
+        check_bad_image_policy(request.on_bad_image)  # validated; registration decided the skipping
         layers = [l.strip() for l in request.layers]
         if not layers or not all(layers):
             raise invalid_argument("no layers requested (or a blank name); name at least one, e.g. 'layer4' "
@@ -119,21 +119,18 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             keys = {layer: artifacts.content_key(
                 "activations", model_id=target.model_id, checkpoint_sha256=target.checkpoint_sha256, layer=layer,
                 pooling=pooling, token_pooling=token_pooling, preprocess_id=preprocess_id(target),
-                shard_sha256=shard.ref.sha256, on_bad_image=policy) for layer in layers}
+                shard_sha256=shard.ref.sha256) for layer in layers}
             refs = {layer: artifacts.find_artifact(self.runtime.store, key) for layer, key in keys.items()}
             missing = [layer for layer in layers if refs[layer] is None]
             reused = len(layers) - len(missing)
-            skipped_count = 0
             if missing:
                 log.info("ComputeShardActivations shard=%d (%d images) layers=%s started", shard.index,
                          len(shard.images), ",".join(missing))
-                computed, skipped = self._compute(target, missing, pooling, token_pooling, shard, policy)
-                skipped_count = len(skipped)
+                computed = self._compute(target, missing, pooling, token_pooling, shard)
                 producer = {"service": SERVICE, "model_id": target.model_id,
                             "checkpoint_sha256": target.checkpoint_sha256, "device": str(self.device),
                             "pooling": pooling, "token_pooling": token_pooling, "shard_sha256": shard.ref.sha256,
-                            "code_version": artifacts.CODE_VERSION["activations"],
-                            "skipped_images": str(skipped_count)}
+                            "code_version": artifacts.CODE_VERSION["activations"]}
                 with self.runtime.metrics.stage("store_write"):
                     for layer in missing:
                         refs[layer] = artifacts.put_arrays(self.runtime.store, keys[layer],
@@ -141,40 +138,35 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
                                                            {**producer, "layer": layer})
                         self.runtime.metrics.add_bytes("write", computed[layer].nbytes)
                 log.info("ComputeShardActivations shard=%d done", shard.index)
-            else:
-                skipped_count = int(refs[layers[0]].producer.get("skipped_images", "0") or 0)
             self.runtime.metrics.shard("reused" if not missing else "computed")
+            # skipped_images stays 0: registration decides skipping (see cdissect_common.images).
             return activations_pb2.ComputeShardActivationsResponse(
-                activations=[refs[layer] for layer in layers], reused=reused, skipped_images=skipped_count)
+                activations=[refs[layer] for layer in layers], reused=reused)
         except Exception:
             self.runtime.metrics.shard("failed")
             raise
 
     def _compute(self, target: Target, layers: list[str], pooling: str, token_pooling: str,
-                 shard: common_pb2.Shard, policy: str) -> tuple[dict[str, np.ndarray], list[str]]:
+                 shard: common_pb2.Shard) -> dict[str, np.ndarray]:
         with self.runtime.metrics.stage("read_shard"):
             pairs = read_shard(self.runtime.store, shard)
         self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
         parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-        skipped: list[str] = []
         recorder = LayerRecorder(target.model, layers, pooling, token_pooling, model_name=target.name)
         batches = prepared_batches([(e.name, b) for e, b in pairs], self.settings.batch_size, target.preprocess,
-                                   policy, where=f"shard {shard.index}")
-        for tensors, skipped_here in batches:
-            skipped.extend(skipped_here)
-            if not tensors:
-                continue
+                                   f"shard {shard.index}", self.settings.max_image_pixels, fix=SHARD_IMAGE_FIX)
+        for tensors in batches:
             batch = torch.stack(tensors)
             with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
                 with recorder:
-                    out = recorder.record(batch)
+                    try:
+                        out = recorder.record(batch)
+                    except RepeatedLayerError as exc:
+                        raise invalid_argument(f"{target.name}: {exc}") from None
                 for layer in layers:
                     parts[layer].append(out[layer].float().cpu().numpy())
             self.runtime.metrics.add_images(len(tensors))
-        if not parts[layers[0]]:
-            raise invalid_argument(f"every image of shard {shard.index} was unreadable ({len(skipped)} skipped); "
-                                   f"check the probe set")
-        return {layer: np.concatenate(p).astype(np.float32) for layer, p in parts.items()}, skipped
+        return {layer: np.concatenate(p).astype(np.float32) for layer, p in parts.items()}
 
     def ListLayers(self, request: activations_pb2.ListLayersRequest,
                    context: grpc.ServicerContext) -> activations_pb2.ListLayersResponse:

@@ -18,14 +18,24 @@ from safetensors.numpy import save as _st_save
 
 from cdissect.v1 import common_pb2
 
-from .store import ObjectInfo, ObjectStore
+from .store import ObjectInfo, ObjectStore, sha256_hex
 
-# Bump the version of a kind whenever the code that computes it changes its output.
+# The version of the code that computes each kind, part of every content key: bump it whenever
+# that code can change its output, so artifacts of the old code are not reused.
 CODE_VERSION: dict[str, str] = {
     "embeddings/image": "1",
     "embeddings/text": "1",
     "activations": "1",
     "labels": "1",
+}
+# A digest of that code's source (comments and docstrings aside) when its version was last
+# checked. tests/unit/test_code_versions.py recomputes it and fails, naming the stage, when the
+# code changed and this record did not; its message says whether to bump and what to record.
+CODE_SOURCE_DIGEST: dict[str, str] = {
+    "embeddings/image": "1ab1c885dc2c3d29a19b98ff74c70c6865f3042410abffe834b2cd8bfc5f6310",
+    "embeddings/text": "44d6e9bfa3847601dc530131536d3658698d86d227a5f6c01d97e38358edf43a",
+    "activations": "bc020505d84108728d9900fbd1b01e19dedd0f096e733a71f1ee2c46dc62c472",
+    "labels": "4bb781c9b5756c6dc7316536ff27dc1a14ac9cc8e0a7515ebe45a82278ba7019",
 }
 # Array names inside single-array artifacts.
 EMBEDDINGS = "embeddings"
@@ -64,7 +74,14 @@ def content_key(kind: str, **fields: Any) -> str:
 
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """Safetensors bytes of named numpy arrays with string metadata."""
+    """Safetensors bytes of named numpy arrays with string metadata, the same bytes every time.
+
+    The safetensors library writes its metadata map in a per-process random order, so the same
+    arrays used to encode to different bytes (and digests) in two processes; two writers of one
+    content key then invalidated each other's refs. The header is therefore rewritten as
+    canonical JSON (sorted keys, no spaces, padded to 8 bytes as the format asks); the tensor
+    bytes and their offsets are untouched, so any safetensors reader loads the result.
+    """
     if not arrays:
         raise ValueError("encode_arrays needs at least one array")
     clean = {}
@@ -73,7 +90,12 @@ def encode_arrays(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] 
         if a.dtype == object:
             raise TypeError(f"array {name!r} has dtype object; only numeric/bool arrays can be stored")
         clean[name] = np.ascontiguousarray(a)
-    return _st_save(clean, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    raw = _st_save(clean, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.dumps(json.loads(raw[8:8 + header_len]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=True).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + raw[8 + header_len:]
 
 
 def decode_arrays(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -93,7 +115,10 @@ def decode_arrays(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 def put_arrays(store: ObjectStore, key: str, arrays: Mapping[str, np.ndarray],
                producer: Mapping[str, str] | None = None, primary: str | None = None) -> common_pb2.ArtifactRef:
-    """Encode and store arrays atomically; the ref carries dtype/shape of the primary array.
+    """Encode and store arrays atomically under a content key; the ref carries dtype/shape of the primary array.
+
+    A content key names one result, so an object already stored under it is kept (the put is
+    a no-op) and its ref returned: concurrent runs computing the same shard agree on one object.
 
     ``primary`` defaults to the only array when there is one; multi-array artifacts without
     one get an empty dtype/shape.
@@ -109,7 +134,11 @@ def put_arrays(store: ObjectStore, key: str, arrays: Mapping[str, np.ndarray],
         dtype, shape = str(main.dtype), [int(s) for s in main.shape]
     data = encode_arrays(arrays, metadata=producer)
     info = json.dumps({"dtype": dtype, "shape": shape, "producer": producer}, sort_keys=True, ensure_ascii=True)
-    ref = store.put(key, data, metadata={REF_META: info})
+    ref = store.put(key, data, metadata={REF_META: info}, if_absent=True)
+    if ref.sha256 != sha256_hex(data):
+        # Another writer stored this content key first (e.g. a run of another project, or the
+        # same shard retried on a second replica): its object stands, and the ref says so.
+        return ref_from_info(store, store.stat(key))
     ref.dtype = dtype
     ref.shape.extend(shape)
     ref.producer.update(producer)

@@ -82,6 +82,9 @@ class Settings:
     device: str = _setting("auto", choices=("auto", "cpu", "cuda"))
     model: str = _setting("")
     batch_size: int = _setting(64, positive=True)
+    # Images with more pixels are refused by name before decoding (0 = no limit). The default is
+    # PIL's own decompression-bomb threshold: about 0.25 GiB once decoded to RGB.
+    max_image_pixels: int = _setting(89_478_485)
     max_message_bytes: int = _setting(64 * 1024 * 1024, positive=True)
     cache_dir: str = _setting("~/.cache/cdissect/weights")
     data_dir: str = _setting("~/.cache/cdissect/data")

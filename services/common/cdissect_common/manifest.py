@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import tarfile
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from google.protobuf import json_format
 
 from cdissect.v1 import common_pb2
 
+from .config import DEFAULTS
+from .images import UnreadableImageError, decode_image
 from .store import ObjectNotFoundError, ObjectStore, sha256_hex
 from .vocabulary import BAD_IMAGE_POLICIES
 
@@ -38,12 +43,13 @@ class DatasetNotFoundError(DatasetError, LookupError):
 
 
 class BadImageError(DatasetError):
-    """An image cannot be decoded."""
+    """An image cannot be decoded (or is over the pixel limit)."""
 
     def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"image {name!r} is not a readable image ({reason}); remove or replace it, or set "
-                         f"on_bad_image=skip to skip and count bad images")
+        super().__init__(f"image {name!r} is not usable ({reason}); remove or replace it, or set "
+                         f"on_bad_image=skip to skip it (the run lists the images it skipped)")
         self.name = name
+        self.reason = reason
 
 
 class ShardCorruptError(DatasetError):
@@ -92,15 +98,46 @@ def _image_bytes(image: Any) -> bytes:
         raise DatasetError(f"cannot read image file {path}: {exc.strerror}") from exc
 
 
-def validate_image(name: str, data: bytes) -> None:
-    """Raise BadImageError unless PIL recognises and verifies the bytes as an image."""
-    from PIL import Image, UnidentifiedImageError
+def validate_image(name: str, data: bytes, max_pixels: int = DEFAULTS["max_image_pixels"]) -> None:
+    """Raise BadImageError unless the bytes decode completely, as the services will decode them.
 
+    A full decode (``images.decode_image``), not PIL's ``verify()``: verify accepts a truncated
+    JPEG that the services cannot decode, and an image skipped there but not here would shift
+    every later row of the run. Images over ``max_pixels`` are refused too.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(name, str(exc) or type(exc).__name__) from None
+        decode_image(name, data, max_pixels)
+    except UnreadableImageError as exc:
+        raise BadImageError(name, exc.reason) from None
+
+
+def _validated(images: Iterable[Any], max_pixels: int) -> Iterator[tuple[str, bytes, Any, str | None]]:
+    """(name, bytes, image, reason it is unreadable or None) per image, in order.
+
+    Images are decoded on up to four threads (PIL decodes without the GIL), a bounded window
+    ahead of the caller, so registering a large folder neither takes one core for hours nor holds
+    more than a few dozen encoded images and four decoded ones in memory.
+    """
+    def problem(name: str, data: bytes) -> str | None:
+        try:
+            validate_image(name, data, max_pixels)
+            return None
+        except BadImageError as exc:
+            return exc.reason
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    window: deque[tuple[str, bytes, Any, Future]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
+        for image in images:
+            name = str(image.name)
+            data = _image_bytes(image)
+            window.append((name, data, image, pool.submit(problem, name, data)))
+            if len(window) >= 4 * workers:
+                name, data, image, future = window.popleft()
+                yield name, data, image, future.result()
+        while window:
+            name, data, image, future = window.popleft()
+            yield name, data, image, future.result()
 
 
 def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
@@ -130,20 +167,20 @@ def _write_shard(store: ObjectStore, manifest: common_pb2.DatasetManifest,
         members.append((img_name, data))
     tar = _tar_bytes(members)
     key = f"{SHARD_PREFIX}{sha256_hex(tar)}.tar"
-    if store.exists(key):
-        shard.ref.CopyFrom(store.ref(key))
-    else:
-        shard.ref.CopyFrom(store.put(key, tar, metadata={"images": str(len(members))}))
+    shard.ref.CopyFrom(store.put(key, tar, metadata={"images": str(len(members))}, if_absent=True))
     shard.ref.producer["kind"] = "shard"
 
 
 def register_dataset(store: ObjectStore, name: str, images: Iterable[Any], shard_size: int = DEFAULT_SHARD_SIZE,
-                     on_bad_image: str = "error", info: dict[str, str] | None = None) -> common_pb2.DatasetManifest:
-    """Validate images, write shards (reusing existing ones) and publish the manifest.
+                     on_bad_image: str = "error", info: dict[str, str] | None = None,
+                     max_pixels: int = DEFAULTS["max_image_pixels"]) -> common_pb2.DatasetManifest:
+    """Validate images (a full decode each), write shards (reusing existing ones) and publish the manifest.
 
     ``images`` yields objects with ``.name``, ``.labels`` and ``.data`` (bytes) or ``.path``.
     ``on_bad_image``: ``error`` raises BadImageError naming the file; ``skip`` leaves it out and
-    records the count and names in ``manifest.info``.
+    records the count and names in ``manifest.info``. This is the one place where images are
+    skipped: the services then decode every image of every shard, or refuse the shard.
+    ``max_pixels`` (0 = none) refuses larger images like unreadable ones.
     """
     check_dataset_name(name)
     if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -155,18 +192,18 @@ def register_dataset(store: ObjectStore, name: str, images: Iterable[Any], shard
     skipped: list[str] = []
     digests: list[str] = []
     chunk: list[tuple[str, bytes, dict[str, str]]] = []
-    for image in images:
-        img_name = str(image.name)
-        if img_name in seen:
-            raise DatasetError(f"image name {img_name!r} occurs twice in dataset {name!r}; names must be unique "
-                               f"(use paths relative to the probe folder)")
-        seen.add(img_name)
-        data = _image_bytes(image)
-        try:
-            validate_image(img_name, data)
-        except BadImageError:
+    def unique(images: Iterable[Any]) -> Iterator[Any]:
+        for image in images:
+            if str(image.name) in seen:
+                raise DatasetError(f"image name {str(image.name)!r} occurs twice in dataset {name!r}; names must "
+                                   f"be unique (use paths relative to the probe folder)")
+            seen.add(str(image.name))
+            yield image
+
+    for img_name, data, image, problem in _validated(unique(images), max_pixels):
+        if problem is not None:
             if on_bad_image == "error":
-                raise
+                raise BadImageError(img_name, problem)
             skipped.append(img_name)
             continue
         labels = {str(k): str(v) for k, v in (getattr(image, "labels", None) or {}).items()}

@@ -69,16 +69,35 @@ class ServiceRuntime:
             self.health.set(name, status)
 
 
-def _method_name(full: str) -> str:
-    return full.rsplit("/", 1)[-1] or full
+UNKNOWN_METHOD = "unknown"
+
+
+def method_paths(service_names: Iterable[str]) -> frozenset[str]:
+    """The ``/package.Service/Method`` paths of services known to the default descriptor pool."""
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    return frozenset(f"/{name}/{method.name}" for name in service_names
+                     for method in pool.FindServiceByName(name).methods)
 
 
 class ObservabilityInterceptor(grpc.ServerInterceptor):
     """Times every unary RPC into ``stage=rpc_<Method>``, maps exceptions to status codes,
-    and counts non-OK results in ``cdissect_rpc_errors_total{method,code}``."""
+    and counts non-OK results in ``cdissect_rpc_errors_total{method,code}``.
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    The method label is the method's name only for the methods this server serves
+    (``known_methods``); every other path a caller makes up is counted as ``unknown``, so calls
+    that the auth layer refuses cannot add series to /metrics without limit.
+    """
+
+    def __init__(self, metrics: ServiceMetrics, known_methods: Iterable[str] | None = None) -> None:
         self.metrics = metrics
+        self.known_methods = frozenset(known_methods) if known_methods is not None else None
+
+    def _method_name(self, full: str) -> str:
+        if self.known_methods is not None and full not in self.known_methods:
+            return UNKNOWN_METHOD
+        return full.rsplit("/", 1)[-1] or full
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler],
                           handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -86,7 +105,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
-        method = _method_name(handler_call_details.method)
+        method = self._method_name(handler_call_details.method or "")
         inner = handler.unary_unary
         metrics = self.metrics
 
@@ -204,7 +223,10 @@ class ServiceServer:
     def __init__(self, runtime: ServiceRuntime, registrations: Iterable[Registration]) -> None:
         settings = runtime.settings
         self.runtime = runtime
-        interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(runtime.metrics)]
+        registrations = list(registrations)
+        known = method_paths([reg.full_name for reg in registrations]
+                             + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+        interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(runtime.metrics, known)]
         token = settings.token()
         if token:
             interceptors.append(BearerTokenInterceptor(token))

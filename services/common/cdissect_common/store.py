@@ -8,12 +8,13 @@ one retry policy, so a store that is unreachable for a few seconds only delays c
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
-import tempfile
+import shutil
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -100,8 +101,15 @@ class ObjectStore(ABC):
     url: str = ""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> common_pb2.ArtifactRef:
-        """Store ``data`` atomically under ``key`` and return its reference (bucket, key, sha256)."""
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+            if_absent: bool = False) -> common_pb2.ArtifactRef:
+        """Store ``data`` and its metadata atomically under ``key``; return the reference (bucket, key, sha256).
+
+        ``if_absent=True`` is the put of a content key (one whose name is derived from what the
+        bytes mean): when an object is already stored there, nothing is written and the ref of
+        the stored object is returned, so concurrent writers of one key all end up pointing at
+        the same bytes (the first to publish wins).
+        """
 
     @abstractmethod
     def get(self, key: str, sha256: str | None = None) -> bytes:
@@ -140,13 +148,28 @@ class ObjectStore(ABC):
 
 
 class FilesystemStore(ObjectStore):
-    """Objects as files under a root folder; metadata as JSON side files under ``.meta/``."""
+    """Objects as files under a root folder, each published with its metadata in one rename.
+
+    Layout: ``.objects/<xx>/<id>/data`` holds an object's bytes and ``meta.json`` next to it its
+    metadata (sha256 included); both are written, fsynced and verified before anything points at
+    them. The object then appears under its key as a relative symbolic link to that ``data`` file,
+    created in one atomic step (``symlink`` for a put ``if_absent``, a rename over the key
+    otherwise). So a reader always sees bytes and metadata of the same put, whatever other
+    writers do, and ``cat``-ing a key still shows the object's bytes. A process that dies
+    mid-put leaves at most an unreferenced folder under ``.objects/`` that no reader sees.
+    Plain files under a key (the layout of earlier versions, with ``.meta/`` side files) are
+    still read.
+    """
+
+    OBJECTS = ".objects"
+    _HIDDEN = {".tmp", ".meta", OBJECTS}
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         self.url = f"file://{self.root}"
         try:
-            (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+            for folder in (".tmp", self.OBJECTS):
+                (self.root / folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreConfigError(f"cannot create the store folder {self.root}: {exc.strerror}; set "
                                    f"{ENV_VARS['store']} to a writable file:// path") from exc
@@ -154,60 +177,117 @@ class FilesystemStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _meta_path(self, key: str) -> Path:
+    def _legacy_meta_path(self, key: str) -> Path:
         return self.root / ".meta" / (check_key(key) + ".json")
 
-    def _write_atomic(self, target: Path, data: bytes, key: str) -> None:
-        """Write a temporary file, fsync, re-read and verify its sha256, then rename it over ``target``."""
-        fd, tmp_name = tempfile.mkstemp(dir=self.root / ".tmp", prefix="put-")
+    def _write_object(self, key: str, data: bytes, meta: dict[str, str]) -> Path:
+        """A new object folder holding ``data`` (verified after the write) and ``meta.json``."""
+        oid = uuid.uuid4().hex
+        folder = self.root / self.OBJECTS / oid[:2] / oid
+        folder.mkdir(parents=True)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            written = sha256_hex(Path(tmp_name).read_bytes())
-            if written != sha256_hex(data):
+            for name, content in (("data", data), ("meta.json", json.dumps(meta, sort_keys=True).encode())):
+                with open(folder / name, "wb") as fh:
+                    fh.write(content)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            written = sha256_hex((folder / "data").read_bytes())
+            if written != meta[SHA256_META]:
                 raise DigestMismatchError(f"write of {key!r} to {self.root} was corrupted (sha256 {written} != "
-                                          f"{sha256_hex(data)}); check the disk and retry")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, target)
+                                          f"{meta[SHA256_META]}); check the disk and retry")
         except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
+        return folder
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> common_pb2.ArtifactRef:
-        """Write to a temporary file, verify its digest, then rename over the final path."""
+    @staticmethod
+    def _object_folder(path: Path) -> Path | None:
+        """The object folder a key's link points at (None for no link: a plain file of the earlier
+        layout, or nothing)."""
+        try:
+            return Path(os.path.normpath(path.parent / os.readlink(path))).parent
+        except OSError:
+            return None
+
+    def _drop_object(self, folder: Path | None) -> None:
+        if folder is not None and folder.parent.parent == self.root / self.OBJECTS:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+            if_absent: bool = False) -> common_pb2.ArtifactRef:
+        """Write an object folder, then link the key to it in one atomic step (see the class doc)."""
         path = self._path(key)
         meta = _check_metadata(metadata)
         digest = sha256_hex(data)
         meta[SHA256_META] = digest
-        # The side file first: once the data file is visible, its metadata is too.
-        self._write_atomic(self._meta_path(key), json.dumps(meta, sort_keys=True).encode(), key)
-        self._write_atomic(path, data, key)
+        if if_absent and self.exists(key):
+            return self.ref(key)
+        folder = self._write_object(key, data, meta)
+        target = os.path.relpath(folder / "data", path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if if_absent:
+                try:
+                    os.symlink(target, path)
+                except FileExistsError:  # another writer published first: theirs stands
+                    shutil.rmtree(folder, ignore_errors=True)
+                    return self.ref(key)
+            else:
+                link = self.root / ".tmp" / f"link-{uuid.uuid4().hex}"
+                os.symlink(target, link)
+                # Replacing puts take turns (readers never wait), so each one removes exactly the
+                # object it replaced and no folder is left unreferenced.
+                with open(self.root / self.OBJECTS / "replace.lock", "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    replaced = self._object_folder(path)
+                    try:
+                        os.replace(link, path)
+                    finally:
+                        link.unlink(missing_ok=True)
+                self._drop_object(replaced)
+                self._legacy_meta_path(key).unlink(missing_ok=True)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=digest)
 
+    def _read(self, key: str, read: Callable[[Path, Path], T]) -> T:
+        """``read(data file, metadata file)`` of the object under ``key`` (for a plain file of the
+        earlier layout, its ``.meta/`` side file, which may be missing).
+
+        A concurrent put may replace the object (and remove the old folder) between resolving
+        the link and reading: then the link is resolved again.
+        """
+        path = self._path(key)
+        for _attempt in range(5):
+            try:
+                folder = self._object_folder(path)
+                if folder is None:
+                    if not path.is_file():
+                        break
+                    return read(path, self._legacy_meta_path(key))
+                return read(folder / "data", folder / "meta.json")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        raise ObjectNotFoundError(f"no object {key!r} in {self.url}")
+
     def get(self, key: str, sha256: str | None = None) -> bytes:
-        """Read the file of ``key``."""
-        try:
-            data = self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
-            raise ObjectNotFoundError(f"no object {key!r} in {self.url}") from None
-        return self._verify(key, data, sha256)
+        """Read the bytes of ``key``."""
+        return self._verify(key, self._read(key, lambda data, _meta: data.read_bytes()), sha256)
 
     def stat(self, key: str) -> ObjectInfo:
-        """Size from the file, digest and metadata from the side file (recomputed if missing)."""
-        path = self._path(key)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ObjectNotFoundError(f"no object {key!r} in {self.url}") from None
-        if not path.is_file():
-            raise ObjectNotFoundError(f"no object {key!r} in {self.url}")
-        try:
-            meta = json.loads(self._meta_path(key).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            meta = {SHA256_META: sha256_hex(path.read_bytes())}
-        return ObjectInfo(key=key, size=size, sha256=meta.get(SHA256_META, ""), metadata=meta)
+        """Size from the data file, digest and metadata from the object's ``meta.json``."""
+        def info(data: Path, meta_path: Path) -> ObjectInfo:
+            size = data.stat().st_size
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                if meta_path.name == "meta.json":
+                    raise
+                meta = {SHA256_META: sha256_hex(data.read_bytes())}  # earlier layout without a side file
+            return ObjectInfo(key=key, size=size, sha256=meta.get(SHA256_META, ""), metadata=meta)
+
+        return self._read(key, info)
 
     def list(self, prefix: str = "") -> list[str]:
         """Walk the folder below the prefix's directory part."""
@@ -218,7 +298,7 @@ class FilesystemStore(ObjectStore):
         for dirpath, dirnames, filenames in os.walk(base):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d not in {".tmp", ".meta"}]
+                dirnames[:] = [d for d in dirnames if d not in self._HIDDEN]
                 rel_dir = ""
             for name in filenames:
                 key = f"{rel_dir}/{name}" if rel_dir else name
@@ -227,9 +307,12 @@ class FilesystemStore(ObjectStore):
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        """Unlink the file and its side file."""
-        self._path(key).unlink(missing_ok=True)
-        self._meta_path(key).unlink(missing_ok=True)
+        """Unlink the key, then remove its object folder (or the earlier layout's side file)."""
+        path = self._path(key)
+        folder = self._object_folder(path)
+        path.unlink(missing_ok=True)
+        self._drop_object(folder)
+        self._legacy_meta_path(key).unlink(missing_ok=True)
 
 
 class S3Store(ObjectStore):
@@ -292,37 +375,62 @@ class S3Store(ObjectStore):
 
         return isinstance(exc, S3Error) and exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> common_pb2.ArtifactRef:
-        """Upload to a temporary key, verify it (server MD5 or read-back), server-side copy to the key, drop the temp."""
+    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
+            if_absent: bool = False) -> common_pb2.ArtifactRef:
+        """Upload to a temporary key, verify it (server MD5 or read-back), server-side copy to the key, drop the temp.
+
+        An S3 object carries its bytes and metadata together, so the copy publishes both at once.
+        With ``if_absent`` the copy is conditional (``If-None-Match: *``, honoured by MinIO,
+        SeaweedFS and AWS): when another writer published the key first, its object stands and
+        its ref is returned. On a server that ignores the condition, the ref returned is still
+        the one of the object stored right after the copy.
+        """
         from minio.commonconfig import CopySource
+        from minio.error import S3Error
 
         name = self._name(key)
         meta = _check_metadata(metadata)
         digest = sha256_hex(data)
         meta[SHA256_META] = digest
+        if if_absent and self.exists(key):
+            return self.ref(key)
         tmp = self.prefix + TMP_PREFIX + uuid.uuid4().hex
 
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-        def upload() -> None:
+        def upload() -> str:
             result = self.client.put_object(self.bucket, tmp, io.BytesIO(data), len(data), metadata=meta)
             # A single-part upload's ETag is the MD5 the server computed of what it stored;
             # anything else (multipart ETags) is verified by reading the bytes back.
             if (result.etag or "").strip('"') != md5:
                 self._verify(tmp, self._read(tmp), digest)
-            self.client.copy_object(self.bucket, name, CopySource(self.bucket, tmp))
-            published = self._stat_raw(name)
-            if published.sha256 != digest:
-                raise DigestMismatchError(f"published {key!r} carries sha256 {published.sha256}, expected {digest}")
+            if not if_absent:
+                self.client.copy_object(self.bucket, name, CopySource(self.bucket, tmp))
+                return digest
+            try:
+                self._copy_if_absent(tmp, name)
+            except S3Error as exc:
+                if exc.code not in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                    raise
+            return self._stat_raw(name).sha256
 
         try:
-            self._retry(upload, f"put {key}")
+            stored = self._retry(upload, f"put {key}")
         finally:
             try:  # one try, not the retry budget: a store outage must not be waited out twice
                 self.client.remove_object(self.bucket, tmp)
             except Exception:  # noqa: BLE001 - a leaked temp object is harmless, never fatal
                 pass
-        return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=digest)
+        return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=stored)
+
+    def _copy_if_absent(self, source: str, name: str) -> None:
+        """Server-side copy of ``source`` (metadata included) to ``name`` unless ``name`` exists.
+
+        The minio client has no parameter for the ``If-None-Match`` header of a copy, so this one
+        request goes through its request method directly (signed, retried like any other call).
+        """
+        self.client._execute("PUT", self.bucket, name,  # noqa: SLF001 - see the docstring
+                             headers={"x-amz-copy-source": f"/{self.bucket}/{source}", "If-None-Match": "*"})
 
     def _read(self, name: str) -> bytes:
         response = self.client.get_object(self.bucket, name)

@@ -133,9 +133,7 @@ def upload_user_file(store: ObjectStore, path: str | os.PathLike[str],
     chunks, done, check = [], 0, hashlib.sha256()
     for chunk in _chunks(source):
         chunk_sha = sha256_hex(chunk)
-        chunk_key = f"{CHUNKS_PREFIX}{chunk_sha}"
-        if not store.exists(chunk_key):
-            store.put(chunk_key, chunk, {"kind": "userfile-chunk"})
+        store.put(f"{CHUNKS_PREFIX}{chunk_sha}", chunk, {"kind": "userfile-chunk"}, if_absent=True)
         chunks.append({"sha256": chunk_sha, "size": len(chunk)})
         check.update(chunk)
         done += len(chunk)
@@ -146,7 +144,7 @@ def upload_user_file(store: ObjectStore, path: str | os.PathLike[str],
     manifest = {"version": MANIFEST_VERSION, "sha256": digest, "size": size, "name": _safe_name(source.name),
                 "chunks": chunks}
     data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    ref = store.put(key, data, {"kind": "userfile", "file-sha256": digest})
+    ref = store.put(key, data, {"kind": "userfile", "file-sha256": digest}, if_absent=True)
     return _with_producer(ref, digest, size, manifest["name"])
 
 

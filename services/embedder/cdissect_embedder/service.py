@@ -18,7 +18,7 @@ import torch
 from cdissect.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from cdissect_common import artifacts
 from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument, require_shard_ref
-from cdissect_common.images import check_bad_image_policy, prepared_batches
+from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
 from cdissect_common.userfiles import join_checkpoint, request_checkpoint, split_checkpoint
@@ -80,24 +80,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         except RuntimeError as exc:  # weights unavailable (offline) and similar
             raise failed_precondition(f"cannot load CLIP model {name!r}: {exc}") from None
 
-    def _embed_images(self, backend: ClipBackend, items: list[tuple[str, bytes]], policy: str,
-                      where: str = "") -> tuple[np.ndarray, list[str]]:
+    def _embed_images(self, backend: ClipBackend, items: list[tuple[str, bytes]], where: str = "",
+                      **fix: str) -> np.ndarray:
         """Decode+preprocess on a helper thread, encode batch by batch under the device lock."""
         parts: list[np.ndarray] = []
-        skipped: list[str] = []
-        for tensors, skipped_here in prepared_batches(items, self.settings.batch_size, backend.preprocess, policy,
-                                                      where):
-            skipped.extend(skipped_here)
-            if not tensors:
-                continue
+        for tensors in prepared_batches(items, self.settings.batch_size, backend.preprocess, where,
+                                        self.settings.max_image_pixels, **fix):
             batch = torch.stack(tensors)
             with self.runtime.device_lock, self.runtime.metrics.stage("encode_images"):
                 parts.append(backend.encode_images(batch).numpy())
             self.runtime.metrics.add_images(len(tensors))
-        if not parts:
-            raise invalid_argument(f"every image{' of ' + where if where else ''} was unreadable "
-                                   f"({len(skipped)} skipped); check the probe set")
-        return np.concatenate(parts).astype(np.float32), skipped
+        return np.concatenate(parts).astype(np.float32)
 
     def _encode_texts(self, backend: ClipBackend, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         out = []
@@ -122,7 +115,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def EmbedImageShard(self, request: embedder_pb2.EmbedImageShardRequest,
                         context: grpc.ServicerContext) -> embedder_pb2.EmbedResponse:
         """Embed every image of one shard; returns the [n, d] artifact (reused if it exists)."""
-        policy = check_bad_image_policy(request.on_bad_image)
+        check_bad_image_policy(request.on_bad_image)  # validated; registration decided the skipping
         shard = request.shard
         require_shard_ref(shard)
         try:
@@ -130,7 +123,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             key = artifacts.content_key("embeddings/image", model_id=backend.model_id,
                                         checkpoint_sha256=backend.checkpoint_sha256,
                                         preprocess_id=backend.preprocess_id, dtype=backend.dtype,
-                                        shard_sha256=shard.ref.sha256, on_bad_image=policy)
+                                        shard_sha256=shard.ref.sha256)
             existing = artifacts.find_artifact(self.runtime.store, key)
             if existing is not None:
                 self.runtime.metrics.shard("reused")
@@ -139,11 +132,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             with self.runtime.metrics.stage("read_shard"):
                 pairs = read_shard(self.runtime.store, shard)
             self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
-            emb, skipped = self._embed_images(backend, [(e.name, b) for e, b in pairs], policy,
-                                              where=f"shard {shard.index}")
-            ref = self._store(key, emb, self._producer(backend, "embeddings/image", shard_sha256=shard.ref.sha256,
-                                                       skipped_images=len(skipped),
-                                                       skipped_names=",".join(skipped)[:1000]))
+            emb = self._embed_images(backend, [(e.name, b) for e, b in pairs], where=f"shard {shard.index}",
+                                     fix=SHARD_IMAGE_FIX)
+            ref = self._store(key, emb, self._producer(backend, "embeddings/image", shard_sha256=shard.ref.sha256))
             self.runtime.metrics.shard("computed")
             log.info("EmbedImageShard shard=%d done", shard.index)
             return _embed_response(ref, reused=False)
@@ -194,7 +185,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             raise invalid_argument(f"{len(request.images)} images in one inline call; send at most "
                                    f"{MAX_INLINE_ITEMS} or register a dataset")
         backend = self.backend(request.model, model_file=request.model_file)
-        emb, _ = self._embed_images(backend, [(f"images[{i}]", b) for i, b in enumerate(request.images)], "error")
+        emb = self._embed_images(backend, [(f"images[{i}]", b) for i, b in enumerate(request.images)])
         return self._vectors(backend, emb)
 
     def ListModels(self, request: common_pb2.ListModelsRequest,
@@ -218,7 +209,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         backend = self.backend("")  # the served model
         grey = io.BytesIO()
         Image.new("RGB", (224, 224), (127, 127, 127)).save(grey, format="PNG")
-        self._embed_images(backend, [("warm-up.png", grey.getvalue())], "error")
+        self._embed_images(backend, [("warm-up.png", grey.getvalue())])
         self._encode_texts(backend, ["warm-up"], [])
 
 
@@ -232,10 +223,8 @@ def _check_texts(texts: list[str], what: str, item: str) -> None:
 
 
 def _embed_response(ref: common_pb2.ArtifactRef, reused: bool) -> embedder_pb2.EmbedResponse:
-    names = ref.producer.get("skipped_names", "")
-    return embedder_pb2.EmbedResponse(embeddings=ref, reused=reused,
-                                      skipped_images=int(ref.producer.get("skipped_images", "0") or 0),
-                                      skipped_names=[n for n in names.split(",") if n])
+    """The response of a shard RPC (skipped_images stays 0: registration decides skipping, see images.py)."""
+    return embedder_pb2.EmbedResponse(embeddings=ref, reused=reused)
 
 
 def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], EmbedderServicer]:

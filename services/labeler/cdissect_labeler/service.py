@@ -116,7 +116,7 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
             if img.shape[0] != act.shape[0]:
                 raise failed_precondition(
                     f"shard {i}: {img.shape[0]} image embeddings but {act.shape[0]} activation rows; both must come "
-                    f"from the same shard with the same on_bad_image policy")
+                    f"from the same shard of a registered probe set")
             with self.runtime.device_lock, self.runtime.metrics.stage("label_add_shard"):
                 try:
                     labeler.add_shard(img, act)
