@@ -34,7 +34,8 @@ def dns() -> Iterator[TinyDNS]:
 def _pod(host: str, port: int, store_url: str, logs: Path):
     """An activations 'pod' on host:port (the same port on every pod, like a Deployment's)."""
     return launch_service("activations", {"CDISSECT_HOST": host, "CDISSECT_PORT": str(port),
-                                          "CDISSECT_STORE": store_url, "CDISSECT_BATCH_SIZE": "4"}, logs, wait=False)
+                                          "CDISSECT_STORE": store_url, "CDISSECT_BATCH_SIZE": "4"}, logs / host,
+                          wait=False)  # one log folder per pod: the log file is named by port
 
 
 def _shards_done(handle) -> int:
