@@ -36,6 +36,10 @@ class ShardTask:
     on_done: Callable[[Any], None] | None = None
 
 
+# A service's answers that mean "the request is wrong": bad input, exit code 2 (others: 1).
+BAD_INPUT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED})
+
+
 class ShardFailure(CliError):
     """A shard RPC failed for good; the message names shard, service, endpoint and cause."""
 
@@ -52,7 +56,9 @@ class ShardFailure(CliError):
         tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if retryable else ""
         hint = (" — is the service running and reachable? (`cdissect status`; raise --retry-timeout "
                 "or --deadline for slow starts)") if retryable else ""
-        super().__init__(f"{what} failed on the {service} service at {address}{tries}: {detail}{hint}")
+        refused = isinstance(cause, grpc.RpcError) and hasattr(cause, "code") and cause.code() in BAD_INPUT_CODES
+        super().__init__(f"{what} failed on the {service} service at {address}{tries}: {detail}{hint}",
+                         exit_code=2 if refused else 1)
 
 
 class ShardDispatcher:

@@ -15,8 +15,8 @@ from cdissect.v1 import activations_pb2, embedder_pb2
 from cdissect_common import userfiles
 from cdissect_common.artifacts import find_artifact
 from cdissect_common.store import DigestMismatchError, FilesystemStore, open_store
-from cdissect_common.userfiles import (ServerPathError, UserFileError, local_copy, looks_like_path, server_path,
-                                       split_checkpoint, upload_user_file)
+from cdissect_common.userfiles import (ModelFileMissingError, ServerPathError, UserFileError, local_copy,
+                                       looks_like_path, server_path, split_checkpoint, upload_user_file)
 from tests.integration.conftest import launch_service
 from tests.integration.test_cli_support import make_env, results, run_args, run_cli, run_dir_of, write_probe, \
     write_words
@@ -125,7 +125,7 @@ def test_server_paths_only_inside_the_model_folders(tmp_path: Path) -> None:
     assert len(set(messages)) == 1 and "CDISSECT_MODEL_DIRS" in messages[0]  # existence is not revealed
     with pytest.raises(ServerPathError, match="CDISSECT_MODEL_DIRS is not set"):
         server_path(str(models / "ok.pth"), [])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelFileMissingError, match="not in the model folders"):
         server_path(str(models / "missing.pth"), [str(models)])
 
 
@@ -188,6 +188,12 @@ def test_a_checkpoint_reaches_services_that_cannot_see_the_clients_files(tmp_pat
             refusals.append(info.value.details().replace(str(path), "PATH"))
         assert len(set(refusals[0::2])) == 1 and len(set(refusals[1::2])) == 1, refusals
         assert "CDISSECT_MODEL_DIRS" in refusals[0]
+
+        elsewhere = "/nonexistent-on-this-machine/resnet.pth"  # not here: sent as a server path, refused
+        layers = run_cli(["layers", f"resnet18:{elsewhere}", "--activations", handles["activations"].endpoint],
+                         env, expect=2)
+        assert "sent as a path on the service's machine" in layers.stderr
+        assert "PERMISSION_DENIED" in layers.stderr and "CDISSECT_MODEL_DIRS" in layers.stderr
     finally:
         for handle in handles.values():
             handle.kill()

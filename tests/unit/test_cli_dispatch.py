@@ -97,6 +97,7 @@ def test_rejection_fails_at_once_naming_shard_service_and_cause(servers) -> None
     message = str(info.value)
     assert "image embeddings of shard" in message and "embedder service" in message
     assert address in message and "INVALID_ARGUMENT: bad is not ready" in message
+    assert info.value.exit_code == 2  # the service says the request is wrong: bad input
     assert bad.calls <= 2        # no retries; at most the two calls already in flight
 
 

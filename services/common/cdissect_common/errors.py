@@ -16,7 +16,7 @@ from .config import ConfigError
 from .manifest import DatasetError, DatasetNotFoundError, ShardCorruptError
 from .retry import CAUSE_METADATA_KEY, CAUSE_STORE_UNAVAILABLE, is_retryable_store
 from .store import DigestMismatchError, ObjectNotFoundError, StoreConfigError, StoreUnavailableError
-from .userfiles import ServerPathError, UserFileError
+from .userfiles import ModelFileMissingError, ServerPathError, UserFileError
 
 
 class ServiceError(Exception):
@@ -54,7 +54,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a caller should get for ``exc``."""
     if isinstance(exc, ServiceError):
         return exc.code, exc.message
-    if isinstance(exc, (ObjectNotFoundError, DatasetNotFoundError)):
+    if isinstance(exc, (ObjectNotFoundError, DatasetNotFoundError, ModelFileMissingError)):
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, (DigestMismatchError, ShardCorruptError, ArtifactError)):
         return grpc.StatusCode.DATA_LOSS, str(exc)

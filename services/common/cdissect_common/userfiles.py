@@ -55,6 +55,10 @@ class ServerPathError(PermissionError):
     """A request named a server path outside the operator's model folders (or none are configured)."""
 
 
+class ModelFileMissingError(FileNotFoundError):
+    """A request named a file inside the model folders that is not there."""
+
+
 # --- what is a path ----------------------------------------------------------------------
 
 def looks_like_path(text: str) -> bool:
@@ -238,7 +242,7 @@ def server_path(text: str, model_dirs: tuple[str, ...] | list[str]) -> Path:
     Relative paths are taken inside each folder in turn. Anything outside (after resolving
     symlinks and '..') raises ServerPathError with the same message whether or not it exists,
     so a caller cannot probe the server's files. A missing file inside a folder raises
-    FileNotFoundError naming the folders.
+    ModelFileMissingError naming the folders.
     """
     setting = ENV_VARS["model_dirs"]
     upload_hint = "to use a checkpoint of your own, give its path to the cdissect CLI, which uploads it to the store"
@@ -252,8 +256,8 @@ def server_path(text: str, model_dirs: tuple[str, ...] | list[str]) -> Path:
         real = Path(os.path.realpath(candidate))
         if any(real == root or root in real.parents for root in roots):
             if not real.exists():
-                raise FileNotFoundError(f"{text} is not in the model folders of this service "
-                                        f"({', '.join(map(str, roots))}); check the name")
+                raise ModelFileMissingError(f"{text} is not in the model folders of this service "
+                                            f"({', '.join(map(str, roots))}); check the name")
             return real
     raise ServerPathError(f"{text} is not inside the model folders this service may open ({setting}); "
                           f"{upload_hint}")
