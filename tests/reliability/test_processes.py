@@ -37,6 +37,19 @@ def _state_file(env: dict[str, str]) -> Path:
     return Path(env["XDG_CACHE_HOME"]) / "cdissect" / "local-services.json"
 
 
+def _down_with_state(env: dict[str, str], name: str, entry: dict, stranger: subprocess.Popen) -> str:
+    """Write a state file recording `entry` as service `name`, run `cdissect down`, check that
+    `stranger` (the process now owning the pid) is left alone; returns down's output."""
+    path = _state_file(env)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"store": "file:///s", "services": {name: entry}}))
+    proc = _cli(["down"], env)
+    assert proc.returncode == 0 and not path.exists(), proc.stderr
+    time.sleep(0.3)
+    assert stranger.poll() is None, "cdissect down signalled a process it did not start"
+    return proc.stdout
+
+
 def test_down_leaves_alone_a_pid_that_now_belongs_to_another_process(tmp_path: Path) -> None:
     """The state file names a service whose pid the system has since given to another process
     (simulated: same pid, other start time); even a look-alike command line is not enough."""
@@ -45,15 +58,8 @@ def test_down_leaves_alone_a_pid_that_now_belongs_to_another_process(tmp_path: P
     try:
         wait_for(lambda: process_start_token(stranger.pid), 10, "the sleeper's /proc entry")
         recorded = ServiceProcess("embedder", stranger.pid, 50051, 9101, "e.log", started="ticks:1")
-        path = _state_file(env)
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"store": "file:///s", "services": {"embedder": recorded.__dict__}}))
         assert not is_our_service(recorded)
-        proc = _cli(["down"], env)
-        assert proc.returncode == 0, proc.stderr
-        assert "stale state file" in proc.stdout and not path.exists()
-        time.sleep(0.3)
-        assert stranger.poll() is None, "cdissect down signalled a process it did not start"
+        assert "stale state file" in _down_with_state(env, "embedder", recorded.__dict__, stranger)
     finally:
         stranger.kill()
         stranger.wait()
@@ -65,14 +71,8 @@ def test_down_does_not_trust_an_old_state_file_without_start_times(tmp_path: Pat
     env = make_env(tmp_path)
     stranger = _sleeper()
     try:
-        path = _state_file(env)
-        path.parent.mkdir(parents=True)
         old_entry = {"name": "labeler", "pid": stranger.pid, "port": 1, "metrics_port": 2, "log": "l.log"}
-        path.write_text(json.dumps({"store": "file:///s", "services": {"labeler": old_entry}}))
-        proc = _cli(["down"], env)
-        assert proc.returncode == 0 and "no local services are running" in proc.stdout, proc.stderr
-        time.sleep(0.3)
-        assert stranger.poll() is None, "cdissect down signalled a process it did not start"
+        assert "no local services are running" in _down_with_state(env, "labeler", old_entry, stranger)
     finally:
         stranger.kill()
         stranger.wait()
