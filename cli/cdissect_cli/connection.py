@@ -19,7 +19,7 @@ import grpc
 from cdissect_common.clients import EndpointError, make_channel, make_stub, replica_count
 from cdissect_common.config import Settings
 from cdissect_common.retry import RetryPolicy
-from cdissect_common.store import ObjectStore, StoreError, open_store
+from cdissect_common.store import ObjectStore, StoreError, StoreUnavailableError, open_store
 from rich.console import Console
 
 from cdissect_cli.cli_settings import cdissect_home, service_env
@@ -140,11 +140,13 @@ class Connection:
     def _open_store(self) -> ObjectStore:
         try:
             return open_store(self.store_url, self.settings, policy=self.policy)
+        except StoreUnavailableError as err:  # its message names the store, endpoint and budget
+            raise CliError(str(err)) from err
         except (StoreError, ValueError) as err:
             raise CliError(f"cannot open the object store {self.store_url}: {err}") from err
-        except Exception as err:  # noqa: BLE001 - connection errors after the retry budget
-            raise CliError(f"the object store {self.store_url} is unreachable: {type(err).__name__}: {err}; "
-                           f"check CDISSECT_S3_ENDPOINT and that the server runs") from err
+        except Exception as err:  # noqa: BLE001 - refused by the server (credentials, bucket rights)
+            raise CliError(f"the object store {self.store_url} refused the connection: {type(err).__name__}: {err}; "
+                           f"check CDISSECT_S3_ENDPOINT and the access keys") from err
 
     # -- use ----------------------------------------------------------------------------------
     @property
