@@ -9,7 +9,9 @@ fresh subprocess so that its peak resident memory (``ru_maxrss``) is its own:
   rows of Q and summing logs, the prior over all neurons, argmax;
 - streaming: ``StreamingLabeler('soft_wpmi')`` fed shards of 1000 images (activations arrive per
   shard, as from the activations service), then ``finish()`` (top-5 concepts, top-10 images,
-  dead units, label quality included).
+  dead units, the held-out correlation/AUPRC of every label; the AUC/p label quality is timed apart);
+- simulation: the same with ``select='simulation'`` (soft-WPMI on the 80% selection split, its
+  top-25 re-ranked by correlation there, scores on the held-out 20%), timed the same way.
 
 Prints both wall times (labeling only, data generation excluded), both peak memories, the import
 baseline (Python + torch, paid by both), the ratios, and whether the top-1 labels are identical.
@@ -116,13 +118,13 @@ def _arbitrate(stream_ids, dense_ids, S, Q, inds, p_in, min_prob: float, lam: fl
             "max_gap_dense_float32": gap32, "max_gap_float64": gap64}
 
 
-def run_streaming(n: int, c: int, d: int, k: int, out: Path) -> dict:
+def run_streaming(n: int, c: int, d: int, k: int, out: Path, select: str = "similarity") -> dict:
     from cdissect_labeler.streaming import StreamingLabeler
 
     images, texts, _ = make_embeddings(n, c, d)
     elapsed = cpu = 0.0
     start, cpu0 = time.perf_counter(), _cpu_s()
-    labeler = StreamingLabeler("soft_wpmi", {}, texts, device="cpu", num_images=n)
+    labeler = StreamingLabeler("soft_wpmi", {}, texts, device="cpu", num_images=n, select=select)
     elapsed, cpu = elapsed + time.perf_counter() - start, cpu + _cpu_s() - cpu0
     for s in range(0, n, SHARD):
         acts = activations_for(images[s:s + SHARD], k, s // SHARD)     # arrives from the service
@@ -139,7 +141,13 @@ def run_streaming(n: int, c: int, d: int, k: int, out: Path) -> dict:
     np.save(out, np.stack([labels.concept_ids[:, 0].astype(np.float64), labels.scores[:, 0].astype(np.float64)]))
     return {"seconds": elapsed, "cpu_seconds": cpu, "peak_mb": _peak_mb(), "finish_with_quality_s": quality_s,
             "finish_with_quality_cpu_s": quality_cpu, "dead": int(with_quality.dead.sum()),
-            "median_auc": float(np.median(with_quality.quality_auc))}
+            "median_auc": float(np.median(with_quality.quality_auc)),
+            "median_correlation": float(np.median(with_quality.correlation)),
+            "heldout_images": labeler.heldout_images}
+
+
+def run_simulation(n: int, c: int, d: int, k: int, out: Path) -> dict:
+    return run_streaming(n, c, d, k, out, select="simulation")
 
 
 def run_baseline(n: int, c: int, d: int, k: int, out: Path) -> dict:
@@ -164,7 +172,7 @@ def _child(mode: str, size: dict, out: Path, threads: int, compare: Path | None 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"small size {QUICK}")
-    parser.add_argument("--child", choices=["dense", "streaming", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["dense", "streaming", "simulation", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in both runs (0: torch's default)")
@@ -177,7 +185,8 @@ def main() -> None:
         if args.threads:
             import torch
             torch.set_num_threads(args.threads)
-        fn = {"dense": run_dense, "streaming": run_streaming, "baseline": run_baseline}[args.child]
+        fn = {"dense": run_dense, "streaming": run_streaming, "simulation": run_simulation,
+              "baseline": run_baseline}[args.child]
         extra = {"compare": args.compare} if args.child == "dense" else {}
         print(json.dumps(fn(size["n"], size["c"], size["d"], size["k"], args.out, **extra)))
         return
@@ -185,7 +194,8 @@ def main() -> None:
           f"K={size['k']} neurons, shards of {SHARD}, {os.cpu_count()} CPU cores, "
           f"torch threads {args.threads or 'default'}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        res = {mode: _child(mode, size, Path(tmp) / f"{mode}.npy", args.threads) for mode in ("baseline", "streaming")}
+        res = {mode: _child(mode, size, Path(tmp) / f"{mode}.npy", args.threads)
+               for mode in ("baseline", "streaming", "simulation")}
         res["dense"] = _child("dense", size, Path(tmp) / "dense.npy", args.threads, Path(tmp) / "streaming.npy")
         dense = np.load(Path(tmp) / "dense.npy")
         stream = np.load(Path(tmp) / "streaming.npy")
@@ -202,6 +212,12 @@ def main() -> None:
     print(f"  speed-up: {d['seconds'] / s['seconds']:.2f}x wall, {d['cpu_seconds'] / s['cpu_seconds']:.2f}x CPU   "
           f"peak memory ratio: {d['peak_mb'] / s['peak_mb']:.2f}x "
           f"(above baseline: {(d['peak_mb'] - base) / max(1.0, s['peak_mb'] - base):.2f}x)")
+    m = res["simulation"]
+    print(f"  --select simulation: {m['seconds']:8.2f} s wall {m['cpu_seconds']:8.2f} s CPU   peak {m['peak_mb']:8.0f} MiB "
+          f"({m['seconds'] / s['seconds']:.2f}x wall, {m['cpu_seconds'] / s['cpu_seconds']:.2f}x CPU of the reference "
+          f"selection; both include the held-out scores "
+          f"on {s['heldout_images']} images); median held-out correlation of the labels: reference "
+          f"{s['median_correlation']:.3f}, simulation {m['median_correlation']:.3f}")
     print(f"  top-1 labels identical: {same} ({int((dense[0] == stream[0]).sum())}/{len(dense[0])}); "
           f"max |Δ top-1 score| {np.abs(dense[1] - stream[1]).max():.2e}; "
           f"streaming: {s['dead']} dead units, median label AUC {s['median_auc']:.3f}")

@@ -1,4 +1,4 @@
-"""The report and analysis commands: `report`, `eval final-layer`, `explain compose`,
+"""The report and analysis commands: `report`, `eval final-layer`, `eval labels`, `explain compose`,
 `analyze weights`, `compare`. `register(app)` adds them to the `cdissect` Typer app.
 
 Every command reads a finished run folder and writes into it (report.html + assets/,
@@ -128,6 +128,44 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
     _report_hint(run_dir)
 
 
+def eval_labels(run_dir: RunDirArg,
+                labels: Annotated[Optional[Path], typer.Option(
+                    "--labels", help="CSV with columns layer,unit,description (another method's or run's "
+                                     "descriptions); default: the run's own descriptions.csv.")] = None,
+                config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
+                labeler: LabelerOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
+                retry_timeout: RetryOpt = None) -> None:
+    """Score any labels on the run's stored embeddings and activations: held-out correlation and AUPRC."""
+    from cdissect_cli.analyses.eval_labels import read_labels, score_labels, write_eval_labels
+
+    console = _console()
+    run = load_run(run_dir)
+    source = labels if labels is not None else Path(run_dir) / "descriptions.csv"
+    wanted = read_labels(source)
+    flags = ConnectionFlags(config=config, store=store, embedder=embedder, labeler=labeler,
+                            deadline_s=deadline, retry_s=retry_timeout)
+    with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as (connection, run):
+        rows, summary = score_labels(run, wanted, connection.store, _stub(connection, "embedder"),
+                                     _stub(connection, "labeler"), deadline_s=deadline)
+    table = Table(title=f"labels of {source} scored on {run.run_dir.name}'s held-out images")
+    for column in ("layer", "units", "held-out images", "corr mean", "corr median", "AUPRC mean",
+                   "AUPRC median", "low", "dead"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+
+    def num(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    for layer, s in summary.items():
+        table.add_row(layer, str(s["units_scored"]), str(s["heldout_images"]), num(s["correlation_mean"]),
+                      num(s["correlation_median"]), num(s["auprc_mean"]), num(s["auprc_median"]), str(s["low"]),
+                      str(s["dead"]))
+    Console().print(table)
+    name = "run" if labels is None else Path(labels).stem
+    for path in write_eval_labels(run_dir, name, str(source), rows, summary):
+        typer.echo(str(path))
+    _report_hint(run_dir)
+
+
 def compose(run_dir: RunDirArg, layer: LayerOpt,
             units: Annotated[Optional[str], typer.Option(
                 "--units", help="Comma-separated unit indices (default: every unit of the layer).")] = None,
@@ -234,6 +272,8 @@ def compare(a: Annotated[Path, typer.Argument(help="Descriptions CSV (or run fol
                       num(layer.abs_delta_mean), num(layer.abs_delta_median), num(layer.abs_delta_max),
                       str(len(layer.only_in_a)), str(len(layer.only_in_b)))
     Console().print(table)
+    if any(layer.scores_a or layer.scores_b for layer in result.layers):
+        Console().print(_scores_table(result))
     for layer in result.layers:
         for change in layer.label_changes[:show_changes]:
             typer.echo(f"{layer.layer} unit {change['unit']}: {change['a']!r} -> {change['b']!r}")
@@ -242,10 +282,28 @@ def compare(a: Annotated[Path, typer.Argument(help="Descriptions CSV (or run fol
     typer.echo(str(compare_mod.write_comparison(result, out)))
 
 
+def _scores_table(result: compare_mod.Comparison) -> Table:
+    """Held-out correlation and AUPRC (mean / median) of A and B per layer: one scale across runs."""
+    table = Table(title="label scores, mean / median (held-out correlation, AUPRC; — = the file has none)")
+    for column in ("layer", "corr A", "corr B", "AUPRC A", "AUPRC B"):
+        table.add_column(column, justify="right" if column != "layer" else "left")
+
+    def pair(scores: dict | None, name: str) -> str:
+        if not scores or f"{name}_mean" not in scores:
+            return "—"
+        return f"{scores[f'{name}_mean']:.3f} / {scores[f'{name}_median']:.3f}"
+
+    for layer in result.layers:
+        table.add_row(layer.layer, pair(layer.scores_a, "correlation"), pair(layer.scores_b, "correlation"),
+                      pair(layer.scores_a, "auprc"), pair(layer.scores_b, "auprc"))
+    return table
+
+
 def register(app: typer.Typer) -> None:
     """Add report, eval final-layer, explain compose, analyze weights and compare to `app`."""
     app.command("report", help=f"Write the HTML report of a run (low-confidence: {RULE_TEXT}).")(report)
     eval_app.command("final-layer")(final_layer)
+    eval_app.command("labels")(eval_labels)
     explain_app.command("compose")(compose)
     analyze_app.command("weights")(weights)
     app.add_typer(eval_app, name="eval")

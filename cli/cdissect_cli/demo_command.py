@@ -5,6 +5,11 @@ path with the settings of `cdissect_shapes.demo.DEMO` (shapes CNN, shapes CLIP, 
 concept set), then scores the labels with `cdissect_shapes.scores.score_run`: the final layer
 and the planted units against their by-construction concepts, conv units against the attribute
 that best separates their activations (read back from the run's activation artifacts).
+
+Both label selections run by default (`--select` picks one): the reference's `similarity` and
+`simulation`; the second run reuses every embedding and activation artifact of the first, so
+only the labeler works again. Beside the truth scores each run reports its labels' mean held-out
+correlation per layer and the labeler stage's seconds.
 """
 from __future__ import annotations
 
@@ -29,12 +34,15 @@ from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.options import (
     DEFAULT_DEADLINE_S, ConfigOpt, ConnectionFlags, DeadlineOpt, RetryOpt, StoreOpt)
-from cdissect_cli.results import RunResult
+from cdissect_cli.pipeline import STAGE_LABELS
+from cdissect_cli.results import LayerResult, RunResult
 from cdissect_cli.run_command import execute_run, reuse_table
+from cdissect_common.vocabulary import SELECTIONS, choices_text
 
 SCORE_KEYS = ("final_top1", "final_top3", "planted_top1", "conv_selective_top1", "conv_selective_top3",
               "conv_top1", "conv_top3")
 COUNT_KEYS = ("n_final", "n_planted", "n_conv", "n_conv_selective", "n_conv_dead")
+BOTH = "both"
 
 
 def _shapes() -> tuple[dict, Any, Any]:
@@ -126,10 +134,42 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
+def heldout_correlation(result: RunResult) -> dict[str, float | None]:
+    """Per layer: mean held-out correlation of the live units' labels (None without scores)."""
+    out: dict[str, float | None] = {}
+    for layer in result.layers:
+        live = ~np.asarray(layer.dead, dtype=bool)
+        out[layer.name] = (float(np.mean(layer.heldout.correlation[live]))
+                           if layer.heldout is not None and live.any() else None)
+    return out
+
+
+def _demo_run(spec: Any, flags: ConnectionFlags, runs_dir: str | None, console: Console, show_progress: bool,
+              settings: dict, score_run: Any, n_images: int) -> tuple[dict, Any]:
+    """One run of the demo's job, scored; (summary, outcome)."""
+    outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True)
+    try:
+        scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
+    finally:
+        outcome.connection.close()
+    summary = {"run_dir": str(outcome.run_dir), "report": str(outcome.report) if outcome.report else None,
+               **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},
+               "images": n_images, "select": spec.select,
+               "heldout_correlation": heldout_correlation(outcome.result),
+               "labels_seconds": outcome.result.timings.get(STAGE_LABELS)}
+    (outcome.run_dir / "demo_scores.json").write_text(
+        json.dumps(_plain({**summary, "per_layer": scores.get("per_layer", {})}), indent=1) + "\n")
+    return summary, outcome
+
+
 def demo(
     images: Annotated[Optional[int], typer.Option("--images", min=1, help="Probe images to generate "
                                                   "(default: the demo's full set).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as one JSON object.")] = False,
+    select: Annotated[str, typer.Option("--select", help=f"Label selection(s) to run: {BOTH} | "
+                                        f"{choices_text(SELECTIONS)}.")] = BOTH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as one JSON object (the default "
+                                          "selection's keys at the top, the simulation's under "
+                                          "\"simulation\").")] = False,
     runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (env CDISSECT_RUNS_DIR).")] = None,
     config: ConfigOpt = None, store: StoreOpt = None,
     deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = None,
@@ -137,38 +177,47 @@ def demo(
 ) -> None:
     """Run the whole pipeline offline on the shapes world and score its labels against the known truth."""
     console = Console(stderr=True)
+    if select != BOTH and select not in SELECTIONS:
+        raise CliError(f"--select {select!r} is not a selection; choose {BOTH} or one of: "
+                       f"{', '.join(SELECTIONS)}", exit_code=2)
+    selections = SELECTIONS if select == BOTH else (select,)
     settings, write_probe_folder, score_run = _shapes()
     n_images = images or int(settings["n_images"])
     folder = demo_probe_folder(n_images, int(settings["seed"]), write_probe_folder)
-    spec = resolve_spec(None, {
-        "target_model": settings["model"], "target_weights": settings.get("weights", ""),
-        "layers": list(settings["layers"]), "probe_set": str(folder), "concept_set": settings["concept_set"],
-        "clip_model": settings["clip_model"]})
     flags = ConnectionFlags(config=config, store=store, deadline_s=deadline, retry_s=retry_timeout)
-    outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress and not as_json,
-                          keep_connection=True)
-    try:
-        scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
-    finally:
-        outcome.connection.close()
-    summary = {"run_dir": str(outcome.run_dir), "report": str(outcome.report) if outcome.report else None,
-               **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},
-               "images": n_images}
-    (outcome.run_dir / "demo_scores.json").write_text(
-        json.dumps(_plain({**summary, "per_layer": scores.get("per_layer", {})}), indent=1) + "\n")
+    runs: dict[str, tuple[dict, Any]] = {}
+    for mode in selections:
+        spec = resolve_spec(None, {
+            "target_model": settings["model"], "target_weights": settings.get("weights", ""),
+            "layers": list(settings["layers"]), "probe_set": str(folder), "concept_set": settings["concept_set"],
+            "clip_model": settings["clip_model"], "select": mode})
+        runs[mode] = _demo_run(spec, flags, runs_dir, console, not no_progress and not as_json, settings,
+                               score_run, n_images)
+    default, simulation = SELECTIONS
+    summary: dict[str, Any] = dict(runs[default][0]) if default in runs else {"images": n_images}
+    if simulation in runs:
+        summary[simulation] = runs[simulation][0]
     if as_json:
         typer.echo(json.dumps(_plain(summary)))
         return
-    console.print(reuse_table(outcome.result))
+    for mode, (_, outcome) in runs.items():
+        console.print(reuse_table(outcome.result))
     table = Table(title="label quality against the shapes world's truth", show_edge=False)
     table.add_column("score")
-    table.add_column("value", justify="right")
+    for mode in runs:
+        table.add_column(f"{mode} selection", justify="right")
     table.add_column("units", justify="right")
+    first = next(iter(runs.values()))[0]
     units = {"final": "n_final", "planted": "n_planted", "conv_selective": "n_conv_selective", "conv": "n_conv"}
     for key in SCORE_KEYS:
         group = key.rsplit("_top", 1)[0]
-        table.add_row(key, _fmt(scores[key]), str(scores.get(units.get(group, ""), "")))
+        table.add_row(key, *(_fmt(run[0][key]) for run in runs.values()), str(first.get(units.get(group, ""), "")))
+    for layer in first["heldout_correlation"]:
+        table.add_row(f"held-out r {layer}", *(_fmt(run[0]["heldout_correlation"][layer])
+                                                         for run in runs.values()), "")
+    table.add_row("labeler stage (s)", *(_fmt(run[0]["labels_seconds"]) for run in runs.values()), "")
     Console().print(table)
-    typer.echo(f"run folder: {outcome.run_dir}")
-    if outcome.report is not None:
-        typer.echo(f"report: {outcome.report}")
+    for mode, (_, outcome) in runs.items():
+        typer.echo(f"run folder ({mode}): {outcome.run_dir}")
+        if outcome.report is not None:
+            typer.echo(f"report ({mode}): {outcome.report}")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SIMILARITY_DEFAULTS,
+from cdissect_common import evaluation
+from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SELECTIONS, SIMILARITY_DEFAULTS,
                                         TOKEN_POOLINGS)
 
 from cdissect_cli.errors import SpecError
@@ -49,6 +50,12 @@ class JobSpec:
     top_images: int = 10
     on_bad_image: str = "error"
     shard_size: int = DEFAULT_SHARD_SIZE
+    select: str = SELECTIONS[0]
+    candidates: int = evaluation.SIMULATION_CANDIDATES
+    rank_penalty: float = evaluation.SIMULATION_RANK_PENALTY
+    eval_fraction: float = evaluation.EVAL_FRACTION
+    eval_seed: int = evaluation.EVAL_SEED
+    auprc_alpha: float = evaluation.AUPRC_ALPHA
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (the YAML layout): similarity nested as {function, params}."""
@@ -69,6 +76,12 @@ class JobSpec:
             "top_images": self.top_images,
             "on_bad_image": self.on_bad_image,
             "shard_size": self.shard_size,
+            "select": self.select,
+            "candidates": self.candidates,
+            "rank_penalty": self.rank_penalty,
+            "eval_fraction": self.eval_fraction,
+            "eval_seed": self.eval_seed,
+            "auprc_alpha": self.auprc_alpha,
         }
 
     def to_yaml(self) -> str:
@@ -85,7 +98,23 @@ class JobSpec:
             probe_set=self.probe_set, concept_set=self.concept_set, clip_model=self.clip_model,
             similarity=self.similarity_proto(), clip_precision=self.clip_precision,
             prompt_templates=list(self.prompt_templates), top_concepts=self.top_concepts,
-            top_images=self.top_images, on_bad_image=self.on_bad_image)
+            top_images=self.top_images, on_bad_image=self.on_bad_image, select=self.select,
+            candidates=self.candidates, rank_penalty=self.rank_penalty, eval_fraction=self.eval_fraction,
+            eval_seed=self.eval_seed, auprc_alpha=self.auprc_alpha)
+
+    def selection_proto(self) -> Any:
+        """How the labeler chooses each label (`cdissect.v1.LabelSelection`)."""
+        from cdissect.v1 import labeler_pb2
+
+        return labeler_pb2.LabelSelection(mode=self.select, candidates=self.candidates,
+                                          rank_penalty=self.rank_penalty)
+
+    def evaluation_proto(self) -> Any:
+        """The held-out split and AUPRC share of the simulation scores (`cdissect.v1.HeldOutEvaluation`)."""
+        from cdissect.v1 import labeler_pb2
+
+        return labeler_pb2.HeldOutEvaluation(fraction=self.eval_fraction, seed=self.eval_seed,
+                                             alpha=self.auprc_alpha)
 
     def similarity_proto(self) -> Any:
         """The similarity function and its explicit parameters as `cdissect.v1.SimilarityParams`."""
@@ -204,6 +233,9 @@ def _validated(values: dict[str, Any]) -> JobSpec:
     for key in ("top_concepts", "top_images", "shard_size"):
         if key in values:
             kwargs[key] = _positive_int(key, values[key])
+    if "select" in values:
+        kwargs["select"] = _choice("select", values["select"], SELECTIONS)
+    kwargs.update(_evaluation_values(values))
     if "prompt_templates" in values:
         templates = _as_str_tuple("prompt_templates", values["prompt_templates"] or [])
         bad = [t for t in templates if "{}" not in t]
@@ -216,6 +248,29 @@ def _validated(values: dict[str, Any]) -> JobSpec:
     kwargs["similarity_function"] = function
     kwargs["similarity_params"] = _similarity_params(function, values.get("similarity_params") or {})
     return JobSpec(**kwargs)
+
+
+def _evaluation_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """candidates, rank_penalty, eval_fraction, eval_seed, auprc_alpha, checked by cdissect_common.evaluation."""
+    checks = {"candidates": evaluation.check_candidates, "rank_penalty": evaluation.check_rank_penalty,
+              "eval_fraction": evaluation.check_eval_fraction, "auprc_alpha": evaluation.check_alpha,
+              "eval_seed": _seed}
+    out: dict[str, Any] = {}
+    for key, check in checks.items():
+        if key not in values:
+            continue
+        try:
+            out[key] = check(values[key])
+        except (TypeError, ValueError) as err:
+            flag = "--" + key.replace("_", "-")
+            raise SpecError(f"{flag} / {key}: {err}") from None
+    return out
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or int(value) != float(value) or int(value) < 0:
+        raise ValueError(f"the split seed must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def _similarity_params(function: str, params: Any) -> dict[str, float]:

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from cdissect_common import evaluation
+from cdissect_common.vocabulary import SELECTIONS, choices_text
 
 CONNECTION = "Connection"
+LABELS = "Label selection and scores"
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML config file (default: CDISSECT_CONFIG or ~/.config/cdissect/config.yaml).",
@@ -36,6 +39,35 @@ RetryOpt = Annotated[Optional[float], typer.Option(
     help="How long to keep retrying a call that fails with UNAVAILABLE/DEADLINE_EXCEEDED, in seconds from the "
          "failure (env CDISSECT_RETRY_TIMEOUT; default 90). Local services get the same budget for the store.",
     rich_help_panel=CONNECTION)]
+
+SelectOpt = Annotated[Optional[str], typer.Option(
+    "--select", help=f"{choices_text(SELECTIONS)}: the similarity's top-1 (the reference, default) or its top "
+                     f"candidates re-ranked by correlation on the selection split.", rich_help_panel=LABELS)]
+CandidatesOpt = Annotated[Optional[int], typer.Option(
+    "--candidates", help=f"--select simulation: similarity top-N re-ranked (default {evaluation.SIMULATION_CANDIDATES}).",
+    rich_help_panel=LABELS)]
+RankPenaltyOpt = Annotated[Optional[float], typer.Option(
+    "--rank-penalty", help=f"--select simulation: correlation a candidate must gain per place it climbs "
+                           f"(default {evaluation.SIMULATION_RANK_PENALTY}; 0 = pure correlation).",
+    rich_help_panel=LABELS)]
+EvalFractionOpt = Annotated[Optional[float], typer.Option(
+    "--eval-fraction", help=f"Share of the probe set held out for correlation/AUPRC, in (0, "
+                            f"{evaluation.MAX_EVAL_FRACTION}] (default {evaluation.EVAL_FRACTION}).",
+    rich_help_panel=LABELS)]
+EvalSeedOpt = Annotated[Optional[int], typer.Option(
+    "--eval-seed", help=f"Seed of the held-out split (default {evaluation.EVAL_SEED}).", rich_help_panel=LABELS)]
+AuprcAlphaOpt = Annotated[Optional[float], typer.Option(
+    "--auprc-alpha", help=f"Top share of held-out images that are a unit's AUPRC positives, at least the "
+                          f"function's own top set (default {evaluation.AUPRC_ALPHA}).", rich_help_panel=LABELS)]
+
+
+def selection_overrides(select: str | None, candidates: int | None, rank_penalty: float | None,
+                        eval_fraction: float | None, eval_seed: int | None,
+                        auprc_alpha: float | None) -> dict[str, Any]:
+    """The label-selection flags as job-spec overrides (None = not given)."""
+    return {"select": select, "candidates": candidates, "rank_penalty": rank_penalty,
+            "eval_fraction": eval_fraction, "eval_seed": eval_seed, "auprc_alpha": auprc_alpha}
+
 
 DEFAULT_DEADLINE_S = 900.0
 

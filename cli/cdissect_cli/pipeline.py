@@ -22,6 +22,8 @@ import numpy as np
 from cdissect.v1 import activations_pb2, embedder_pb2, labeler_pb2
 from cdissect_common.artifacts import get_arrays
 from cdissect_common.config import DEFAULTS
+from cdissect_common.evaluation import (EVAL_FRACTION, EVAL_SEED, MIN_EVAL_IMAGES, check_heldout_split,
+                                       heldout_count)
 from cdissect_common.manifest import manifest_key
 from cdissect_common.store import ObjectStore
 from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
@@ -31,7 +33,7 @@ from cdissect_cli.dispatch import ShardDispatcher, ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
-from cdissect_cli.results import LayerResult, RunResult
+from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult
 from cdissect_cli.user_files import ModelArgs, clip_args, target_args
 
 STAGE_DATASET = "probe set"
@@ -97,8 +99,27 @@ def _shard_tasks(spec: JobSpec, clip: ModelArgs, target: ModelArgs, manifest: An
     return image_tasks, act_tasks
 
 
+def _eval_split_chosen(spec: JobSpec) -> bool:
+    """True when the job sets its own held-out split (not the defaults)."""
+    return (spec.eval_fraction, spec.eval_seed) != (EVAL_FRACTION, EVAL_SEED)
+
+
+def small_split_note(spec: JobSpec, num_images: int) -> str | None:
+    """The warning for a reference run (default split) on a probe set too small for a held-out split
+    of MIN_EVAL_IMAGES: it still labels as the reference does, its scores are flagged by their interval."""
+    heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
+    if heldout >= MIN_EVAL_IMAGES:
+        return None
+    return (f"note: only {heldout} of the {num_images} probe images are held out (fraction {spec.eval_fraction}); "
+            f"correlation and AUPRC need at least {MIN_EVAL_IMAGES}, so this run's scores are too uncertain to "
+            f"trust and its units are flagged low. Use a larger probe set for meaningful scores")
+
+
 def check_sizes(spec: JobSpec, num_images: int) -> None:
-    """Parameters that need more probe images than there are fail here, before any RPC, naming the fix."""
+    """Parameters that need more probe images than there are fail here, before any RPC, naming the fix.
+
+    A held-out split under MIN_EVAL_IMAGES is an error for `--select simulation` and for a job that
+    chose its own split; the reference selection with the default split still runs (small_split_note)."""
     if spec.top_images > num_images:
         raise CliError(f"top_images={spec.top_images} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; lower --top-images or use a larger probe set", exit_code=2)
@@ -107,6 +128,16 @@ def check_sizes(spec: JobSpec, num_images: int) -> None:
         raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images} images of probe set "
                        f"{spec.probe_set!r}; pass --param top_k=N with N <= {num_images}, or use a larger "
                        f"probe set", exit_code=2)
+    heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
+    if heldout < MIN_EVAL_IMAGES and (spec.select == "simulation" or _eval_split_chosen(spec)):
+        try:
+            check_heldout_split(num_images, spec.eval_fraction, spec.eval_seed)
+        except ValueError as err:
+            raise CliError(str(err), exit_code=2) from None
+    if spec.select == "simulation" and top_k is not None and top_k > num_images - heldout:
+        raise CliError(f"{spec.similarity_function} top_k={int(top_k)} exceeds the {num_images - heldout} images of "
+                       f"the selection split ({num_images} minus {heldout} held out); lower --eval-fraction or "
+                       f"pass --param top_k=N with N <= {num_images - heldout}", exit_code=2)
 
 
 def _check_skips(image_responses: list[Any], act_responses: list[Any]) -> None:
@@ -139,6 +170,9 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     check_sizes(spec, int(manifest.num_images))
     target = target_args(store, spec.target_model, spec.target_weights)  # local checkpoints go up first
     clip = clip_args(store, spec.clip_model)
+    note = small_split_note(spec, int(manifest.num_images))
+    if note:
+        progress.console.print(note, style="yellow", markup=False)
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()
@@ -181,7 +215,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
         request = labeler_pb2.LabelLayerRequest(
             layer=layer, image_embeddings=image_refs, text_embeddings=text_response.embeddings,
             activations=act_refs, similarity=spec.similarity_proto(), top_concepts=spec.top_concepts,
-            top_images=spec.top_images, precision=spec.clip_precision)
+            top_images=spec.top_images, precision=spec.clip_precision, selection=spec.selection_proto(),
+            evaluation=spec.evaluation_proto())
         label_tasks.append(ShardTask(
             what=f"labels of layer {layer!r} ({len(act_refs)} shards)",
             call=lambda stub, timeout, r=request: stub.LabelLayer(r, timeout=timeout),
@@ -206,7 +241,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
                      user_files=uploaded)
 
 
-LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p")
+LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p", "similarity_rank",
+                *HeldOutQuality.ARRAYS)
 
 
 def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[Any], image_refs: list[Any],
@@ -214,7 +250,8 @@ def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[
     """One layer's labels, read from the labels artifact the labeler stored (digest verified).
 
     The artifact (not the inline summary) is the source, because it also carries the labeler's
-    per-unit quality figure (AUC and p-value of the label separating the unit's top images).
+    per-unit quality figures: AUC and p-value of the label separating the unit's top images, and
+    the held-out simulation scores (correlation with its interval, AUPRC).
     """
     arrays = get_arrays(store, response.labels)
     missing = [name for name in LABEL_ARRAYS if name not in arrays]
@@ -226,4 +263,6 @@ def _layer_result(store: ObjectStore, layer: str, response: Any, act_refs: list[
                        concept_ids=np.asarray(arrays["concept_ids"]), scores=np.asarray(arrays["scores"]),
                        top_images=np.asarray(arrays["top_images"]), dead=np.asarray(arrays["dead"]),
                        quality_auc=np.asarray(arrays["quality_auc"], dtype=np.float64),
-                       quality_p=np.asarray(arrays["quality_p"], dtype=np.float64))
+                       quality_p=np.asarray(arrays["quality_p"], dtype=np.float64),
+                       similarity_rank=np.asarray(arrays["similarity_rank"]),
+                       heldout=HeldOutQuality.from_arrays(arrays, int(response.heldout_images)))

@@ -2,9 +2,10 @@
 
 `descriptions.csv` starts with the reference's columns `layer,unit,description,similarity`, so
 tools written for the authors' CSVs read ours unchanged; then the alternatives top2..topN with
-their similarities, the dead flag and the quality AUC. `results.json` holds everything a report
-or an analysis needs without recomputation: the job, the dataset, the concept words, and per
-layer the artifact keys and every unit's top concepts and top images.
+their similarities, the dead flag, the quality AUC, and the held-out simulation scores
+`correlation` and `auprc`. `results.json` holds everything a report or an analysis needs without
+recomputation: the job, the dataset, the concept words, how labels were selected and scored, and
+per layer the artifact keys, the score summary and every unit's top concepts and top images.
 """
 from __future__ import annotations
 
@@ -19,10 +20,54 @@ from typing import Any
 
 import numpy as np
 
+from cdissect_cli.analyses.quality import LOW_CORRELATION, is_low_correlation
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
 
 RESULTS_VERSION = 1
+
+
+@dataclass
+class HeldOutQuality:
+    """The labeler's held-out simulation scores of one layer ([K] arrays) and the split's size."""
+
+    ARRAYS = ("correlation", "correlation_low", "correlation_high", "auprc", "auprc_base", "heldout_constant")
+
+    correlation: np.ndarray
+    correlation_low: np.ndarray
+    correlation_high: np.ndarray
+    auprc: np.ndarray
+    auprc_base: np.ndarray
+    heldout_constant: np.ndarray
+    heldout_images: int
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], heldout_images: int) -> "HeldOutQuality":
+        """From a labels artifact's arrays (float64 scores, bool constant flags)."""
+        values = {name: np.asarray(arrays[name], dtype=np.float64) for name in cls.ARRAYS[:-1]}
+        return cls(**values, heldout_constant=np.asarray(arrays["heldout_constant"], dtype=bool),
+                   heldout_images=int(heldout_images))
+
+    def unit(self, k: int) -> dict[str, Any]:
+        """results.json fields of unit k."""
+        return {"correlation": float(self.correlation[k]),
+                "correlation_interval": [float(self.correlation_low[k]), float(self.correlation_high[k])],
+                "auprc": float(self.auprc[k]), "auprc_base": float(self.auprc_base[k]),
+                "heldout_constant": bool(self.heldout_constant[k])}
+
+
+def score_summary(heldout: HeldOutQuality, dead: np.ndarray) -> dict[str, Any]:
+    """Per-layer mean and median of correlation and AUPRC over the live units, and the low count."""
+    live = ~np.asarray(dead, dtype=bool)
+    corr, auprc = heldout.correlation[live], heldout.auprc[live]
+    low = sum(is_low_correlation(r, lo) for r, lo in zip(corr, heldout.correlation_low[live]))
+
+    def stat(fn: Any, x: np.ndarray) -> float | None:
+        return float(fn(x)) if x.size else None
+
+    return {"units_scored": int(live.sum()), "correlation_mean": stat(np.mean, corr),
+            "correlation_median": stat(np.median, corr), "auprc_mean": stat(np.mean, auprc),
+            "auprc_median": stat(np.median, auprc), "low": int(low), "low_correlation": LOW_CORRELATION}
 
 
 @dataclass
@@ -40,6 +85,8 @@ class LayerResult:
     dead: np.ndarray
     quality_auc: np.ndarray | None = None
     quality_p: np.ndarray | None = None
+    similarity_rank: np.ndarray | None = None    # [K, t]: place of each top concept in the similarity's ranking
+    heldout: HeldOutQuality | None = None
 
     @property
     def units(self) -> int:
@@ -93,7 +140,7 @@ def description_rows(result: RunResult) -> tuple[list[str], list[list[str]]]:
     header = ["layer", "unit", "description", "similarity"]
     for r in range(2, t + 1):
         header += [f"top{r}", f"top{r}_similarity"]
-    header += ["dead", "quality_auc"]
+    header += ["dead", "quality_auc", "correlation", "auprc"]
     rows: list[list[str]] = []
     for layer in result.layers:
         for unit in range(layer.units):
@@ -106,6 +153,8 @@ def description_rows(result: RunResult) -> tuple[list[str], list[list[str]]]:
                     row += ["", ""]
             auc = float(layer.quality_auc[unit]) if layer.quality_auc is not None else float("nan")
             row += [str(bool(layer.dead[unit])).lower(), _fmt(auc)]
+            held = layer.heldout
+            row += [_fmt(float(held.correlation[unit])), _fmt(float(held.auprc[unit]))] if held else ["", ""]
             rows.append(row)
     return header, rows
 
@@ -119,33 +168,64 @@ def results_document(result: RunResult) -> dict[str, Any]:
             ids, scores = layer.concept_ids[unit], layer.scores[unit]
             auc = float(layer.quality_auc[unit]) if layer.quality_auc is not None else float("nan")
             p = float(layer.quality_p[unit]) if layer.quality_p is not None else float("nan")
-            units.append({
+            quality = {"auc": None if math.isnan(auc) else auc, "p_value": None if math.isnan(p) else p}
+            if layer.heldout is not None:
+                quality.update(layer.heldout.unit(unit))
+            record = {
                 "unit": unit,
                 "label": result.words[int(ids[0])],
                 "similarity": float(scores[0]),
                 "top": [[result.words[int(i)], float(s)] for i, s in zip(ids, scores)],
                 "top_images": [int(i) for i in layer.top_images[unit]],
                 "dead": bool(layer.dead[unit]),
-                "quality": {"auc": None if math.isnan(auc) else auc,
-                            "p_value": None if math.isnan(p) else p},
-            })
-        layers.append({
+                "quality": quality,
+                "selected_by": result.spec.select,
+            }
+            if layer.similarity_rank is not None:
+                record["similarity_rank"] = [int(r) for r in layer.similarity_rank[unit]]
+            units.append(record)
+        layer_doc = {
             "name": layer.name, "units": units, "labels_key": layer.labels_key,
             "activation_keys": list(layer.activation_keys),
             "image_embedding_keys": list(layer.image_embedding_keys),
             "text_embedding_key": layer.text_embedding_key,
-        })
+        }
+        if layer.heldout is not None:
+            layer_doc["scores"] = score_summary(layer.heldout, layer.dead)
+        layers.append(layer_doc)
     return {
         "version": RESULTS_VERSION,
         "job": result.spec.to_dict(),
         "dataset": dict(result.dataset),
         "concepts": {"name": result.concepts_name, "sha256": result.concepts_sha256,
                      "words": list(result.words)},
+        "selection": selection_document(result.spec),
+        "evaluation": evaluation_document(result),
         "layers": layers,
         "timings": dict(result.timings),
         "reused": dict(result.reused),
         "user_files": dict(result.user_files),
     }
+
+
+def selection_document(spec: JobSpec) -> dict[str, Any]:
+    """How the labels were chosen (results.json `selection`)."""
+    doc: dict[str, Any] = {"mode": spec.select}
+    if spec.select == "simulation":
+        doc.update(candidates=spec.candidates, rank_penalty=spec.rank_penalty,
+                   rule="similarity top-candidates re-ranked by correlation on the selection split "
+                        "minus rank_penalty per place")
+    return doc
+
+
+def evaluation_document(result: RunResult) -> dict[str, Any]:
+    """Where the correlation/AUPRC come from (results.json `evaluation`): the split, and whether the
+    labels were chosen without those images (held-out) or with them (in-sample, the reference's use)."""
+    spec = result.spec
+    heldout = next((layer.heldout.heldout_images for layer in result.layers if layer.heldout is not None), None)
+    return {"eval_fraction": spec.eval_fraction, "eval_seed": spec.eval_seed, "auprc_alpha": spec.auprc_alpha,
+            "heldout_images": heldout, "in_sample": spec.select != "simulation",
+            "low_rule": f"correlation < {LOW_CORRELATION} or its 95% interval reaches 0"}
 
 
 def _atomic_write(path: Path, text: str) -> None:

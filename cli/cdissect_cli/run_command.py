@@ -21,8 +21,9 @@ from cdissect_cli.dispatch import ShardFailure
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec, load_spec_file, parse_param_flags, resolve_spec
 from cdissect_cli.options import (
-    DEFAULT_DEADLINE_S, ActivationsOpt, ConfigOpt, ConnectionFlags, DeadlineOpt, EmbedderOpt,
-    LabelerOpt, RetryOpt, StoreOpt)
+    DEFAULT_DEADLINE_S, ActivationsOpt, AuprcAlphaOpt, CandidatesOpt, ConfigOpt, ConnectionFlags,
+    DeadlineOpt, EmbedderOpt, EvalFractionOpt, EvalSeedOpt, LabelerOpt, RankPenaltyOpt, RetryOpt, SelectOpt, StoreOpt,
+    selection_overrides)
 from cdissect_cli.pipeline import run_pipeline
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import RunResult, new_run_dir, write_run_folder
@@ -138,6 +139,8 @@ def run(
                                                         rich_help_panel=JOB)] = None,
     shard_size: Annotated[Optional[int], typer.Option(help="Images per shard when a folder is registered "
                                                       "(default: 1000).", rich_help_panel=JOB)] = None,
+    select: SelectOpt = None, candidates: CandidatesOpt = None, rank_penalty: RankPenaltyOpt = None,
+    eval_fraction: EvalFractionOpt = None, eval_seed: EvalSeedOpt = None, auprc_alpha: AuprcAlphaOpt = None,
     runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (env CDISSECT_RUNS_DIR; "
                                                     "default: runs).")] = None,
     config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
@@ -153,7 +156,8 @@ def run(
         "concept_set": concept_set, "clip_model": clip_model, "similarity_function": similarity,
         "similarity_params": parse_param_flags(param), "pooling": pooling, "token_pooling": token_pooling,
         "clip_precision": clip_precision, "prompt_templates": prompt_template, "top_concepts": top_concepts,
-        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size})
+        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size,
+        **selection_overrides(select, candidates, rank_penalty, eval_fraction, eval_seed, auprc_alpha)})
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, activations=activations,
                             labeler=labeler, deadline_s=deadline, retry_s=retry_timeout)
     outcome = execute_run(spec, flags, runs_dir, console, show_progress=not no_progress)

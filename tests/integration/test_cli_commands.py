@@ -116,6 +116,30 @@ def test_unknown_dataset_and_concept_set_fail_before_any_service_starts(
         assert "starting local services" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_bad_selection_and_evaluation_settings_fail_before_any_work(
+        tmp_path: Path, inputs: tuple[Path, Path], tiny_clip_checkpoint: Path) -> None:
+    """--eval-fraction outside (0, 0.5], a held-out split under 20 images, fewer than 1 candidate:
+    exit 2 with the fix, no service started (the 12-image probe holds out ~2 images)."""
+    probe, words = inputs
+    env = make_env(tmp_path)
+    args = run_args(probe, words, tiny_clip_checkpoint)
+    fraction = run_cli([*args, "--eval-fraction", "0.6"], env, expect=2)
+    assert "(0, 0.5]" in fraction.stderr and "--eval-fraction" in fraction.stderr
+    zero = run_cli([*args, "--eval-fraction", "0"], env, expect=2)
+    assert "(0, 0.5]" in zero.stderr
+    candidates = run_cli([*args, "--select", "simulation", "--candidates", "0"], env, expect=2)
+    assert "at least 1 candidate" in candidates.stderr
+    small = run_cli([*args, "--select", "simulation"], env, expect=2)
+    assert "held-out split has" in small.stderr and "at least 20" in small.stderr
+    assert "--eval-fraction" in small.stderr and "larger probe set" in small.stderr
+    chosen = run_cli([*args, "--eval-fraction", "0.5"], env, expect=2)      # a chosen split: refused too
+    assert "at least 20" in chosen.stderr
+    select = run_cli([*args, "--select", "best"], env, expect=2)
+    assert "similarity, simulation" in select.stderr
+    for proc in (fraction, zero, candidates, small, chosen, select):
+        assert "starting local services" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_corrupt_image_is_named_with_error_policy(tmp_path: Path, tiny_clip_checkpoint: Path) -> None:
     probe = write_probe(tmp_path / "probe", 6)
     (probe / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")

@@ -63,7 +63,8 @@ def test_embedded_run_writes_the_run_folder_and_stops_its_services(reference, jo
     with (run_dir / "descriptions.csv").open() as handle:
         rows = list(csv.reader(handle))
     assert rows[0][:4] == ["layer", "unit", "description", "similarity"]
-    assert rows[0][4:6] == ["top2", "top2_similarity"] and rows[0][-2:] == ["dead", "quality_auc"]
+    assert rows[0][4:6] == ["top2", "top2_similarity"]
+    assert rows[0][-4:] == ["dead", "quality_auc", "correlation", "auprc"]
     layers = [r[0] for r in rows[1:]]
     assert layers.count("layer3") == 256 and layers.count("layer4") == 512
     assert {r[2] for r in rows[1:]} <= set(job.words.read_text().split())
@@ -77,6 +78,10 @@ def test_embedded_run_writes_the_run_folder_and_stops_its_services(reference, jo
     assert all(len(u["top"]) == 5 and len(u["top_images"]) == 10 for u in layer4["units"])
     assert all(0 <= i < N_IMAGES for u in layer4["units"] for i in u["top_images"])
     assert all(u["quality"]["auc"] is not None for u in layer4["units"] if not u["dead"])
+    # the reference selection on a small probe set: labelled as before, scores noted as too uncertain
+    assert all(u["selected_by"] == "similarity" and u["quality"]["correlation"] is not None for u in layer4["units"])
+    assert doc["evaluation"]["in_sample"] is True and doc["evaluation"]["heldout_images"] < 20
+    assert "held out" in proc.stderr and "flagged low" in proc.stderr
     assert doc["reused"]["image embeddings"] == {"total": N_SHARDS, "reused": 0, "computed": N_SHARDS}
     assert (run_dir / "job.yaml").read_text().startswith("target_model: resnet18")
 

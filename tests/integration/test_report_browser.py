@@ -23,7 +23,7 @@ import pytest
 
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.report import write_report
-from cdissect_cli.results import LayerResult, RunResult, write_run_folder
+from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult, write_run_folder
 from cdissect_common.manifest import ImageSource, manifest_key, register_dataset
 from cdissect_common.store import open_store
 from tests.conftest import REPO_ROOT, make_probe_images
@@ -171,10 +171,16 @@ def build_large_run(tmp_path: Path) -> tuple[Path, dict]:
         ids = np.array([rng.permutation(len(WORDS))[:5] for _ in range(k)])
         scores = np.sort(rng.uniform(0.05, 2.0, size=(k, 5)), axis=1)[:, ::-1]
         dead = rng.uniform(size=k) < 0.02
+        # fc carries held-out scores (its flags follow the correlation); layer4 is a run from before them
+        r = rng.uniform(-0.1, 0.9, size=k)
+        heldout = HeldOutQuality(correlation=r, correlation_low=r - 0.1, correlation_high=r + 0.1,
+                                 auprc=rng.uniform(0, 1, size=k), auprc_base=np.full(k, 0.05),
+                                 heldout_constant=np.zeros(k, bool), heldout_images=30) if name == "fc" else None
         layers.append(LayerResult(
             name=name, labels_key="", activation_keys=[], image_embedding_keys=[], text_embedding_key="",
             concept_ids=ids, scores=scores, top_images=np.array([rng.permutation(40)[:10] for _ in range(k)]),
-            dead=dead, quality_auc=rng.uniform(0.4, 1.0, size=k), quality_p=rng.uniform(0, 0.02, size=k)))
+            dead=dead, quality_auc=rng.uniform(0.4, 1.0, size=k), quality_p=rng.uniform(0, 0.02, size=k),
+            heldout=heldout))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     write_run_folder(run_dir, RunResult(
@@ -265,6 +271,23 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         out = REPO_ROOT / "test-artifacts" / "report-layer.png"
         out.parent.mkdir(exist_ok=True)
         out.write_bytes(base64.b64decode(shot["data"]))
+
+        # A layer with held-out scores: the quality cell shows r, its interval and AUPRC; sorting by
+        # correlation puts the best-correlated unit first; the low flag follows the correlation rule.
+        browser.evaluate("location.hash = 'layer=fc'")
+        assert browser.wait_for("document.getElementById('layer-title').textContent.startsWith('Layer fc:')")
+        assert browser.evaluate("document.querySelectorAll('#units tbody tr').length") == 10
+        fc = results["layers"][1]["units"]
+        quality = browser.evaluate("document.querySelector('#units tbody tr:first-child td.quality').textContent")
+        assert quality.startswith(f"r {fc[0]['quality']['correlation']:.3f} [") and "AUPRC" in quality
+        browser.evaluate("(() => { const s = document.getElementById('sort'); s.value = 'corr-desc';"
+                         " s.dispatchEvent(new Event('change')); })()")
+        best = max(fc, key=lambda u: u["quality"]["correlation"])
+        assert browser.wait_for("document.querySelector('#units tbody tr td.unit').textContent") == str(best["unit"])
+        low = sum(not u["dead"] and (u["quality"]["correlation"] < 0.2 or u["quality"]["correlation_interval"][0] <= 0)
+                  for u in fc)
+        assert browser.evaluate("document.querySelectorAll('#units .badge.low').length") == low > 0
+        assert "correlation" in browser.evaluate("document.querySelector('#units .badge.low').title")
 
         time.sleep(0.3)  # let late resource errors arrive
         assert browser.drain_errors() == []

@@ -96,3 +96,20 @@ def test_bad_csvs_name_the_problem(tmp_path: Path) -> None:
         read_descriptions(dup)
     with pytest.raises(CliError, match="shipped references are: resnet50, resnet18_places"):
         reference_csv("vgg")
+
+
+def test_compare_shows_the_heldout_scores_of_runs_that_have_them(tmp_path: Path) -> None:
+    header = ["layer", "unit", "description", "similarity", "dead", "quality_auc", "correlation", "auprc"]
+    ours = _write(tmp_path / "ours.csv", header, [["conv1", "0", "red", "3.0", "false", "0.9", "0.6", "0.4"],
+                                                  ["conv1", "1", "top", "2.0", "false", "0.8", "0.2", "0.1"],
+                                                  ["conv1", "2", "blue", "1.0", "false", "0.7", "0.4", "0.3"]])
+    theirs = _write(tmp_path / "theirs.csv", header[:4], [["conv1", "0", "red", "0.1"], ["conv1", "1", "left", "0.1"]])
+    result = compare_files(ours, theirs)
+    layer = result.layers[0]
+    assert layer.scores_a == {"correlation_mean": pytest.approx(0.4), "correlation_median": 0.4,
+                              "auprc_mean": pytest.approx(0.8 / 3), "auprc_median": 0.3}
+    assert layer.scores_b is None                     # a released CSV has no such columns
+    out = CliRunner().invoke(_app(), ["compare", str(ours), str(theirs), "--out", str(tmp_path / "c.json")])
+    assert out.exit_code == 0, out.output
+    assert "0.400 / 0.400" in out.output and "corr A" in out.output and "0.267 / 0.300" in out.output
+    assert json.loads((tmp_path / "c.json").read_text())["layers"][0]["scores_a"]["auprc_median"] == 0.3

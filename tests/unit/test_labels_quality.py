@@ -23,7 +23,9 @@ def test_arrays_round_trip_with_fixed_dtypes() -> None:
     arrays = labels.to_arrays()
     assert {k: v.dtype for k, v in arrays.items()} == {
         "concept_ids": np.int64, "scores": np.float32, "top_images": np.int64, "dead": np.bool_,
-        "quality_auc": np.float32, "quality_p": np.float32}
+        "quality_auc": np.float32, "quality_p": np.float32, "similarity_rank": np.int32,
+        "correlation": np.float32, "correlation_low": np.float32, "correlation_high": np.float32,
+        "auprc": np.float32, "auprc_base": np.float32, "heldout_constant": np.bool_}
     back = LayerLabels.from_arrays(arrays)
     for key, value in arrays.items():
         assert np.array_equal(getattr(back, key), value)

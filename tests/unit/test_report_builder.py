@@ -18,7 +18,7 @@ from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.report import write_report
 from cdissect_cli.report.layer_data import CALLBACK
-from cdissect_cli.results import LayerResult, RunResult, write_run_folder
+from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult, write_run_folder
 from cdissect_common.manifest import ImageSource, manifest_key, register_dataset
 from cdissect_common.store import open_store
 from tests.conftest import make_probe_images
@@ -169,3 +169,55 @@ def test_html_stays_small_for_five_layers_of_2048_units(tmp_path: Path) -> None:
     assert html.stat().st_size < 20_000
     sizes = [p.stat().st_size for p in (tmp_path / "assets" / "data").glob("layer-*.js")]
     assert len(sizes) == 5 and max(sizes) < 600_000  # one layer's data loads in well under a second
+
+
+def build_scored_run(tmp_path: Path, select: str = "similarity") -> Path:
+    """A one-layer run with held-out scores: unit 0 trusted, 1 low by r, 2 low by its interval,
+    3 constant on the held-out images, 4 dead."""
+    store_url = f"file://{tmp_path / 'store'}"
+    store = open_store(store_url)
+    images = [ImageSource(name=n, data=d, labels={"class": c}) for n, d, c in make_probe_images(12)]
+    manifest = register_dataset(store, "probe", images, shard_size=6)
+    k = 5
+    ids = np.array([[i % len(WORDS), (i + 1) % len(WORDS)] for i in range(k)])
+    heldout = HeldOutQuality(
+        correlation=np.array([0.6, 0.1, 0.3, 0.0, 0.0]), correlation_low=np.array([0.5, 0.0, -0.05, -1.0, -1.0]),
+        correlation_high=np.array([0.7, 0.2, 0.6, 1.0, 1.0]), auprc=np.array([0.4, 0.1, 0.2, 0.05, 0.05]),
+        auprc_base=np.full(k, 0.05), heldout_constant=np.array([False, False, False, True, True]), heldout_images=40)
+    layer = LayerResult(
+        name="layer4", labels_key="labels/l.safetensors", activation_keys=[], image_embedding_keys=[],
+        text_embedding_key="", concept_ids=ids, scores=np.ones((k, 2)), top_images=np.zeros((k, 2), int),
+        dead=np.array([False, False, False, False, True]), quality_auc=np.full(k, 0.9), quality_p=np.full(k, 1e-6),
+        similarity_rank=np.array([[3, 1]] * k), heldout=heldout)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_run_folder(run_dir, RunResult(
+        spec=resolve_spec(None, {"target_model": "resnet18", "layers": "layer4", "select": select}),
+        dataset={"name": "probe", "digest": manifest.digest, "num_images": 12, "store_url": store_url,
+                 "manifest_key": manifest_key("probe")},
+        concepts_name="words", concepts_sha256="0" * 64, words=WORDS, layers=[layer]))
+    return run_dir
+
+
+def test_scored_runs_flag_by_heldout_correlation_and_show_the_scores(tmp_path: Path) -> None:
+    run_dir = build_scored_run(tmp_path)
+    html = write_report(run_dir, images=False).read_text()
+    payload = read_layer_file(run_dir / "assets/data/layer-0.js")
+    rows = payload["units"]
+    # AUC 0.9 and p 1e-6 would pass the old rule for every unit: the flag now follows the correlation
+    assert [row[5] for row in rows] == ["", "low", "low", "low", "dead"]
+    assert rows[0][8] == 0.6 and rows[0][9] == [0.5, 0.7] and rows[0][10] == 0.4 and rows[0][11] == 0.05
+    assert "0.100 < 0.2" in rows[1][12] and "interval" in rows[2][12] and "constant on the held-out" in rows[3][12]
+    assert rows[0][13] == "similarity"
+    assert "in-sample" in html and "median correlation" in html and "corr-desc" in html
+    cells = re.findall(r'<td class="num">([^<]*)</td>', re.search(r'<tr id="layer-0">(.*?)</tr>', html).group(1))
+    assert cells[:3] == ["5", "1", "3"]                            # units, dead, low
+    assert cells[4:7] == ["1.0000", "0.200", "0.150"]             # medians of similarity, correlation, AUPRC (live)
+
+
+def test_simulation_runs_say_held_out_and_which_rank_the_label_had(tmp_path: Path) -> None:
+    run_dir = build_scored_run(tmp_path, select="simulation")
+    html = write_report(run_dir, images=False).read_text()
+    row = read_layer_file(run_dir / "assets/data/layer-0.js")["units"][0]
+    assert row[13] == "simulation: similarity rank 3"
+    assert "<strong>held-out</strong>" in html and "in-sample" not in html

@@ -28,7 +28,8 @@ from cdissect_labeler.streaming import StreamingLabeler
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("services", "cli", "shapes_world")
 VOCABULARIES = {"PRECISIONS": voc.PRECISIONS, "POOLINGS": voc.POOLINGS, "TOKEN_POOLINGS": voc.TOKEN_POOLINGS,
-                "BAD_IMAGE_POLICIES": voc.BAD_IMAGE_POLICIES, "SIMILARITY_FUNCTIONS": voc.SIMILARITY_FUNCTIONS}
+                "BAD_IMAGE_POLICIES": voc.BAD_IMAGE_POLICIES, "SIMILARITY_FUNCTIONS": voc.SIMILARITY_FUNCTIONS,
+                "SELECTIONS": voc.SELECTIONS}
 
 
 def _string_collections(tree: ast.AST):
@@ -95,6 +96,10 @@ def test_every_choice_is_accepted_by_the_cli_and_the_services() -> None:
     for policy in voc.BAD_IMAGE_POLICIES:
         assert resolve_spec(overrides={"on_bad_image": policy}).on_bad_image == policy
         assert check_bad_image_policy(policy) == policy
+    for select in voc.SELECTIONS:
+        assert resolve_spec(overrides={"select": select}).select == select
+        StreamingLabeler("cos_similarity", {}, torch.randn(3, 4), select=select)
+    assert resolve_spec().select == voc.SELECTIONS[0]
     assert similarity.FUNCTIONS == voc.SIMILARITY_FUNCTIONS
     assert resolve_spec().similarity_function == voc.SIMILARITY_FUNCTIONS[0]
 

@@ -1,9 +1,11 @@
-"""Compare two neuron-description CSVs: label agreement and |Δ similarity| per layer.
+"""Compare two neuron-description CSVs: label agreement, |Δ similarity| and the label scores per layer.
 
-Both files use the reference's columns `layer,unit,description,similarity` (extra columns are
-ignored), so this compares our runs with each other or with the authors' released results,
-which ship in cdissect_common (`--reference resnet50|resnet18_places`). Rows are matched by
-(layer, unit); rows present in only one file are reported, never silently dropped.
+Both files use the reference's columns `layer,unit,description,similarity`, so this compares our
+runs with each other or with the authors' released results, which ship in the CLI
+(`--reference resnet50|resnet18_places`). Rows are matched by (layer, unit); rows present in only
+one file are reported, never silently dropped. When a file also has cdissect's `correlation` and
+`auprc` columns (the held-out simulation scores), each layer's mean and median of them are shown
+side by side: unlike the similarity, they are on one scale across models, CLIPs and concept sets.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cdissect_cli.errors import CliError
 
@@ -28,10 +30,12 @@ REFERENCE_PACKAGE = "cdissect_cli.data.reference_results"
 
 @dataclass(frozen=True)
 class Row:
-    """One description: the label and its similarity."""
+    """One description: the label, its similarity and (cdissect runs) its held-out scores."""
 
     description: str
     similarity: float
+    correlation: float | None = None
+    auprc: float | None = None
 
 
 @dataclass
@@ -48,6 +52,8 @@ class LayerComparison:
     only_in_a: list[int] = field(default_factory=list)
     only_in_b: list[int] = field(default_factory=list)
     label_changes: list[dict[str, Any]] = field(default_factory=list)  # unit, a, b
+    scores_a: dict[str, float] | None = None  # correlation/auprc mean and median over A's rows of the layer
+    scores_b: dict[str, float] | None = None
 
 
 @dataclass
@@ -92,34 +98,70 @@ def reference_csv(name: str) -> Path:
     return path
 
 
-def read_descriptions(path: Path | str) -> dict[tuple[str, int], Row]:
-    """Rows of a descriptions CSV keyed by (layer, unit); a run folder means its descriptions.csv."""
+def unit_records(path: Path | str, columns: tuple[str, ...], exit_code: int = 1
+                 ) -> Iterator[tuple[int, tuple[str, int], dict[str, str]]]:
+    """(line, (layer, unit), record) of every row of a CSV keyed by layer,unit (a run folder means its
+    descriptions.csv); a missing column, a non-integer unit or a repeated (layer, unit) is a CliError."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "descriptions.csv"
     if not path.is_file():
-        raise CliError(f"{path} does not exist. Pass a descriptions CSV (or a run folder holding "
-                       f"descriptions.csv).")
-    rows: dict[tuple[str, int], Row] = {}
+        raise CliError(f"{path} does not exist. Pass a CSV with the columns {','.join(columns)} (or a run "
+                       f"folder holding descriptions.csv).", exit_code=exit_code)
+    seen: set[tuple[str, int]] = set()
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise CliError(f"{path} lacks the column(s) {', '.join(missing)}; a descriptions CSV "
-                           f"starts with the header {','.join(REQUIRED_COLUMNS)}.")
+            raise CliError(f"{path} lacks the column(s) {', '.join(missing)}; the CSV must start with the "
+                           f"header {','.join(columns)}.", exit_code=exit_code)
         for line, record in enumerate(reader, start=2):
             try:
-                key = (record["layer"], int(record["unit"]))
-                sim = float(record["similarity"])
+                key = (str(record["layer"]).strip(), int(record["unit"]))
             except (TypeError, ValueError):
-                raise CliError(f"{path}:{line}: 'unit' must be an integer and 'similarity' a "
-                               f"number (got {record['unit']!r}, {record['similarity']!r}). "
-                               f"Fix or remove that row.")
-            if key in rows:
-                raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} appears twice. "
-                               f"Each (layer, unit) must appear once; remove the duplicate.")
-            rows[key] = Row(description=(record["description"] or "").strip(), similarity=sim)
+                raise CliError(f"{path}:{line}: 'unit' must be an integer (got {record['unit']!r}). Fix or "
+                               f"remove that row.", exit_code=exit_code) from None
+            if key in seen:
+                raise CliError(f"{path}:{line}: layer {key[0]!r} unit {key[1]} appears twice. Each (layer, "
+                               f"unit) must appear once; remove the duplicate.", exit_code=exit_code)
+            seen.add(key)
+            yield line, key, record
+
+
+def read_descriptions(path: Path | str) -> dict[tuple[str, int], Row]:
+    """Rows of a descriptions CSV keyed by (layer, unit); a run folder means its descriptions.csv."""
+    rows: dict[tuple[str, int], Row] = {}
+    for line, key, record in unit_records(path, REQUIRED_COLUMNS):
+        try:
+            sim = float(record["similarity"])
+        except (TypeError, ValueError):
+            raise CliError(f"{path}:{line}: 'similarity' must be a number (got {record['similarity']!r}). "
+                           f"Fix or remove that row.") from None
+        rows[key] = Row(description=(record["description"] or "").strip(), similarity=sim,
+                        correlation=_optional_number(record.get("correlation")),
+                        auprc=_optional_number(record.get("auprc")))
     return rows
+
+
+def _optional_number(text: str | None) -> float | None:
+    """A score column's value; empty or missing is None."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def layer_scores(rows: list[Row]) -> dict[str, float] | None:
+    """Mean and median of correlation and AUPRC over rows that have them (None when none has)."""
+    out: dict[str, float] = {}
+    for name in ("correlation", "auprc"):
+        values = [getattr(r, name) for r in rows if getattr(r, name) is not None]
+        if values:
+            out[f"{name}_mean"] = statistics.fmean(values)
+            out[f"{name}_median"] = statistics.median(values)
+    return out or None
 
 
 def compare_rows(a: dict[tuple[str, int], Row], b: dict[tuple[str, int], Row],
@@ -146,6 +188,8 @@ def compare_rows(a: dict[tuple[str, int], Row], b: dict[tuple[str, int], Row],
             abs_delta_max=max(deltas) if deltas else None,
             only_in_a=sorted(units_a - units_b), only_in_b=sorted(units_b - units_a),
             label_changes=changes,
+            scores_a=layer_scores([a[(name, u)] for u in sorted(units_a)]),
+            scores_b=layer_scores([b[(name, u)] for u in sorted(units_b)]),
         ))
     return Comparison(a=a_name, b=b_name, layers=layers)
 

@@ -1,27 +1,45 @@
 """When a unit's label deserves little trust: the flags the report and analyses show.
 
-The labeler gives each unit a quality figure (results.json `quality: {auc, p_value}`): the AUC
-with which the label's CLIP image-text score separates the unit's top-activating probe images
-from the rest, and the one-sided Mann-Whitney p-value of that separation. Unlike the raw
-similarity (soft-WPMI has no fixed range, it depends on model and concept-set size), AUC means
-the same everywhere: 0.5 is chance, 1.0 is perfect separation.
+The labeler scores each label by how well its CLIP score *simulates* the unit on held-out probe
+images (results.json `quality`): the Pearson correlation between the label's CLIP score and the
+unit's activation, with a 95% interval, and the AUPRC of the label for the unit's top images.
+Correlation decides the flag because it passes both of NeuronEval's sanity tests ("missing
+labels", "extra labels"; tests/unit/test_metric_sanity.py measures it on the shapes world), and
+it is one scale for every model, CLIP and concept set: r² is the share of the unit's variance
+the label explains.
 
-A unit is *low-confidence* when AUC < LOW_AUC or p > MAX_P_VALUE; it is *dead* when its
-activation is constant over the probe set (then no label means anything).
+A unit is *low* when its held-out correlation is below LOW_CORRELATION (the label explains under
+4% of the variance; on three shapes-world probe sets no correct label scored below 0.24, while
+69-82% of the reference selection's wrong labels of selective units scored below 0.2) or when
+the 95% interval reaches 0 (too few held-out images to tell the label from none). A unit constant on the held-out images gets r = 0
+and is low. *dead*: constant activation over the whole probe set (no label means anything).
+Runs written before these scores carry only AUC and p: for them the old rule (AUC < 0.6 or
+p > 0.01) still applies, so their reports keep working.
 """
 from __future__ import annotations
 
 from cdissect_cli.analyses.run_results import UnitResult
 
+LOW_CORRELATION = 0.2
+RULE_TEXT = f"held-out correlation < {LOW_CORRELATION} or its 95% interval reaches 0"
+# Runs from before the simulation scores: AUC and the Mann-Whitney p decide.
 LOW_AUC = 0.6
 MAX_P_VALUE = 0.01
-RULE_TEXT = f"AUC < {LOW_AUC} or p > {MAX_P_VALUE}"
+LEGACY_RULE_TEXT = f"AUC < {LOW_AUC} or p > {MAX_P_VALUE}"
+
+
+def is_low_correlation(correlation: float, interval_low: float) -> bool:
+    """The low rule on a correlation and the lower end of its 95% interval."""
+    return correlation < LOW_CORRELATION or interval_low <= 0.0
 
 
 def is_low_confidence(unit: UnitResult) -> bool:
-    """True when the unit's quality figure is present and fails the rule (dead units excluded)."""
+    """True when the unit's quality figures are present and fail the rule (dead units excluded)."""
     if unit.dead:
         return False
+    if unit.correlation is not None:
+        low = unit.correlation_interval[0] if unit.correlation_interval else unit.correlation
+        return is_low_correlation(unit.correlation, low)
     if unit.auc is not None and unit.auc < LOW_AUC:
         return True
     return unit.p_value is not None and unit.p_value > MAX_P_VALUE
@@ -33,6 +51,25 @@ def unit_flag(unit: UnitResult) -> str:
         return "dead"
     if is_low_confidence(unit):
         return "low"
-    if unit.auc is None and unit.p_value is None:
+    if unit.auc is None and unit.p_value is None and unit.correlation is None:
         return "unknown"
+    return ""
+
+
+def flag_reason(unit: UnitResult) -> str:
+    """Why a unit carries its flag, in words (the report's tooltip)."""
+    flag = unit_flag(unit)
+    if flag == "dead":
+        return "constant activation over the whole probe set"
+    if flag == "unknown":
+        return "no quality figure in this run"
+    if unit.correlation is None:
+        return f"legacy rule: {LEGACY_RULE_TEXT}" if flag else ""
+    if unit.heldout_constant:
+        return "constant on the held-out images: correlation 0, AUPRC at chance"
+    if flag == "low":
+        low = unit.correlation_interval[0] if unit.correlation_interval else unit.correlation
+        if unit.correlation < LOW_CORRELATION:
+            return f"held-out correlation {unit.correlation:.3f} < {LOW_CORRELATION}"
+        return f"95% interval of the correlation reaches 0 (lower end {low:.3f})"
     return ""

@@ -33,6 +33,13 @@ class UnitResult:
     dead: bool
     auc: float | None
     p_value: float | None
+    correlation: float | None = None          # held-out (or in-sample: see RunResults.in_sample)
+    correlation_interval: tuple[float, float] | None = None
+    auprc: float | None = None
+    auprc_base: float | None = None
+    heldout_constant: bool = False
+    selected_by: str = "similarity"
+    similarity_rank: int | None = None        # place of the label in the similarity's own ranking (1 = top)
 
     @property
     def alternatives(self) -> tuple[tuple[str, float], ...]:
@@ -50,6 +57,7 @@ class LayerResult:
     activation_keys: tuple[str, ...] = ()
     image_embedding_keys: tuple[str, ...] = ()
     text_embedding_key: str = ""
+    scores: dict[str, Any] = field(default_factory=dict)   # per-layer correlation/AUPRC mean, median, low
 
     def unit(self, index: int) -> UnitResult:
         """The unit with this index; a clear error when the layer has no such unit."""
@@ -71,6 +79,14 @@ class RunResults:
     layers: tuple[LayerResult, ...]
     timings: dict[str, Any] = field(default_factory=dict)
     user_files: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_sample(self) -> bool:
+        """True when the labels were chosen with the held-out images too (the reference's selection):
+        their correlation/AUPRC are then in-sample figures, optimistic for the similarity's choice."""
+        return bool(self.evaluation.get("in_sample", True))
 
     @property
     def store_url(self) -> str:
@@ -133,11 +149,21 @@ def _parse_unit(raw: dict[str, Any], where: str) -> UnitResult:
     if not top or top[0][0] != label:
         top = ((label, similarity),) + tuple(t for t in top if t[0] != label)
     quality = raw.get("quality") or {}
+    interval = quality.get("correlation_interval")
+    interval = (tuple(_float_or_none(x) for x in interval) if isinstance(interval, list) and len(interval) == 2
+                else None)
+    ranks = raw.get("similarity_rank") or []
     return UnitResult(
         unit=unit, label=label, similarity=similarity, top=top,
         top_images=tuple(int(i) for i in raw.get("top_images") or []),
         dead=bool(raw.get("dead", False)),
         auc=_float_or_none(quality.get("auc")), p_value=_float_or_none(quality.get("p_value")),
+        correlation=_float_or_none(quality.get("correlation")),
+        correlation_interval=interval if interval and None not in interval else None,
+        auprc=_float_or_none(quality.get("auprc")), auprc_base=_float_or_none(quality.get("auprc_base")),
+        heldout_constant=bool(quality.get("heldout_constant", False)),
+        selected_by=str(raw.get("selected_by") or "similarity"),
+        similarity_rank=int(ranks[0]) if ranks else None,
     )
 
 
@@ -153,6 +179,7 @@ def _parse_layer(raw: dict[str, Any], where: str) -> LayerResult:
         activation_keys=tuple(raw.get("activation_keys") or ()),
         image_embedding_keys=tuple(raw.get("image_embedding_keys") or ()),
         text_embedding_key=str(raw.get("text_embedding_key", "")),
+        scores=dict(raw.get("scores") or {}),
     )
 
 
@@ -176,7 +203,8 @@ def load_run(run_dir: Path | str) -> RunResults:
     return RunResults(
         run_dir=run_dir, job=dict(data.get("job") or {}), dataset=dict(data.get("dataset") or {}),
         concepts=dict(data.get("concepts") or {}), layers=layers,
-        timings=dict(data.get("timings") or {}), user_files=dict(data.get("user_files") or {}),
+        timings=dict(data.get("timings") or {}), selection=dict(data.get("selection") or {}),
+        evaluation=dict(data.get("evaluation") or {}), user_files=dict(data.get("user_files") or {}),
     )
 
 

@@ -40,7 +40,7 @@ class TextVectors:
         return self.vectors[[index[t] for t in texts]]
 
 
-def _rpc_error(what: str, err: grpc.RpcError) -> CliError:
+def rpc_error(what: str, err: grpc.RpcError) -> CliError:
     """A user-facing error for a failed RPC."""
     return CliError(f"{what} failed: {err.code().name}: {err.details()}. Check that the service runs "
                     f"(`cdissect status`) and that the model name is right.")
@@ -76,7 +76,7 @@ def embed_texts_checked(stub: Any, model: str, texts: Sequence[str], deadline_s:
     try:
         return embed_texts(stub, model, texts, deadline_s, model_file)
     except grpc.RpcError as err:
-        raise _rpc_error(f"EmbedTexts with model {model!r}", err) from err
+        raise rpc_error(f"EmbedTexts with model {model!r}", err) from err
 
 
 def sentence_vectors(stub: Any, texts: Sequence[str], models: Sequence[str] = SENTENCE_MODELS,
@@ -88,7 +88,7 @@ def sentence_vectors(stub: Any, texts: Sequence[str], models: Sequence[str] = SE
             return embed_texts(stub, model, texts, deadline_s), reasons
         except grpc.RpcError as err:
             if err.code() not in _MODEL_UNAVAILABLE:
-                raise _rpc_error(f"EmbedTexts with model {model!r}", err) from err
+                raise rpc_error(f"EmbedTexts with model {model!r}", err) from err
             reasons.append(f"{model}: {err.code().name}: {err.details()}")
     return None, reasons
 
@@ -138,7 +138,7 @@ def embed_concepts(stub: Any, run: RunResults, concepts: Sequence[str],
     try:
         return stub.EmbedConcepts(request, timeout=deadline_s).embeddings
     except grpc.RpcError as err:
-        raise _rpc_error("EmbedConcepts", err) from err
+        raise rpc_error("EmbedConcepts", err) from err
 
 
 def label_layer(stub: Any, run: RunResults, layer: LayerResult, image_refs: list, activation_refs: list,
@@ -153,4 +153,4 @@ def label_layer(stub: Any, run: RunResults, layer: LayerResult, image_refs: list
     try:
         return stub.LabelLayer(request, timeout=deadline_s)
     except grpc.RpcError as err:
-        raise _rpc_error(f"LabelLayer on layer {layer.name!r}", err) from err
+        raise rpc_error(f"LabelLayer on layer {layer.name!r}", err) from err

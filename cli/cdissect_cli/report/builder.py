@@ -17,7 +17,7 @@ from string import Template
 from google.protobuf import json_format
 
 from cdissect.v1 import common_pb2
-from cdissect_cli.analyses.quality import RULE_TEXT
+from cdissect_cli.analyses.quality import LEGACY_RULE_TEXT, RULE_TEXT
 from cdissect_cli.analyses.run_results import ANALYSES_DIR, RunResults, load_run
 from cdissect_cli.analyses.svg_plots import histogram_svg
 from cdissect_cli.errors import CliError
@@ -81,6 +81,8 @@ def _layer_row(summary: LayerSummary) -> str:
             f'<td class="num">{summary.units}</td><td class="num">{summary.dead}</td>'
             f'<td class="num">{summary.low_confidence}</td><td class="num">{summary.no_quality}</td>'
             f'<td class="num">{_num(summary.median_similarity, 4)}</td>'
+            f'<td class="num">{_num(summary.median_correlation, 3)}</td>'
+            f'<td class="num">{_num(summary.median_auprc, 3)}</td>'
             f'<td class="num">{_num(summary.median_auc, 3)}</td>'
             f'<td><a href="{link}"><img src="{escape(summary.plot_file)}" loading="lazy" '
             f'alt="similarity histogram of {name}"></a></td></tr>')
@@ -132,6 +134,25 @@ def _run_info(run: RunResults) -> str:
     return " &middot; ".join(f"{k}: {escape(str(v))}" for k, v in parts if v not in (None, ""))
 
 
+def _scores_note(run: RunResults) -> str:
+    """Which selection produced the labels, and whether their scores are held-out or in-sample."""
+    has_scores = any(u.correlation is not None for layer in run.layers for u in layer.units)
+    if not has_scores:
+        return (f"This run predates the simulation scores: units are flagged by its AUC and p "
+                f"({escape(LEGACY_RULE_TEXT)}).")
+    ev, sel = run.evaluation, run.selection
+    split = (f"{ev.get('heldout_images', '?')} held-out images (fraction {ev.get('eval_fraction')}, "
+             f"seed {ev.get('eval_seed')})")
+    if run.in_sample:
+        return (f"Labels chosen by <strong>similarity</strong> (the reference's top-1, on all images). The "
+                f"correlation and AUPRC are computed on {split}, which that choice also saw: they are "
+                f"<strong>in-sample</strong>, optimistic for it.")
+    return (f"Labels chosen by <strong>simulation</strong>: the similarity's top {escape(str(sel.get('candidates')))} "
+            f"candidates re-ranked by correlation on the selection split (minus "
+            f"{escape(str(sel.get('rank_penalty')))} per place in the similarity's ranking). The correlation "
+            f"and AUPRC are computed on {split} that the choice never saw: they are <strong>held-out</strong>.")
+
+
 def write_report(run_dir: Path, *, images: bool = True, top_images: int = TOP_IMAGES) -> Path:
     """Write RUN_DIR/report.html (+ assets/) from the finished run; returns the HTML's path.
 
@@ -164,6 +185,7 @@ def write_report(run_dir: Path, *, images: bool = True, top_images: int = TOP_IM
     layers_json = json.dumps(layer_index, ensure_ascii=True).replace("</", "<\\/")
     html = Template(_package_text("templates", "report.html")).substitute(
         title=escape(title), run_info=_run_info(run), quality_rule=escape(RULE_TEXT),
+        scores_note=_scores_note(run),
         layer_rows="\n".join(_layer_row(s) for s in summaries),
         analyses_section=_analyses_section(run_dir), layers_json=layers_json,
     )

@@ -5,7 +5,8 @@ script that hands a JSON object to `window.cdissectLayerLoaded`. The page inject
 script only when the layer is opened, so the HTML stays small however many units a run has.
 
 Unit rows are arrays, not objects, to keep 2048-unit layers compact:
-`[unit, label, similarity, [[word, score], ...alternatives], [image index, ...], flag, auc, p]`
+`[unit, label, similarity, [[word, score], ...alternatives], [image index, ...], flag, auc, p,
+correlation, [interval low, high], auprc, auprc chance level, flag reason, how the label was chosen]`
 with flag "dead", "low", "unknown" or "" and `images: {index: [thumbnail path, caption]}`.
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cdissect_cli.analyses.quality import unit_flag
-from cdissect_cli.analyses.run_results import LayerResult
+from cdissect_cli.analyses.quality import flag_reason, unit_flag
+from cdissect_cli.analyses.run_results import LayerResult, UnitResult
 from cdissect_cli.report.thumbnails import Thumbnail
 
 CALLBACK = "cdissectLayerLoaded"
@@ -37,6 +38,8 @@ class LayerSummary:
     median_auc: float | None
     data_file: str  # relative to the report folder
     plot_file: str
+    median_correlation: float | None = None
+    median_auprc: float | None = None
 
 
 def _round(value: float | None, digits: int = 5) -> float | None:
@@ -50,13 +53,24 @@ def summarize(layer: LayerResult, index: int, data_file: str, plot_file: str) ->
     live = [u for u in layer.units if not u.dead]
     sims = [u.similarity for u in live]
     aucs = [u.auc for u in live if u.auc is not None]
+    corrs = [u.correlation for u in live if u.correlation is not None]
+    auprcs = [u.auprc for u in live if u.auprc is not None]
     return LayerSummary(
         index=index, name=layer.name, units=len(layer.units), dead=flags.count("dead"),
         low_confidence=flags.count("low"), no_quality=flags.count("unknown"),
         median_similarity=float(np.median(sims)) if sims else None,
         median_auc=float(np.median(aucs)) if aucs else None,
         data_file=data_file, plot_file=plot_file,
+        median_correlation=float(np.median(corrs)) if corrs else None,
+        median_auprc=float(np.median(auprcs)) if auprcs else None,
     )
+
+
+def selection_text(unit: UnitResult) -> str:
+    """How the label was chosen, for the report: the selection and the similarity's own rank."""
+    if unit.selected_by == "simulation" and unit.similarity_rank is not None:
+        return f"simulation: similarity rank {unit.similarity_rank}"
+    return unit.selected_by
 
 
 def layer_payload(layer: LayerResult, index: int, thumbs: dict[int, Thumbnail],
@@ -67,9 +81,12 @@ def layer_payload(layer: LayerResult, index: int, thumbs: dict[int, Thumbnail],
     for u in layer.units:
         images = [i for i in u.top_images[:top_images] if i in thumbs]
         used.update(images)
+        interval = [_round(x, 4) for x in u.correlation_interval] if u.correlation_interval else None
         rows.append([u.unit, u.label, _round(u.similarity),
                      [[w, _round(s)] for w, s in u.alternatives], images, unit_flag(u),
-                     _round(u.auc, 4), None if u.p_value is None else float(f"{u.p_value:.3g}")])
+                     _round(u.auc, 4), None if u.p_value is None else float(f"{u.p_value:.3g}"),
+                     _round(u.correlation, 4), interval, _round(u.auprc, 4), _round(u.auprc_base, 4),
+                     flag_reason(u), selection_text(u)])
     return {"index": index, "name": layer.name, "units": rows,
             "images": {str(i): [thumbs[i].path, thumbs[i].caption] for i in sorted(used)}}
 

@@ -34,6 +34,10 @@ PMI_FUNCTIONS: tuple[str, ...] = ("soft_wpmi", "wpmi")
 RANK_FUNCTIONS: tuple[str, ...] = ("rank_reorder",)
 COSINE_FUNCTIONS: tuple[str, ...] = ("cos_similarity", "cos_similarity_cubed")
 
+# How each unit's label is chosen: the similarity function's top-1 (the reference, the default) or
+# its top candidates re-ranked by how well they simulate the unit (cdissect_common.evaluation).
+SELECTIONS: tuple[str, ...] = ("similarity", "simulation")
+
 
 def choices_text(values: tuple[str, ...]) -> str:
     """``a | b | c``: how help texts list a vocabulary."""
@@ -41,4 +45,5 @@ def choices_text(values: tuple[str, ...]) -> str:
 
 
 __all__ = ["PRECISIONS", "POOLINGS", "TOKEN_POOLINGS", "BAD_IMAGE_POLICIES", "SIMILARITY_DEFAULTS",
-           "SIMILARITY_FUNCTIONS", "PMI_FUNCTIONS", "RANK_FUNCTIONS", "COSINE_FUNCTIONS", "choices_text"]
+           "SIMILARITY_FUNCTIONS", "PMI_FUNCTIONS", "RANK_FUNCTIONS", "COSINE_FUNCTIONS", "SELECTIONS",
+           "choices_text"]

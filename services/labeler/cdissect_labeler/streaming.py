@@ -11,7 +11,17 @@ activations [n, K])``, then call ``finish()`` for a ``LayerLabels``. The parts:
   reduced at once to each neuron's top concepts (no [K, C] array for the PMI family):
   ``pmi`` (soft_wpmi, wpmi), ``rank_reorder``, ``cosine`` (cos_similarity, cos_similarity_cubed);
 - ``topk`` holds the one tie rule (lower image / concept index first), shared with the dense
-  functions of ``similarity``; ``quality`` the AUC / p-value of each label.
+  functions of ``similarity``; ``quality`` the AUC / p-value of each label;
+- ``heldout.HeldOutRows`` keeps the held-out split's rows (``cdissect_common.evaluation``), on
+  which every label gets its simulation scores (correlation with a 95% interval, AUPRC).
+
+Two selections (``select``): ``similarity`` (the reference) feeds every image to the function
+and labels each unit with its top-1; the held-out rows are kept in addition, so the scores are
+in-sample for these labels. ``simulation`` feeds the function the selection split only (the
+held-out rows never reach it), keeps ``simulation.SplitMoments`` of that split, and re-ranks
+each unit's top ``candidates`` concepts by their correlation there minus ``rank_penalty`` per
+place in the function's ranking (``simulation.rerank``); its scores are held-out. Top images
+are then the selection split's, reported with their global indices.
 
 Memory at finish is about N·d (embeddings) + N·tile (one Q tile) + K·tile (scores of the tile)
 floats; neuron_chunk and concept_tile trade memory for speed on CPU (on CUDA tiles are larger).
@@ -24,16 +34,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from cdissect_common.vocabulary import PMI_FUNCTIONS, PRECISIONS
+from cdissect_common import evaluation
+from cdissect_common.vocabulary import PMI_FUNCTIONS, PRECISIONS, SELECTIONS
 
 from cdissect_labeler import similarity as sim
 from cdissect_labeler.budget import SCRATCH_BYTES
 from cdissect_labeler.cosine import cos_cubed_top_concepts, cos_top_concepts
+from cdissect_labeler.heldout import HeldOutRows
 from cdissect_labeler.intake import ShardIntake, checked_tensor, normalise_embeddings
 from cdissect_labeler.labels import LayerLabels
 from cdissect_labeler.pmi import membership_weights, pmi_top_concepts
 from cdissect_labeler.quality import label_quality, quality_positive_count
 from cdissect_labeler.rank_reorder import rank_reorder_top_concepts
+from cdissect_labeler.simulation import SplitMoments, rerank
 from cdissect_labeler.topk import shard_top_candidates, top_concepts  # noqa: F401 (part of this module's API)
 
 
@@ -48,13 +61,20 @@ class StreamingLabeler:
     by cos_similarity_cubed (default: ~64 MB of float32); num_images: the probe
     set size when known in advance (lets rank_reorder and the cosine functions keep only running
     top lists instead of all activations; finish checks it); max_top_images: how many top images
-    per neuron are kept for ``finish(top_images=...)``.
+    per neuron are kept for ``finish(top_images=...)``. select: 'similarity' or 'simulation' (module
+    doc), with candidates and rank_penalty for the latter; eval_fraction, eval_seed: the held-out
+    split; auprc_alpha: the top share of held-out images that are a unit's AUPRC positives (at
+    least the function's own top-set share of the probe set).
     """
 
     def __init__(self, function: str, params: dict[str, Any] | None, text_embeddings: Any,
                  device: str | torch.device | None = "cpu", precision: str = "float32",
                  neuron_chunk: int = 256, image_chunk: int | None = None,
-                 num_images: int | None = None, max_top_images: int = 100, concept_tile: int = 512) -> None:
+                 num_images: int | None = None, max_top_images: int = 100, concept_tile: int = 512,
+                 select: str = SELECTIONS[0], candidates: int = evaluation.SIMULATION_CANDIDATES,
+                 rank_penalty: float = evaluation.SIMULATION_RANK_PENALTY,
+                 eval_fraction: float = evaluation.EVAL_FRACTION, eval_seed: int = evaluation.EVAL_SEED,
+                 auprc_alpha: float = evaluation.AUPRC_ALPHA) -> None:
         self.function = function
         self.params = sim.resolve_params(function, params)
         if precision not in PRECISIONS:
@@ -82,11 +102,25 @@ class StreamingLabeler:
         self.text = normalise_embeddings(T, self.device, precision)     # [C, d] float32
         C = self.text.shape[0]
         self.image_chunk = int(image_chunk) if image_chunk else max(16, SCRATCH_BYTES // (4 * C))
+        if select not in SELECTIONS:
+            raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}.")
+        self.select = select
+        self.simulation = select == "simulation"
+        self.candidates = evaluation.check_candidates(candidates)
+        self.rank_penalty = evaluation.check_rank_penalty(rank_penalty)
+        self.auprc_alpha = evaluation.check_alpha(auprc_alpha)
+        self._heldout = HeldOutRows(eval_fraction, eval_seed, self.device, precision)
+        # The function's images: all of them, or (simulation) those outside the held-out split.
+        function_images = num_images
+        if num_images is not None and self.simulation:
+            function_images = num_images - evaluation.heldout_count(num_images, eval_fraction, eval_seed)
         keep_activations = function == "cos_similarity_cubed" or (
             function not in PMI_FUNCTIONS and num_images is None)
         self._intake = ShardIntake(self.text.shape[1], self.device, precision,
-                                   0 if keep_activations else self._top_needed(num_images),
+                                   0 if keep_activations else self._top_needed(function_images),
                                    keep_activations, moments=function == "cos_similarity")
+        self._moments = SplitMoments(self.device) if self.simulation else None
+        self._selection_index: list[np.ndarray] = []   # simulation: global index of each function row
 
     def _top_needed(self, num_images: int | None) -> int:
         """Top images to keep per neuron: the function's top set, the quality positives, and
@@ -102,19 +136,47 @@ class StreamingLabeler:
     @property
     def num_images_seen(self) -> int:
         """Images added so far."""
-        return self._intake.n
+        return self._heldout.seen
+
+    @property
+    def heldout_images(self) -> int:
+        """Images of the held-out split added so far (the scores' sample size)."""
+        return self._heldout.n
 
     def add_shard(self, image_embeddings: Any, activations: Any) -> None:
         """Add the next shard (dataset order): CLIP image embeddings [n, d] and activations [n, K]."""
-        self._intake.add(image_embeddings, activations)
+        if not self.simulation:
+            self._intake.add(image_embeddings, activations)
+            self._heldout.add_shard(checked_tensor(image_embeddings, "image_embeddings", 2),
+                                    checked_tensor(activations, "activations", 2))
+            return
+        I = checked_tensor(image_embeddings, "image_embeddings", 2)
+        A = checked_tensor(activations, "activations", 2)
+        if I.shape[0] != A.shape[0]:
+            raise ValueError(f"shard has {I.shape[0]} image embeddings but {A.shape[0]} activation rows; "
+                             "they must describe the same images in the same order.")
+        start = self._heldout.seen
+        keep = ~torch.from_numpy(evaluation.heldout_mask(start, int(A.shape[0]), self._heldout.fraction,
+                                                         self._heldout.seed))
+        before = self._intake.n
+        self._intake.add(I[keep], A[keep])                     # checks the shard; the function's rows
+        if self._intake.n > before:
+            self._moments.add(A[keep].to(self.device, torch.float32), self._intake.images[-1])
+            self._selection_index.append(start + np.flatnonzero(keep.numpy()))
+        self._heldout.add_shard(I, A)
 
     def finish(self, top_concepts: int = 5, top_images: int = 10, quality: bool = True) -> LayerLabels:
-        """Compute the labels of every neuron: top concepts with scores, top images, dead, quality."""
+        """Compute the labels of every neuron: top concepts with scores, top images, dead, quality,
+        and the held-out simulation scores of each label."""
         N, K, C = self._intake.n, self._intake.K, self.text.shape[0]
+        total = self._heldout.seen
+        if self.simulation and N == 0 and total > 0:
+            raise ValueError(f"all {total} images fell into the held-out split; the selection split is empty. "
+                             "Use more images or a smaller eval fraction.")
         if N == 0 or K is None:
             raise ValueError("no shard was added; call add_shard before finish.")
-        if self.num_images is not None and N != self.num_images:
-            raise ValueError(f"num_images={self.num_images} was announced but {N} images were added; "
+        if self.num_images is not None and total != self.num_images:
+            raise ValueError(f"num_images={self.num_images} was announced but {total} images were added; "
                              "pass the probe set's true size or leave num_images unset.")
         if not 1 <= top_concepts <= C:
             raise ValueError(f"top_concepts must be between 1 and the {C} concepts, got {top_concepts}.")
@@ -126,8 +188,13 @@ class StreamingLabeler:
             if top_images > top_idx.shape[0]:
                 raise ValueError(f"top_images={top_images} but only {top_idx.shape[0]} are kept per neuron; "
                                  f"create the StreamingLabeler with max_top_images≥{top_images}.")
-            dead = self._intake.dead()
-            ids, scores = self._scores(images, top_vals, top_idx, top_concepts)
+            dead = self._dead()
+            t = min(C, max(top_concepts, self.candidates)) if self.simulation else top_concepts
+            ids, scores = self._scores(images, top_vals, top_idx, t)
+            ranks = torch.arange(1, t + 1, device=ids.device).expand(K, t)
+            if self.simulation:
+                ids, scores, ranks = self._rerank(ids, scores, ranks)
+            ids, scores, ranks = ids[:, :top_concepts], scores[:, :top_concepts], ranks[:, :top_concepts]
             auc = np.full(K, 0.5)
             pval = np.ones(K)
             if quality:
@@ -135,9 +202,37 @@ class StreamingLabeler:
                 auc, pval = self._quality(images, ids[:, 0], top_idx[:n_pos].T)
             dead_np = dead.cpu().numpy()
             auc[dead_np], pval[dead_np] = 0.5, 1.0
+            shown = top_idx[:top_images].T.cpu().numpy()
+            if self.simulation:                          # function rows → global image indices
+                shown = np.concatenate(self._selection_index)[shown]
+            share = quality_positive_count(self.function, self.params, total) / total
+            n_pos = evaluation.positives_count(max(1, self._heldout.n), self.auprc_alpha, share)
+            held, _, _ = self._heldout.score(self.text, ids[:, 0].cpu().numpy(), n_pos)
             return LayerLabels(concept_ids=ids.cpu().numpy(), scores=scores.float().cpu().numpy(),
-                               top_images=top_idx[:top_images].T.cpu().numpy(), dead=dead_np,
-                               quality_auc=auc, quality_p=pval)
+                               top_images=shown, dead=dead_np, quality_auc=auc, quality_p=pval,
+                               similarity_rank=ranks.cpu().numpy(), correlation=held.correlation,
+                               correlation_low=held.correlation_low, correlation_high=held.correlation_high,
+                               auprc=held.auprc, auprc_base=held.auprc_base, heldout_constant=held.constant)
+
+    def _dead(self) -> torch.Tensor:
+        """bool [K]: constant over every image added (with simulation, both splits together)."""
+        dead = self._intake.dead()
+        value_range = self._heldout.value_range() if self.simulation else None
+        if value_range is None:
+            return dead
+        lo = torch.minimum(self._intake.amin, value_range[0].to(self._intake.amin.device))
+        hi = torch.maximum(self._intake.amax, value_range[1].to(self._intake.amax.device))
+        return lo == hi
+
+    def _rerank(self, ids: torch.Tensor, scores: torch.Tensor,
+                ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """simulation: the first ``candidates`` columns re-ordered by ``simulation.rerank`` (correlation on
+        the selection split minus rank_penalty per place); later columns keep the function's order."""
+        J = min(self.candidates, ids.shape[1])
+        correlation = self._moments.correlations(self.text, ids[:, :J], chunk=self.neuron_chunk)
+        order = torch.as_tensor(rerank(correlation, self.rank_penalty), device=ids.device)
+        reordered = [torch.gather(x[:, :J], 1, order) for x in (ids, scores, ranks)]
+        return tuple(torch.cat([r, x[:, J:]], dim=1) for r, x in zip(reordered, (ids, scores, ranks)))
 
     def _scores(self, images: torch.Tensor, top_vals: torch.Tensor, top_idx: torch.Tensor,
                 t: int) -> tuple[torch.Tensor, torch.Tensor]:

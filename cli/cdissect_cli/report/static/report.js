@@ -99,6 +99,10 @@
       'unit': function (a, b) { return a[0] - b[0]; },
       'score-desc': function (a, b) { return b[2] - a[2] || a[0] - b[0]; },
       'score-asc': function (a, b) { return a[2] - b[2] || a[0] - b[0]; },
+      'corr-desc': function (a, b) { return compareNullable(a[8], b[8], true) || a[0] - b[0]; },
+      'corr-asc': function (a, b) { return compareNullable(a[8], b[8], false) || a[0] - b[0]; },
+      'auprc-desc': function (a, b) { return compareNullable(a[10], b[10], true) || a[0] - b[0]; },
+      'auprc-asc': function (a, b) { return compareNullable(a[10], b[10], false) || a[0] - b[0]; },
       'auc-desc': function (a, b) { return compareNullable(a[6], b[6], true) || a[0] - b[0]; },
       'auc-asc': function (a, b) { return compareNullable(a[6], b[6], false) || a[0] - b[0]; }
     };
@@ -144,6 +148,12 @@
     score.className = 'score';
     score.textContent = ' ' + fmt(row[2], 4);
     label.appendChild(score);
+    if (row[13]) {
+      var how = document.createElement('div');
+      how.className = 'selected-by';
+      how.textContent = 'chosen by ' + row[13];
+      label.appendChild(how);
+    }
 
     var list = document.createElement('ol');
     row[3].forEach(function (alt) {
@@ -157,14 +167,27 @@
     });
     cell(tr, 'alts').appendChild(list);
 
-    cell(tr, 'quality').textContent = 'AUC ' + fmt(row[6], 3) + ' \u00b7 p ' +
+    var quality = cell(tr, 'quality');
+    if (row[8] !== null && row[8] !== undefined) {
+      var r = document.createElement('div');
+      r.textContent = 'r ' + fmt(row[8], 3) + (row[9] ? ' [' + fmt(row[9][0], 2) + ', ' + fmt(row[9][1], 2) + ']' : '');
+      quality.appendChild(r);
+      var ap = document.createElement('div');
+      ap.textContent = 'AUPRC ' + fmt(row[10], 3) + ' (chance ' + fmt(row[11], 3) + ')';
+      quality.appendChild(ap);
+    }
+    var auc = document.createElement('div');
+    auc.className = 'score';
+    auc.textContent = 'AUC ' + fmt(row[6], 3) + ' \u00b7 p ' +
       (row[7] === null ? '\u2014' : Number(row[7]).toPrecision(2));
+    quality.appendChild(auc);
 
     var flagCell = cell(tr, 'flag');
     if (row[5]) {
       var badge = document.createElement('span');
       badge.className = 'badge ' + row[5];
       badge.textContent = FLAG_TEXT[row[5]];
+      if (row[12]) badge.title = row[12];
       flagCell.appendChild(badge);
     }
 

@@ -25,19 +25,29 @@ _sym_db = _symbol_database.Default()
 from cdissect.v1 import common_pb2 as cdissect_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x64issect/v1/labeler.proto\x12\x0b\x63\x64issect.v1\x1a\x18\x63\x64issect/v1/common.proto\"\xa8\x02\n\x11LabelLayerRequest\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x32\n\x10image_embeddings\x18\x02 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x31\n\x0ftext_embeddings\x18\x03 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12-\n\x0b\x61\x63tivations\x18\x04 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x31\n\nsimilarity\x18\x05 \x01(\x0b\x32\x1d.cdissect.v1.SimilarityParams\x12\x14\n\x0ctop_concepts\x18\x06 \x01(\x05\x12\x12\n\ntop_images\x18\x07 \x01(\x05\x12\x11\n\tprecision\x18\x08 \x01(\t\"`\n\tUnitLabel\x12\x0c\n\x04unit\x18\x01 \x01(\x05\x12\x13\n\x0b\x63oncept_ids\x18\x02 \x03(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x12\n\ntop_images\x18\x04 \x03(\x03\x12\x0c\n\x04\x64\x65\x61\x64\x18\x05 \x01(\x08\"u\n\x12LabelLayerResponse\x12(\n\x06labels\x18\x01 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12%\n\x05units\x18\x02 \x03(\x0b\x32\x16.cdissect.v1.UnitLabel\x12\x0e\n\x06reused\x18\x03 \x01(\x08\x32X\n\x07Labeler\x12M\n\nLabelLayer\x12\x1e.cdissect.v1.LabelLayerRequest\x1a\x1f.cdissect.v1.LabelLayerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x64issect/v1/labeler.proto\x12\x0b\x63\x64issect.v1\x1a\x18\x63\x64issect/v1/common.proto\"r\n\x0eLabelSelection\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x17\n\ncandidates\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0crank_penalty\x18\x03 \x01(\x02H\x01\x88\x01\x01\x42\r\n\x0b_candidatesB\x0f\n\r_rank_penalty\"c\n\x11HeldOutEvaluation\x12\x15\n\x08\x66raction\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x02 \x01(\x03\x12\x12\n\x05\x61lpha\x18\x03 \x01(\x02H\x01\x88\x01\x01\x42\x0b\n\t_fractionB\x08\n\x06_alpha\"\x8c\x03\n\x11LabelLayerRequest\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x32\n\x10image_embeddings\x18\x02 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x31\n\x0ftext_embeddings\x18\x03 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12-\n\x0b\x61\x63tivations\x18\x04 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x31\n\nsimilarity\x18\x05 \x01(\x0b\x32\x1d.cdissect.v1.SimilarityParams\x12\x14\n\x0ctop_concepts\x18\x06 \x01(\x05\x12\x12\n\ntop_images\x18\x07 \x01(\x05\x12\x11\n\tprecision\x18\x08 \x01(\t\x12.\n\tselection\x18\x32 \x01(\x0b\x32\x1b.cdissect.v1.LabelSelection\x12\x32\n\nevaluation\x18\x33 \x01(\x0b\x32\x1e.cdissect.v1.HeldOutEvaluation\"\x84\x01\n\tUnitLabel\x12\x0c\n\x04unit\x18\x01 \x01(\x05\x12\x13\n\x0b\x63oncept_ids\x18\x02 \x03(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x12\n\ntop_images\x18\x04 \x03(\x03\x12\x0c\n\x04\x64\x65\x61\x64\x18\x05 \x01(\x08\x12\x13\n\x0b\x63orrelation\x18\x32 \x01(\x02\x12\r\n\x05\x61uprc\x18\x33 \x01(\x02\"\x8d\x01\n\x12LabelLayerResponse\x12(\n\x06labels\x18\x01 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12%\n\x05units\x18\x02 \x03(\x0b\x32\x16.cdissect.v1.UnitLabel\x12\x0e\n\x06reused\x18\x03 \x01(\x08\x12\x16\n\x0eheldout_images\x18\x32 \x01(\x05\"\xc9\x02\n\x15\x45valuateLabelsRequest\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x32\n\x10image_embeddings\x18\x02 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12-\n\x0b\x61\x63tivations\x18\x03 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x31\n\x0ftext_embeddings\x18\x04 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x11\n\tlabel_ids\x18\x05 \x03(\x05\x12\x32\n\nevaluation\x18\x06 \x01(\x0b\x32\x1e.cdissect.v1.HeldOutEvaluation\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x31\n\nsimilarity\x18\x08 \x01(\x0b\x32\x1d.cdissect.v1.SimilarityParams\"\xdd\x01\n\nUnitScores\x12\x0c\n\x04unit\x18\x01 \x01(\x05\x12\x10\n\x08labelled\x18\x02 \x01(\x08\x12\x13\n\x0b\x63orrelation\x18\x03 \x01(\x02\x12\x17\n\x0f\x63orrelation_low\x18\x04 \x01(\x02\x12\x18\n\x10\x63orrelation_high\x18\x05 \x01(\x02\x12\r\n\x05\x61uprc\x18\x06 \x01(\x02\x12\x12\n\nauprc_base\x18\x07 \x01(\x02\x12\x0b\n\x03\x61uc\x18\x08 \x01(\x02\x12\x0f\n\x07p_value\x18\t \x01(\x02\x12\x0c\n\x04\x64\x65\x61\x64\x18\n \x01(\x08\x12\x18\n\x10heldout_constant\x18\x0b \x01(\x08\"k\n\x16\x45valuateLabelsResponse\x12&\n\x05units\x18\x01 \x03(\x0b\x32\x17.cdissect.v1.UnitScores\x12\x16\n\x0eheldout_images\x18\x02 \x01(\x05\x12\x11\n\tpositives\x18\x03 \x01(\x05\x32\xb3\x01\n\x07Labeler\x12M\n\nLabelLayer\x12\x1e.cdissect.v1.LabelLayerRequest\x1a\x1f.cdissect.v1.LabelLayerResponse\x12Y\n\x0e\x45valuateLabels\x12\".cdissect.v1.EvaluateLabelsRequest\x1a#.cdissect.v1.EvaluateLabelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cdissect.v1.labeler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LABELLAYERREQUEST']._serialized_start=69
-  _globals['_LABELLAYERREQUEST']._serialized_end=365
-  _globals['_UNITLABEL']._serialized_start=367
-  _globals['_UNITLABEL']._serialized_end=463
-  _globals['_LABELLAYERRESPONSE']._serialized_start=465
-  _globals['_LABELLAYERRESPONSE']._serialized_end=582
-  _globals['_LABELER']._serialized_start=584
-  _globals['_LABELER']._serialized_end=672
+  _globals['_LABELSELECTION']._serialized_start=68
+  _globals['_LABELSELECTION']._serialized_end=182
+  _globals['_HELDOUTEVALUATION']._serialized_start=184
+  _globals['_HELDOUTEVALUATION']._serialized_end=283
+  _globals['_LABELLAYERREQUEST']._serialized_start=286
+  _globals['_LABELLAYERREQUEST']._serialized_end=682
+  _globals['_UNITLABEL']._serialized_start=685
+  _globals['_UNITLABEL']._serialized_end=817
+  _globals['_LABELLAYERRESPONSE']._serialized_start=820
+  _globals['_LABELLAYERRESPONSE']._serialized_end=961
+  _globals['_EVALUATELABELSREQUEST']._serialized_start=964
+  _globals['_EVALUATELABELSREQUEST']._serialized_end=1293
+  _globals['_UNITSCORES']._serialized_start=1296
+  _globals['_UNITSCORES']._serialized_end=1517
+  _globals['_EVALUATELABELSRESPONSE']._serialized_start=1519
+  _globals['_EVALUATELABELSRESPONSE']._serialized_end=1626
+  _globals['_LABELER']._serialized_start=1629
+  _globals['_LABELER']._serialized_end=1808
 # @@protoc_insertion_point(module_scope)

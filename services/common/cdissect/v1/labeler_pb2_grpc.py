@@ -39,6 +39,11 @@ class LabelerStub:
                 request_serializer=cdissect_dot_v1_dot_labeler__pb2.LabelLayerRequest.SerializeToString,
                 response_deserializer=cdissect_dot_v1_dot_labeler__pb2.LabelLayerResponse.FromString,
                 _registered_method=True)
+        self.EvaluateLabels = channel.unary_unary(
+                '/cdissect.v1.Labeler/EvaluateLabels',
+                request_serializer=cdissect_dot_v1_dot_labeler__pb2.EvaluateLabelsRequest.SerializeToString,
+                response_deserializer=cdissect_dot_v1_dot_labeler__pb2.EvaluateLabelsResponse.FromString,
+                _registered_method=True)
 
 
 class LabelerServicer:
@@ -51,6 +56,14 @@ class LabelerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateLabels(self, request, context):
+        """Score given labels (any text, one per unit) on a layer's stored artifacts: correlation and
+        AUPRC on the held-out split, plus AUC and p there. Nothing is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LabelerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_LabelerServicer_to_server(servicer, server):
                     servicer.LabelLayer,
                     request_deserializer=cdissect_dot_v1_dot_labeler__pb2.LabelLayerRequest.FromString,
                     response_serializer=cdissect_dot_v1_dot_labeler__pb2.LabelLayerResponse.SerializeToString,
+            ),
+            'EvaluateLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateLabels,
+                    request_deserializer=cdissect_dot_v1_dot_labeler__pb2.EvaluateLabelsRequest.FromString,
+                    response_serializer=cdissect_dot_v1_dot_labeler__pb2.EvaluateLabelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class Labeler:
             '/cdissect.v1.Labeler/LabelLayer',
             cdissect_dot_v1_dot_labeler__pb2.LabelLayerRequest.SerializeToString,
             cdissect_dot_v1_dot_labeler__pb2.LabelLayerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cdissect.v1.Labeler/EvaluateLabels',
+            cdissect_dot_v1_dot_labeler__pb2.EvaluateLabelsRequest.SerializeToString,
+            cdissect_dot_v1_dot_labeler__pb2.EvaluateLabelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
