@@ -20,8 +20,9 @@ from tests.integration.test_cli_support import wait_for
 LAYER = "layer4"
 
 
-def long_shard(store: ObjectStore, name: str, images: int = 64) -> common_pb2.Shard:
-    """One shard of `images` generated pictures: resnet18 takes seconds over it on one CPU thread."""
+def long_shard(store: ObjectStore, name: str, images: int) -> common_pb2.Shard:
+    """One shard of `images` generated pictures: resnet18 takes seconds over it on one CPU thread
+    (about 30-60 images/s on a fast core, a few per second on a loaded one)."""
     return register_probe(store, name, n=images, shard_size=images).shards[0]
 
 

@@ -49,7 +49,7 @@ def test_a_restarted_pod_is_found_on_its_new_address_mid_shard(dns: TinyDNS, tmp
     resolved names once per run and could not even use a DNS-server target.)"""
     url = f"file://{tmp_path / 'store'}"
     store = open_store(url)
-    shard = long_shard(store, "rolling")
+    shard = long_shard(store, "rolling", images=192)
     port = free_port()
     old, new = _pod(POD_A, port, url, tmp_path / "logs"), _pod(POD_B, port, url, tmp_path / "logs")
     try:
@@ -68,7 +68,7 @@ def test_a_restarted_pod_is_found_on_its_new_address_mid_shard(dns: TinyDNS, tmp
             kill_mid_shard(old, started, ran_at_least=budget + 0.5, before_kill=roll)
             response = call.result(timeout=300)
         assert "ComputeShardActivations shard=0 done" in new.log()
-        assert list(response.activations[0].shape) == [64, 512]
+        assert list(response.activations[0].shape) == [192, 512]
         assert (NAME, 1) in dns.queries
     finally:
         old.kill()

@@ -104,18 +104,18 @@ def test_a_call_that_times_out_is_tried_once_more_only() -> None:
 
 @pytest.mark.slow
 def test_a_long_shard_is_retried_on_the_other_replica_after_its_replica_is_killed(tmp_path: Path) -> None:
-    """Two activations replicas; the shard runs on the first for longer than the 1 s retry budget,
+    """Two activations replicas; the shard runs on the first for longer than the 0.5 s retry budget,
     then that replica is SIGKILLed: the CLI's dispatcher retries it on the second, which computes it.
     (Before: the budget was spent before the failure, so the run failed.)"""
     url = f"file://{tmp_path / 'store'}"
     store = open_store(url)
-    shard = long_shard(store, "retry-restart")
+    shard = long_shard(store, "retry-restart", images=96)
     env = {"CDISSECT_STORE": url, "CDISSECT_BATCH_SIZE": "4"}
     first, second = (launch_service("activations", env, tmp_path / "logs", wait=False) for _ in range(2))
     try:
         for handle in (first, second):
             serving_and_warm(handle)
-        budget = 1.0
+        budget = 0.5
         with cli_connection(f"{first.endpoint},{second.endpoint}", retry_s=budget) as connection, \
                 ThreadPoolExecutor(1) as pool:
             dispatcher = connection.dispatcher("activations")
@@ -124,7 +124,7 @@ def test_a_long_shard_is_retried_on_the_other_replica_after_its_replica_is_kille
             kill_mid_shard(first, started, ran_at_least=2 * budget)
             response = call.result(timeout=300)
         assert "ComputeShardActivations shard=0 done" in second.log()
-        assert list(response.activations[0].shape) == [64, 512] and response.reused == 0
+        assert list(response.activations[0].shape) == [96, 512] and response.reused == 0
         assert store.exists(response.activations[0].key) and LAYER in response.activations[0].producer["layer"]
     finally:
         first.kill()

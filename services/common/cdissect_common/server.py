@@ -14,7 +14,8 @@
 - TLS when certificate files are configured;
 - SIGTERM/SIGINT: NOT_SERVING, refuse new RPCs, let the RPCs in flight (the shard being
   computed) finish within ``shutdown_grace_seconds``, then exit 0; the grace bounds the exit:
-  RPCs still running when it is over are abandoned (their outputs were never published);
+  RPCs still running when it is over are abandoned (outputs are published atomically: nothing
+  partial is left);
 - with ``parent_pid`` set (the CLI's embedded services), the process stops when that parent
   exits (``cdissect_common.lifetime``), without waiting for RPCs nobody will read.
 """
