@@ -9,10 +9,10 @@ PKG_FILES := $(addsuffix /pyproject.toml,$(PKGS))
 APT_PACKAGES := prometheus chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast demo bench bench-labeler bench-pipeline shapes-models protos rehearse up down lint clean help
+.PHONY: install test test-fast demo bench bench-labeler bench-pipeline bench-sae shapes-models shapes-sae protos rehearse up down lint clean help
 
 help:
-	@echo "make install | test | demo | bench | bench-labeler | shapes-models | protos | rehearse | up | down | clean"
+	@echo "make install | test | demo | bench | bench-labeler | bench-sae | shapes-models | shapes-sae | protos | rehearse | up | down | clean"
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ test-fast: install
 demo: install
 	$(VENV)/bin/cdissect demo
 
-bench: install bench-pipeline bench-labeler
+bench: install bench-pipeline bench-labeler bench-sae
 
 bench-pipeline: install
 	$(PY) bench/bench_pipeline.py
@@ -42,8 +42,14 @@ bench-pipeline: install
 bench-labeler: install
 	$(PY) bench/bench_labeler.py --threads 1
 
+bench-sae: install
+	$(PY) bench/bench_sae.py
+
 shapes-models: install
 	$(PY) -m cdissect_shapes.train_all
+
+shapes-sae: install
+	$(PY) -m cdissect_shapes.sae_trainer
 
 protos: install
 	$(PY) scripts/gen_protos.py

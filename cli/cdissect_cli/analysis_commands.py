@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
-from cdissect_common.userfiles import split_checkpoint
+from cdissect_common.model_specs import split_checkpoint
 from rich.console import Console
 from rich.table import Table
 
@@ -45,7 +45,7 @@ def _services(run: RunResults, flags: ConnectionFlags, need: tuple[str, ...], co
     it uploaded now, so the embedder never has to open a path of this machine."""
     from cdissect_cli.cli_settings import load_cli_settings
     from cdissect_cli.connection import Connection
-    from cdissect_cli.user_files import clip_args
+    from cdissect_cli.user_inputs import clip_args
 
     upload_clip = "embedder" in need and run.clip_file is None and split_checkpoint(run.clip_model)[1] is not None
     with_store = with_store or upload_clip

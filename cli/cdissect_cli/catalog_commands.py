@@ -9,7 +9,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 from cdissect.v1 import activations_pb2, common_pb2
-from cdissect_common.userfiles import looks_like_path, split_checkpoint
 from cdissect_common.vocabulary import BAD_IMAGE_POLICIES, choices_text
 from rich.console import Console
 from rich.table import Table
@@ -22,7 +21,7 @@ from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
     ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
-from cdissect_cli.user_files import ModelArgs, target_args
+from cdissect_cli.user_inputs import model_files
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Register and list probe sets in the object store.")
 
@@ -37,7 +36,16 @@ def _ask(connection: Connection, service: str, what: str, call: Any) -> Any:
     return connection.dispatcher(service).call_one(ShardTask(what=what, call=call))
 
 
+MODEL_FAMILIES = (
+    "timm:NAME[.TAG]      any timm architecture (pretrained weights, --weights none, or timm:NAME:/path/ckpt.safetensors)",
+    "hf:ORG/NAME          any Hugging Face image model id (--weights REVISION or none), or hf:/path/to/folder",
+    "clip:NAME            the image tower of any CLIP listed below (clip:open_clip:ARCH:TAG, clip:/path/clip.pt)",
+)
+
+
 def models(
+    every: Annotated[bool, typer.Option("--all", help="Every name, e.g. all timm architectures and tags "
+                                        "(thousands), not just a sensible subset.")] = False,
     config: ConfigOpt = None, embedder: EmbedderOpt = None, activations: ActivationsOpt = None,
     retry_timeout: RetryOpt = None,
 ) -> None:
@@ -46,7 +54,7 @@ def models(
                             retry_s=retry_timeout)
     with _connect(flags, ("activations", "embedder")) as connection:
         targets = _ask(connection, "activations", "listing target models",
-                       lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(), timeout=t))
+                       lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(all=every), timeout=t))
         clips = _ask(connection, "embedder", "listing CLIP models",
                      lambda stub, t: stub.ListModels(common_pb2.ListModelsRequest(), timeout=t))
     console = Console()
@@ -54,6 +62,11 @@ def models(
         console.print(f"[bold]{title}[/bold]" + (f"  (served: {reply.served})" if reply.served else ""))
         for name in reply.models:
             console.print(f"  {name}", highlight=False)
+    console.print("[bold]target families[/bold]")
+    for line in MODEL_FAMILIES:
+        console.print(f"  {line}", highlight=False)
+    if not every:
+        console.print("[dim]a subset of timm and open_clip names is shown: `cdissect models --all` lists every one[/dim]")
     console.print("[dim]a checkpoint file path works too for both[/dim]")
 
 
@@ -62,13 +75,22 @@ def layers(
     weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT or none.")] = "",
     config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = None,
 ) -> None:
-    """Layer names of a target model (usable in --layers), with their output shapes."""
+    """Layer names of a target model (usable in --layers), with their output shapes.
+
+    Built from the architecture alone (random weights): no weights are downloaded.
+    """
+    from cdissect_common import model_specs
+
     flags = ConnectionFlags(config=config, activations=activations, deadline_s=300.0, retry_s=retry_timeout)
-    has_file = split_checkpoint(model)[1] is not None or looks_like_path(weights)
-    with _connect(flags, ("activations",), open_store=has_file) as connection:
-        target = target_args(connection.store, model, weights) if has_file else ModelArgs(model, weights)
-        request = activations_pb2.ListLayersRequest(model=target.model, weights=target.weights,
-                                                    weights_file=target.file)
+    try:
+        spec = model_specs.parse_model(model, weights)
+    except ValueError as err:
+        raise CliError(str(err), exit_code=2) from err
+    uploads = bool(spec.path)  # a checkpoint of any family travels through the store
+    with _connect(flags, ("activations",), open_store=uploads) as connection:
+        sent, files = model_files(connection.store, model, weights, configs_only=True) if uploads else (model, [])
+        request = activations_pb2.ListLayersRequest(model=sent, weights=weights if sent == model else "",
+                                                    model_files=files)
         reply = _ask(connection, "activations", f"listing the layers of {model!r}",
                      lambda stub, t: stub.ListLayers(request, timeout=t))
     table = Table(title=f"layers of {model}", show_edge=False)

@@ -10,9 +10,15 @@ Both label selections run by default (`--select` picks one): the reference's `si
 `simulation`; the second run reuses every embedding and activation artifact of the first, so
 only the labeler works again. Beside the truth scores each run reports its labels' mean held-out
 correlation per layer and the labeler stage's seconds.
+
+Each selection also labels the latents of the shipped SAEs on one layer (`--features sae:PATH`):
+a planted SAE whose latents are the fc readout per position (truth: the fc words) and a trained
+one (truth: as conv units), so `sae_top1` can be set beside the conv units of that layer. Their
+activations are computed once and reused by the second selection.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,6 +48,9 @@ from cdissect_common.vocabulary import SELECTIONS, choices_text
 SCORE_KEYS = ("final_top1", "final_top3", "planted_top1", "conv_selective_top1", "conv_selective_top3",
               "conv_top1", "conv_top3")
 COUNT_KEYS = ("n_final", "n_planted", "n_conv", "n_conv_selective", "n_conv_dead")
+SAE_KEYS = ("planted_sae_top1", "sae_top1", "sae_top3", "sae_selective_top1", "sae_selective_top3",
+            "sae_layer_conv_selective_top1", "sae_layer_conv_top1")
+SAE_COUNT_KEYS = ("n_sae", "n_sae_selective", "n_sae_dead", "n_sae_layer_conv_selective")
 BOTH = "both"
 
 
@@ -87,25 +96,33 @@ def _layer_activations(store: ObjectStore, activation_keys: Sequence[str]) -> np
     return np.concatenate(parts, axis=0)
 
 
+def _labels_as_words(result: RunResult) -> dict[str, list[list[str]]]:
+    return {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
+            for layer in result.layers}
+
+
+def _attributes(store: ObjectStore, dataset: str) -> list[dict[str, str]]:
+    """The probe images' attributes, in dataset order, from the run's manifest."""
+    manifest = load_manifest(store, dataset)
+    attributes = [dict(entry.labels) for shard in manifest.shards for entry in shard.images]
+    if not attributes or not all(attributes):
+        raise CliError(f"the demo's probe set {dataset} carries no image attributes; delete "
+                       f"{cdissect_home() / 'demo'} and rerun `cdissect demo` to regenerate it")
+    return attributes
+
+
 def score_labels(labels: dict[str, list[list[str]]], activation_keys: dict[str, Sequence[str]], dataset: str,
                  store: ObjectStore, settings: dict, score_run: Any) -> dict:
     """score_run over labelled layers: labels as words (best first), activations and attributes from the store."""
     special = {settings["final_layer"], settings.get("planted_layer")}
     activations = {name: _layer_activations(store, keys) for name, keys in activation_keys.items()
                    if name not in special}
-    manifest = load_manifest(store, dataset)
-    attributes = [dict(entry.labels) for shard in manifest.shards for entry in shard.images]
-    if not attributes or not all(attributes):
-        raise CliError(f"the demo's probe set {dataset} carries no image attributes; delete "
-                       f"{cdissect_home() / 'demo'} and rerun `cdissect demo` to regenerate it")
-    return score_run(labels, activations, attributes, settings["final_layer"], settings.get("planted_layer"))
+    return score_run(labels, activations, _attributes(store, dataset), settings["final_layer"], settings.get("planted_layer"))
 
 
 def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_run: Any) -> dict:
     """score_run over a finished run held in memory."""
-    labels = {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
-              for layer in result.layers}
-    return score_labels(labels, {layer.name: layer.activation_keys for layer in result.layers},
+    return score_labels(_labels_as_words(result), {layer.name: layer.activation_keys for layer in result.layers},
                         result.dataset["name"], store, settings, score_run)
 
 
@@ -144,16 +161,51 @@ def heldout_correlation(result: RunResult) -> dict[str, float | None]:
     return out
 
 
+def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: ConnectionFlags, runs_dir: str | None,
+               console: Console, show_progress: bool, connection: Any) -> tuple[dict, list[str]]:
+    """Label the planted and the trained SAE's latents on the SAE layer (on the open `connection`,
+    with the base spec's selection); score them against the truth."""
+    from cdissect_shapes.scores import score_sae
+    from cdissect_shapes.zoo import sae_path
+
+    layer = settings["sae_layer"]
+    out: dict = {}
+    run_dirs = []
+    for planted in (True, False):
+        spec = dataclasses.replace(base_spec, layers=(layer,), features=f"sae:{sae_path(planted)}")
+        outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True,
+                              connection=connection)
+        labels = _labels_as_words(outcome.result)[layer]
+        if planted:
+            out["planted_sae_top1"] = score_sae(labels, None, None, planted=True)["top1"]
+        else:
+            acts = _layer_activations(connection.store, outcome.result.layers[0].activation_keys)
+            scores = score_sae(labels, acts, _attributes(connection.store, outcome.result.dataset["name"]),
+                               planted=False)
+            out.update({"sae_top1": scores["top1"], "sae_top3": scores["top3"], "n_sae": scores["n"],
+                        "sae_selective_top1": scores["selective_top1"], "sae_selective_top3": scores["selective_top3"],
+                        "n_sae_selective": scores["n_selective"], "n_sae_dead": scores["n_dead"]})
+        run_dirs.append(str(outcome.run_dir))
+    out.update({"sae_layer_conv_selective_top1": conv_layer.get("selective_top1"),
+                "sae_layer_conv_top1": conv_layer.get("top1"),
+                "n_sae_layer_conv_selective": conv_layer.get("n_selective")})
+    return out, run_dirs
+
+
 def _demo_run(spec: Any, flags: ConnectionFlags, runs_dir: str | None, console: Console, show_progress: bool,
               settings: dict, score_run: Any, n_images: int) -> tuple[dict, Any]:
     """One run of the demo's job, scored; (summary, outcome)."""
     outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True)
     try:
         scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
+        sae, sae_run_dirs = sae_scores(spec, settings, scores["per_layer"].get(settings["sae_layer"], {}), flags,
+                                       runs_dir, console, show_progress=show_progress, connection=outcome.connection)
     finally:
         outcome.connection.close()
+    scores.update(sae)
     summary = {"run_dir": str(outcome.run_dir), "report": str(outcome.report) if outcome.report else None,
                **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},
+               **{k: scores.get(k) for k in SAE_KEYS + SAE_COUNT_KEYS}, "sae_run_dirs": sae_run_dirs,
                "images": n_images, "select": spec.select,
                "heldout_correlation": heldout_correlation(outcome.result),
                "labels_seconds": outcome.result.timings.get(STAGE_LABELS)}
@@ -208,10 +260,12 @@ def demo(
         table.add_column(f"{mode} selection", justify="right")
     table.add_column("units", justify="right")
     first = next(iter(runs.values()))[0]
-    units = {"final": "n_final", "planted": "n_planted", "conv_selective": "n_conv_selective", "conv": "n_conv"}
-    for key in SCORE_KEYS:
+    units = {"final": "n_final", "planted": "n_planted", "conv_selective": "n_conv_selective", "conv": "n_conv",
+             "sae": "n_sae", "sae_selective": "n_sae_selective", "planted_sae": "n_final",
+             "sae_layer_conv_selective": "n_sae_layer_conv_selective"}
+    for key in SCORE_KEYS + SAE_KEYS:
         group = key.rsplit("_top", 1)[0]
-        table.add_row(key, *(_fmt(run[0][key]) for run in runs.values()), str(first.get(units.get(group, ""), "")))
+        table.add_row(key, *(_fmt(run[0].get(key)) for run in runs.values()), str(first.get(units.get(group, ""), "")))
     for layer in first["heldout_correlation"]:
         table.add_row(f"held-out r {layer}", *(_fmt(run[0]["heldout_correlation"][layer])
                                                          for run in runs.values()), "")

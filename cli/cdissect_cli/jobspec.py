@@ -49,6 +49,7 @@ class JobSpec:
     top_concepts: int = 5
     top_images: int = 10
     on_bad_image: str = "error"
+    features: str = ""
     shard_size: int = DEFAULT_SHARD_SIZE
     select: str = SELECTIONS[0]
     candidates: int = evaluation.SIMULATION_CANDIDATES
@@ -75,6 +76,7 @@ class JobSpec:
             "top_concepts": self.top_concepts,
             "top_images": self.top_images,
             "on_bad_image": self.on_bad_image,
+            "features": self.features,
             "shard_size": self.shard_size,
             "select": self.select,
             "candidates": self.candidates,
@@ -98,7 +100,8 @@ class JobSpec:
             probe_set=self.probe_set, concept_set=self.concept_set, clip_model=self.clip_model,
             similarity=self.similarity_proto(), clip_precision=self.clip_precision,
             prompt_templates=list(self.prompt_templates), top_concepts=self.top_concepts,
-            top_images=self.top_images, on_bad_image=self.on_bad_image, select=self.select,
+            top_images=self.top_images, on_bad_image=self.on_bad_image, features=self.features,
+            select=self.select,
             candidates=self.candidates, rank_penalty=self.rank_penalty, eval_fraction=self.eval_fraction,
             eval_seed=self.eval_seed, auprc_alpha=self.auprc_alpha)
 
@@ -207,7 +210,7 @@ def _positive_int(key: str, value: Any) -> int:
 def _validated(values: dict[str, Any]) -> JobSpec:
     """Build a JobSpec from merged values, checking every field; raise SpecError naming the fix."""
     kwargs: dict[str, Any] = {}
-    for key in ("target_model", "target_weights", "probe_set", "concept_set", "clip_model"):
+    for key in ("target_model", "target_weights", "probe_set", "concept_set", "clip_model", "features"):
         if key in values:
             kwargs[key] = "" if values[key] is None else str(values[key]).strip()
     for key in ("target_model", "probe_set", "concept_set", "clip_model"):
@@ -222,6 +225,14 @@ def _validated(values: dict[str, Any]) -> JobSpec:
         if len(set(layers)) != len(layers):
             raise SpecError(f"layers {','.join(layers)} names a layer twice: list each layer once")
         kwargs["layers"] = layers
+    if kwargs.get("features"):
+        from cdissect_cli.user_inputs import parse_features
+
+        parse_features(kwargs["features"])
+        layers = kwargs.get("layers", DEFAULT_LAYERS)
+        if len(layers) != 1:
+            raise SpecError(f"features {kwargs['features']!r} apply to exactly one layer, but {len(layers)} are "
+                            f"given ({','.join(layers)}); pass --layers with the one layer the SAE was trained on")
     if "pooling" in values:
         kwargs["pooling"] = _choice("pooling", values["pooling"], POOLINGS)
     if "token_pooling" in values:

@@ -1,6 +1,9 @@
 """One dissection run, stage by stage, over the services (the orchestration of `cdissect run`).
 
   probe set   → registered manifest in the store (reused when unchanged)
+  target      → the user's files (checkpoint, model folder, SAE) uploaded by digest, then
+                CheckActivations: model, layers and features are checked on one probe image
+                before any embedding or activation is computed (bad input fails here, exit 2)
   concepts    → EmbedConcepts: one text-embedding artifact
   per shard   → EmbedImageShard and ComputeShardActivations (all layers in one pass), both
                 services at once, spread over all their endpoints
@@ -29,12 +32,12 @@ from cdissect_common.store import ObjectStore
 from cdissect_common.vocabulary import SIMILARITY_DEFAULTS
 
 from cdissect_cli.datasets import ensure_dataset, skipped_names
-from cdissect_cli.dispatch import ShardDispatcher, ShardTask
+from cdissect_cli.dispatch import ShardDispatcher, ShardFailure, ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult
-from cdissect_cli.user_files import ModelArgs, clip_args, target_args
+from cdissect_cli.user_inputs import ModelArgs, clip_args, features_message, model_files
 
 STAGE_DATASET = "probe set"
 STAGE_TEXT = "text embeddings"
@@ -75,8 +78,32 @@ def _text_task(spec: JobSpec, clip: ModelArgs, concepts: ConceptWords) -> ShardT
                      call=lambda stub, timeout: stub.EmbedConcepts(request, timeout=timeout))
 
 
-def _shard_tasks(spec: JobSpec, clip: ModelArgs, target: ModelArgs, manifest: Any,
-                 progress: RunProgress) -> tuple[list[ShardTask], list[ShardTask]]:
+def activations_template(spec: JobSpec, store: ObjectStore) -> Any:
+    """The activation request of the job without its shard; the user's files are uploaded by digest."""
+    model, files = model_files(store, spec.target_model, spec.target_weights)
+    request = activations_pb2.ComputeShardActivationsRequest(
+        model=model, weights=spec.target_weights, layers=list(spec.layers), pooling=spec.pooling,
+        token_pooling=spec.token_pooling, on_bad_image=spec.on_bad_image, model_files=files)
+    if spec.features:
+        request.features.CopyFrom(features_message(store, spec.features, spec.layers[0]))
+    return request
+
+
+def check_target(spec: JobSpec, template: Any, activations: ShardDispatcher) -> Any:
+    """CheckActivations before any work: a bad model, layer, checkpoint or SAE is a usage error (exit 2)."""
+    task = ShardTask(what=f"checking target {spec.target_model!r} (layers {','.join(spec.layers)})",
+                     call=lambda stub, timeout: stub.CheckActivations(template, timeout=timeout))
+    try:
+        return activations.call_one(task)
+    except ShardFailure as err:
+        code = err.cause.code().name if hasattr(err.cause, "code") else ""
+        if code == "INVALID_ARGUMENT":
+            raise CliError(str(err), exit_code=2) from err
+        raise
+
+
+def _shard_tasks(spec: JobSpec, clip: ModelArgs, manifest: Any, progress: RunProgress,
+                 template: Any) -> tuple[list[ShardTask], list[ShardTask]]:
     """Image-embedding and activation tasks, one each per shard."""
     image_tasks, act_tasks = [], []
     n = len(manifest.shards)
@@ -85,9 +112,9 @@ def _shard_tasks(spec: JobSpec, clip: ModelArgs, target: ModelArgs, manifest: An
         image_request = embedder_pb2.EmbedImageShardRequest(
             model=clip.model, model_file=clip.file, shard=shard, precision=spec.clip_precision,
             on_bad_image=spec.on_bad_image)
-        act_request = activations_pb2.ComputeShardActivationsRequest(
-            model=target.model, weights=target.weights, weights_file=target.file, layers=list(spec.layers),
-            pooling=spec.pooling, token_pooling=spec.token_pooling, shard=shard, on_bad_image=spec.on_bad_image)
+        act_request = activations_pb2.ComputeShardActivationsRequest()
+        act_request.CopyFrom(template)
+        act_request.shard.CopyFrom(shard)
         image_tasks.append(ShardTask(
             what=f"image embeddings of {label}",
             call=lambda stub, timeout, r=image_request: stub.EmbedImageShard(r, timeout=timeout),
@@ -168,18 +195,19 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
     check_sizes(spec, int(manifest.num_images))
-    target = target_args(store, spec.target_model, spec.target_weights)  # local checkpoints go up first
-    clip = clip_args(store, spec.clip_model)
+    clip = clip_args(store, spec.clip_model)  # the user's files go up first (the target's: the template)
     note = small_split_note(spec, int(manifest.num_images))
     if note:
         progress.console.print(note, style="yellow", markup=False)
+    template = activations_template(spec, store)
+    check_target(spec, template, dispatcher("activations"))
 
     embedder, activations, labeler = dispatcher("embedder"), dispatcher("activations"), dispatcher("labeler")
     stop = threading.Event()
     progress.stage(STAGE_TEXT, 1)
     progress.stage(STAGE_IMAGES, len(manifest.shards))
     progress.stage(STAGE_ACTS, len(manifest.shards))
-    image_tasks, act_tasks = _shard_tasks(spec, clip, target, manifest, progress)
+    image_tasks, act_tasks = _shard_tasks(spec, clip, manifest, progress, template)
     text_task = _text_task(spec, clip, concepts)
     text_task.on_done = lambda resp: progress.advance(STAGE_TEXT, reused=resp.reused)
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="stage")
@@ -234,8 +262,7 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
                "shards": len(manifest.shards),
                "skipped_images": int(manifest.info.get("skipped_images", "0") or 0),
                "skipped_names": skipped_names(manifest)}
-    uploaded = {name: args.file_record() for name, args in (("target_weights", target), ("clip_model", clip))
-                if args.file is not None}
+    uploaded = {"clip_model": clip.file_record()} if clip.file is not None else {}
     return RunResult(spec=spec, dataset=dataset, concepts_name=concepts.name, concepts_sha256=concepts.sha256,
                      words=concepts.words, layers=layers, timings=timings, reused=progress.summary(),
                      user_files=uploaded)

@@ -69,15 +69,18 @@ def reuse_table(result: RunResult) -> Table:
 
 
 def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, console: Console,
-                show_progress: bool = True, keep_connection: bool = False) -> RunOutcome:
+                show_progress: bool = True, keep_connection: bool = False,
+                connection: Connection | None = None) -> RunOutcome:
     """Run `spec` end to end and write its run folder; returns the folder and the result.
 
     With `keep_connection`, the returned outcome holds the still-open Connection (the caller
-    closes it), so follow-up work (the demo's scores) can read the same store.
+    closes it), so follow-up work (the demo's scores, its further runs: pass it back as
+    `connection`, and the same services serve them) can read the same store.
     """
     settings = load_cli_settings(flags.config, runs_dir=runs_dir, **flags.overrides())
-    connection = Connection(settings, flags, console)
-    connection.__enter__()
+    if connection is None:
+        connection = Connection(settings, flags, console)
+        connection.__enter__()
     try:
         with RunProgress(console=console, enabled=show_progress) as progress:
             try:
@@ -104,10 +107,14 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
 def run(
     spec_file: Annotated[Optional[Path], typer.Option("--spec", help="YAML job spec; flags override its values.",
                                                       rich_help_panel=JOB)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Target model name or checkpoint path "
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Target model: a name (resnet50, "
+                                                 "timm:NAME, hf:ORG/NAME, clip:NAME) or with a checkpoint "
                                                  "(default: resnet50).", rich_help_panel=JOB)] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Target weights: enum name, DEFAULT or none.",
-                                                   rich_help_panel=JOB)] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Target weights: enum name, DEFAULT, none, or an hf: "
+                                                   "revision.", rich_help_panel=JOB)] = None,
+    features: Annotated[Optional[str], typer.Option(help="Units from a sparse autoencoder on the one layer: "
+                                                    "sae:/path/sae.safetensors[:relu|:jumprelu|:topk=K].",
+                                                    rich_help_panel=JOB)] = None,
     layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers (default: conv1,layer1,layer2,"
                                                   "layer3,layer4).", rich_help_panel=JOB)] = None,
     probe_set: Annotated[Optional[str], typer.Option("--probe-set", "--dataset", help="Registered dataset, "
@@ -156,7 +163,7 @@ def run(
         "concept_set": concept_set, "clip_model": clip_model, "similarity_function": similarity,
         "similarity_params": parse_param_flags(param), "pooling": pooling, "token_pooling": token_pooling,
         "clip_precision": clip_precision, "prompt_templates": prompt_template, "top_concepts": top_concepts,
-        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size,
+        "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size, "features": features,
         **selection_overrides(select, candidates, rank_penalty, eval_fraction, eval_seed, auprc_alpha)})
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, activations=activations,
                             labeler=labeler, deadline_s=deadline, retry_s=retry_timeout)

@@ -3,6 +3,8 @@
 No torch here: the CLI imports this module. The CLI writes the probe folder with
 generator.write_probe_folder(dir, n_images, seed), runs the normal `cdissect run` path with
 these settings, then scores the labels with scores.score_run(..., final_layer, planted_layer).
+Then it labels the latents of two SAEs on `sae_layer` (zoo.sae_path(planted)), one run each with
+`--features sae:PATH`, and scores them with scores.score_sae.
 """
 from __future__ import annotations
 
@@ -19,4 +21,5 @@ DEMO: dict = dict(
     seed=2026,
     final_layer="fc",
     planted_layer="planted",
+    sae_layer="layer3",  # the layer the shipped SAEs read (zoo.SAE_FILE, zoo.PLANTED_SAE_FILE)
 )

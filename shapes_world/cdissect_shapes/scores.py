@@ -4,7 +4,9 @@ Final layer: fc unit i's truth is its class word (FC_WORDS[i]) by construction. 
 unit i's truth is PLANTED_WORDS[i] by construction. Every other layer ("conv"): the truth is the
 attribute value whose indicator best separates the unit's activations (truth.unit_truths);
 "selective" units are those whose truth AUC is >= SELECTIVE_AUC. Dead units (constant
-activation) have no truth and are left out of the conv scores.
+activation) have no truth and are left out of the conv scores. Sparse-autoencoder latents
+(score_sae) are scored the same way: a planted SAE's latent i against FC_WORDS[i], a trained
+SAE's latents as conv units.
 """
 from __future__ import annotations
 
@@ -38,6 +40,44 @@ def _mean(x: list[bool]) -> float:
     return float(np.mean(x)) if x else float("nan")
 
 
+def _truth_scores(layer: str, labels: dict[str, list[list[str]]], activations: np.ndarray,
+                  attributes: list[dict[str, str]]) -> tuple[list[bool], list[bool], list[bool], list[bool], dict]:
+    """Hits of one layer's labels against the attribute truth of its units (alive, then selective).
+
+    Returns (top1 hits, top3 hits) of alive units, the same of selective units, and the layer's summary.
+    """
+    act = np.asarray(activations)
+    lab = _check_layer(layer, labels, act.shape[1] if act.ndim == 2 else None)
+    alive = act.max(0) > act.min(0)
+    truths = unit_truths(act, attributes)
+    words = [t.word for t in truths]
+    h1, h3 = _hits(lab, words, 1), _hits(lab, words, 3)
+    selective = [bool(a) and t.auc >= SELECTIVE_AUC for a, t in zip(alive, truths)]
+    l1 = [h for h, a in zip(h1, alive) if a]
+    l3 = [h for h, a in zip(h3, alive) if a]
+    s1 = [h for h, s in zip(h1, selective) if s]
+    s3 = [h for h, s in zip(h3, selective) if s]
+    summary = {"top1": _mean(l1), "top3": _mean(l3), "n": len(l1), "selective_top1": _mean(s1),
+               "selective_top3": _mean(s3), "n_selective": len(s1), "n_dead": int((~alive).sum())}
+    return l1, l3, s1, s3, summary
+
+
+def score_sae(labels: list[list[str]], activations: np.ndarray | None, attributes: list[dict[str, str]] | None,
+              planted: bool) -> dict:
+    """Label quality of SAE latents of one layer: labels per latent (top-k words, best first).
+
+    planted: latent i's truth is FC_WORDS[i] (the fc readout per position); returns top1, top3, n.
+    Otherwise the latents are scored as conv units (truth from their [N, latents] activations):
+    top1/top3 of alive latents, selective_top1/3, n, n_selective, n_dead.
+    """
+    if planted:
+        lab = _check_layer("planted SAE", {"planted SAE": labels}, len(FC_WORDS))
+        return {"top1": _mean(_hits(lab, FC_WORDS, 1)), "top3": _mean(_hits(lab, FC_WORDS, 3)), "n": len(lab)}
+    if activations is None or attributes is None:
+        raise ValueError("a trained SAE is scored against the attribute truth: pass its activations and attributes")
+    return _truth_scores("SAE", {"SAE": labels}, activations, attributes)[4]
+
+
 def score_run(labels: dict[str, list[list[str]]], activations: dict[str, np.ndarray],
               attributes: list[dict[str, str]], final_layer: str, planted_layer: str | None) -> dict:
     """Label-quality scores of one run on a shapes-world probe set.
@@ -67,25 +107,12 @@ def score_run(labels: dict[str, list[list[str]]], activations: dict[str, np.ndar
             continue
         if layer not in activations:
             raise KeyError(f"layer {layer!r} is labelled but has no activations; pass its [N, units] array")
-        act = np.asarray(activations[layer])
-        lab = _check_layer(layer, labels, act.shape[1] if act.ndim == 2 else None)
-        alive = act.max(0) > act.min(0)
-        truths = unit_truths(act, attributes)
-        words = [t.word for t in truths]
-        h1, h3 = _hits(lab, words, 1), _hits(lab, words, 3)
-        selective = [bool(a) and t.auc >= SELECTIVE_AUC for a, t in zip(alive, truths)]
-        l1 = [h for h, a in zip(h1, alive) if a]
-        l3 = [h for h, a in zip(h3, alive) if a]
-        s1 = [h for h, s in zip(h1, selective) if s]
-        s3 = [h for h, s in zip(h3, selective) if s]
-        per_layer[layer] = {"top1": _mean(l1), "top3": _mean(l3), "n": len(l1),
-                            "selective_top1": _mean(s1), "selective_top3": _mean(s3), "n_selective": len(s1),
-                            "n_dead": int((~alive).sum())}
+        l1, l3, s1, s3, per_layer[layer] = _truth_scores(layer, labels, activations[layer], attributes)
         conv1 += l1
         conv3 += l3
         sel1 += s1
         sel3 += s3
-        dead += int((~alive).sum())
+        dead += per_layer[layer]["n_dead"]
 
     return {
         "final_top1": _mean(final1), "final_top3": _mean(final3),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .zoo import CLIP_FILE, CNN_FILE, SUMS_FILE, WEIGHTS_DIR, file_sha256
+from .zoo import CLIP_FILE, CNN_FILE, SUMS_FILE, WEIGHT_FILES, WEIGHTS_DIR, file_sha256
 
 CLIP_THREADS = 1
 CNN_THREADS = 1
@@ -26,8 +26,8 @@ GOAL = 0.95
 
 
 def write_sums(out: Path) -> Path:
-    """Write SHA256SUMS (sha256sum -c format) for the two weight files in out."""
-    lines = [f"{file_sha256(out / name)}  {name}\n" for name in (CLIP_FILE, CNN_FILE)]
+    """Write SHA256SUMS (sha256sum -c format) for the weight files in out (the SAEs when present)."""
+    lines = [f"{file_sha256(out / name)}  {name}\n" for name in WEIGHT_FILES if (out / name).is_file()]
     path = out / SUMS_FILE
     path.write_text("".join(lines), encoding="utf-8")
     return path
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     figures["cnn_loss_first_last"] = [cnn_losses[0], float(np.mean(cnn_losses[-20:]))]
     figures["cnn_head_accuracy"] = head_accuracy(cnn, n=n_eval)
     figures["planted_auc"] = planted_aucs(cnn, n=n_eval)
+    from .sae_trainer import main as train_saes  # the SAEs read this CNN's layer3: remake them
+
+    train_saes(["--out", str(out), "--cnn", str(out / CNN_FILE)] + (["--quick"] if args.quick else []))
     write_sums(out)
     figures["sha256"] = {CLIP_FILE: file_sha256(clip_path), CNN_FILE: file_sha256(out / CNN_FILE)}
 

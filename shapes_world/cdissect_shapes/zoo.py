@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLIP_FILE = "shapes-clip.pt"
 CNN_FILE = "shapes_cnn.safetensors"
+SAE_FILE = "shapes_sae.safetensors"  # an SAE on the CNN's layer3 (sae_trainer.py)
+PLANTED_SAE_FILE = "shapes_sae_planted.safetensors"  # the fc readout per position, as an SAE
+WEIGHT_FILES = (CLIP_FILE, CNN_FILE, SAE_FILE, PLANTED_SAE_FILE)
 SUMS_FILE = "SHA256SUMS"
 _RETRAIN_HINT = "run `make shapes-models` (python -m cdissect_shapes.train_all) to make it"
 
@@ -51,6 +54,11 @@ def _shipped(name: str) -> Path:
 def clip_checkpoint() -> str:
     """Path of the shipped tiny CLIP, an OpenAI-format checkpoint for `clip.load(path)`."""
     return str(_shipped(CLIP_FILE))
+
+
+def sae_path(planted: bool = False) -> str:
+    """Path of a shipped SAE on layer3 of the shapes CNN: the trained one, or the planted one."""
+    return str(_shipped(PLANTED_SAE_FILE if planted else SAE_FILE))
 
 
 def load_target(weights: str | None = None) -> tuple["torch.nn.Module", Callable]:

@@ -6,6 +6,8 @@ selection (issue 4): final-layer top-1 >= 0.9 and top-3 = 1.0, planted units 100
 `--select simulation` (issue 9) that hold at this size: selective conv top-1 >= 0.90 and top-3
 >= 0.97, final and planted 100%, held-out correlation above the reference's in every conv layer.
 Then `cdissect eval labels` scores the run's own labels (reproducing its scores) and foreign ones.
+Issue 10: the planted SAE's latents (the fc readout per position) 100%, and the trained SAE's
+selective latents labelled at least as well as layer3's selective conv units.
 """
 from __future__ import annotations
 
@@ -101,3 +103,16 @@ def test_eval_labels_scores_the_runs_own_and_foreign_labels(demo_run: dict, tmp_
     wrong.write_text("layer,unit,description\nlayer9,0,red\n")
     proc = support.run_cli(["eval", "labels", str(run_dir), "--labels", str(wrong)], env, expect=2)
     assert "layer9" in proc.stderr and "conv1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_labels_the_sae_latents(demo_run: dict) -> None:
+    """Issue 10's goals, for the reference selection (the simulation's SAE runs reuse its activations)."""
+    scores = demo_run["scores"]
+    assert scores["planted_sae_top1"] == 1.0, scores
+    assert scores["n_sae"] > 0 and scores["n_sae_selective"] > 0, scores
+    assert scores["sae_selective_top1"] >= scores["sae_layer_conv_selective_top1"], scores
+    sae_runs = [json.loads((Path(d) / "results.json").read_text()) for d in scores["sae_run_dirs"]]
+    assert [r["job"]["features"].rsplit("/", 1)[-1] for r in sae_runs] == [
+        "shapes_sae_planted.safetensors", "shapes_sae.safetensors"]
+    assert scores["simulation"]["planted_sae_top1"] == 1.0, scores["simulation"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from test_cli_support import (
-    REPO, assert_no_torch, child_pids, labels_by_unit, make_env, results, run_args, run_cli, run_dir_of, start_cli,
-    stop_process, wait_for, write_probe, write_words)
+    REPO, assert_no_torch, child_pids, labels_by_unit, make_env, results, run_args, run_cli, run_dir_of, services_up,
+    start_cli, stop_process, wait_for, write_probe, write_words)
 
 from cdissect_cli.local import pid_alive
 
@@ -20,11 +20,7 @@ from cdissect_cli.local import pid_alive
 @pytest.fixture(scope="module")
 def up_env(tmp_path_factory: pytest.TempPathFactory):
     """An isolated environment with services started by `cdissect up` (stopped by `down` after)."""
-    tmp = tmp_path_factory.mktemp("up")
-    env = make_env(tmp)
-    run_cli(["up"], env, timeout=240)
-    yield env
-    run_cli(["down"], env)
+    yield from services_up(tmp_path_factory.mktemp("up"))
 
 
 @pytest.fixture(scope="module")

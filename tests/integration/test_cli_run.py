@@ -204,7 +204,7 @@ def test_sigkill_of_activations_mid_run_then_rerun_resumes_with_identical_labels
 
 
 @pytest.mark.slow
-def test_an_activations_service_that_never_answers_fails_naming_shard_service_and_cause(
+def test_an_activations_service_that_never_answers_fails_naming_call_service_and_cause(
         job, services, tmp_path: Path) -> None:
     store, handles = services
     silent = socket.socket()
@@ -218,6 +218,7 @@ def test_an_activations_service_that_never_answers_fails_naming_shard_service_an
     finally:
         silent.close()
     message = " ".join(proc.stderr.split())
-    assert re.search(rf"activations \(resnet18: layer2\) of shard \d+/12 of dataset .* failed on the activations "
+    # The run's first activations call is the target check (before any shard is sent).
+    assert re.search(rf"checking target 'resnet18' \(layers layer2\) failed on the activations "
                      rf"service at {re.escape(address)} after \d+ attempts: DEADLINE_EXCEEDED", message), message
     assert "starting local services" not in proc.stderr and "Traceback" not in proc.stderr

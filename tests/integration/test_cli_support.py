@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +76,15 @@ def make_env(tmp: Path, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+def services_up(tmp: Path) -> Iterator[dict[str, str]]:
+    """The body of a module fixture: an isolated environment (make_env) with services started by
+    `cdissect up`, yielded, then stopped by `cdissect down`."""
+    env = make_env(tmp)
+    run_cli(["up"], env, timeout=240)
+    yield env
+    run_cli(["down"], env)
 
 
 def _conftest(relative: str, alias: str):

@@ -19,7 +19,8 @@ from cdissect_shapes.world import FC_WORDS, PLANTED_WORDS, WORD_TO_ATTRIBUTE
 
 def test_shipped_files_match_sha256sums() -> None:
     sums = zoo.shipped_sums()
-    assert set(sums) == {zoo.CLIP_FILE, zoo.CNN_FILE}
+    assert set(sums) == {zoo.CLIP_FILE, zoo.CNN_FILE, zoo.SAE_FILE, zoo.PLANTED_SAE_FILE}
+    assert (zoo.WEIGHTS_DIR / zoo.SAE_FILE).stat().st_size < 500_000  # small enough to ship
     for name, digest in sums.items():
         assert zoo.file_sha256(zoo.WEIGHTS_DIR / name) == digest, f"{name} differs from SHA256SUMS"
 
@@ -101,3 +102,54 @@ def test_planted_units_detect_their_words_by_construction() -> None:
 def test_concept_set_holds_every_world_word() -> None:
     assert concept_words() == expected_words()
     assert concept_set_path().read_text().endswith("\n")
+
+
+def _layer3(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.layer3(model.layer2(model.layer1(model.relu(model.bn1(model.conv1(x))))))
+
+
+def test_planted_sae_latents_are_the_fc_readout_per_position() -> None:
+    from cdissect_activations.sae import encode_pooled, load_sae
+
+    model, preprocess = zoo.load_target(None)
+    sae = load_sae(zoo.sae_path(planted=True))
+    assert (sae.d_in, sae.d_sae, sae.activation) == (96, len(FC_WORDS), "relu")
+    images, _ = render_batch(16, np.random.default_rng(11))
+    x = torch.stack([preprocess(Image.fromarray(im)) for im in images])
+    with torch.no_grad():
+        h = _layer3(model, x)
+        latents = encode_pooled(sae, h.flatten(2).transpose(1, 2), "mean")
+        logits = model(x)
+    offset = sae.b_enc - model.fc.bias
+    assert torch.allclose(offset, offset[0].expand_as(offset))  # one offset keeps the readout linear
+    assert torch.allclose(latents, logits + offset, atol=1e-4)
+
+
+def test_trained_sae_reads_layer3_and_reconstructs_it() -> None:
+    from safetensors.torch import load_file
+
+    from cdissect_activations.sae import encode, load_sae
+
+    sae = load_sae(zoo.sae_path())
+    assert (sae.d_in, sae.activation) == (96, "relu") and 128 <= sae.d_sae <= 1024
+    decoder = load_file(zoo.sae_path())["W_dec"]
+    model, preprocess = zoo.load_target(None)
+    images, _ = render_batch(32, np.random.default_rng(12))
+    with torch.no_grad():
+        rows = _layer3(model, torch.stack([preprocess(Image.fromarray(im)) for im in images]))
+        rows = rows.flatten(2).transpose(1, 2).reshape(-1, 96)
+        codes = encode(sae, rows)
+        recon = codes @ decoder + sae.b_dec
+    explained = 1 - float((recon - rows).pow(2).sum() / (rows - rows.mean(0)).pow(2).sum())
+    assert explained > 0.9
+    assert float((codes > 0).float().sum(1).mean()) < sae.d_sae / 3  # sparse
+
+
+def test_sae_trainer_quick_run_writes_both_files_and_sums(tmp_path: Path) -> None:
+    from cdissect_shapes import sae_trainer
+
+    assert sae_trainer.main(["--quick", "--out", str(tmp_path)]) == 0
+    sums = zoo.shipped_sums(tmp_path)
+    assert set(sums) == {zoo.SAE_FILE, zoo.PLANTED_SAE_FILE}
+    for name, digest in sums.items():
+        assert zoo.file_sha256(tmp_path / name) == digest

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("services", "cli", "shapes_world")
 VOCABULARIES = {"PRECISIONS": voc.PRECISIONS, "POOLINGS": voc.POOLINGS, "TOKEN_POOLINGS": voc.TOKEN_POOLINGS,
                 "BAD_IMAGE_POLICIES": voc.BAD_IMAGE_POLICIES, "SIMILARITY_FUNCTIONS": voc.SIMILARITY_FUNCTIONS,
-                "SELECTIONS": voc.SELECTIONS}
+                "SELECTIONS": voc.SELECTIONS,
+                "SAE_ACTIVATIONS": voc.SAE_ACTIVATIONS}
 
 
 def _string_collections(tree: ast.AST):

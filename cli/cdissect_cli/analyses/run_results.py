@@ -111,7 +111,7 @@ class RunResults:
     @property
     def clip_file(self) -> Any:
         """The ArtifactRef of the CLIP checkpoint the run uploaded (None when it used a name)."""
-        from cdissect_cli.user_files import file_ref
+        from cdissect_cli.user_inputs import file_ref
 
         return file_ref(self.user_files.get("clip_model"))
 

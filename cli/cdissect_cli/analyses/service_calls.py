@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 
 from cdissect.v1 import common_pb2, embedder_pb2, labeler_pb2
-from cdissect_common.userfiles import split_checkpoint
+from cdissect_common.model_specs import split_checkpoint
 from cdissect_cli.analyses.run_results import LayerResult, RunResults
 from cdissect_cli.errors import CliError
 

@@ -3,19 +3,22 @@
 `LayerRecorder` registers one hook per requested layer; each hook pools its output on the
 device right away (pooling.py), so only [B, units] per layer is kept, never the full maps.
 Hooks are removed when the `with` block ends (or after `record` when used without one).
+A layer given sparse-autoencoder `features` is encoded into SAE latents per position or token
+and pooled in the same hook (sae.encode_pooled), so its output is [B, latents].
 
     with LayerRecorder(model, ["conv1", "layer4", "fc"]) as rec:
         acts = rec.record(images)          # {"conv1": [B, 64], "layer4": [B, 2048], "fc": [B, 1000]}
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .layers import channels_last_modules, display_name, resolve_layer
-from .pooling import check_pooling, first_tensor, pool
+from .pooling import DEFAULT_LAYOUT, TokenLayout, check_pooling, first_tensor, pool, positions, standard_layout
+from .sae import SparseAutoencoder, encode_pooled
 
 
 class RepeatedLayerError(ValueError):
@@ -27,12 +30,17 @@ class LayerRecorder:
 
     pooling: 'avg' | 'max' for 4-D conv maps. token_pooling: 'cls' | 'mean' | 'patch_mean' for
     3-D token outputs. Channels-last maps (Swin stages) are recognised and pooled over H, W.
+    layout: the model's CLS/register tokens; seq_first / channels_last: ids of modules whose
+    outputs are [T, B, D] / [B, H, W, C]; features: layer -> SAE whose latents replace that layer's units.
     Layer paths are validated at construction (UnknownLayerError lists close
     names), so a typo fails before any image is processed.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str], pooling: str = "avg",
-                 token_pooling: str = "cls", model_name: str | None = None) -> None:
+                 token_pooling: str = "cls", model_name: str | None = None,
+                 layout: TokenLayout = DEFAULT_LAYOUT, seq_first: Collection[int] = (),
+                 channels_last: Collection[int] = (),
+                 features: Mapping[str, SparseAutoencoder] | None = None) -> None:
         check_pooling(pooling, token_pooling)
         names = list(dict.fromkeys(l.strip() for l in layers))
         if not names:
@@ -42,8 +50,14 @@ class LayerRecorder:
         self.pooling = pooling
         self.token_pooling = token_pooling
         self.modules = {name: resolve_layer(model, name, model_name) for name in names}
-        nhwc = channels_last_modules(model)
+        nhwc = channels_last_modules(model) | set(channels_last)
         self.channels_last = {name for name, module in self.modules.items() if id(module) in nhwc}
+        self.seq_first = {name for name, module in self.modules.items() if id(module) in set(seq_first)}
+        self.layout = layout
+        self.features = dict(features or {})
+        unknown = sorted(set(self.features) - set(names))
+        if unknown:
+            raise ValueError(f"features are given for {', '.join(unknown)}, which is not a recorded layer")
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._outputs: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
@@ -54,8 +68,14 @@ class LayerRecorder:
             if self._calls[name] > 1:
                 return  # refused after the forward pass (see _check_single_calls)
             tensor = first_tensor(output, layer=name)
+            if name in self.features:
+                x = standard_layout(tensor, name in self.channels_last, name in self.seq_first)
+                rows, reduce = positions(x, self.pooling, self.token_pooling, self.layout, name)
+                self._outputs[name] = encode_pooled(self.features[name], rows, reduce)
+                return
             self._outputs[name] = pool(tensor, self.pooling, self.token_pooling, layer=name,
-                                       channels_last=name in self.channels_last)
+                                       channels_last=name in self.channels_last, layout=self.layout,
+                                       seq_first=name in self.seq_first)
         return hook
 
     def attach(self) -> "LayerRecorder":

@@ -3,31 +3,39 @@
 ComputeShardActivations runs one forward pass per batch with hooks on every requested layer
 (``hooks.LayerRecorder``) and stores one [images, units] float32 artifact per (shard, layer),
 keyed by model id, checkpoint digest, layer, pooling, preprocessing, shard digest and code
-version. Layers whose artifact exists are not recomputed; when all exist the call returns at
-once. ListLayers and ListModels expose the zoo for discovery.
+version (and, for a layer with SAE features, the SAE file's digest and activation). Layers whose
+artifact exists are not recomputed; when all exist the call returns at once. CheckActivations
+runs the same request on one probe image first, so bad input (unknown model or layer, an SAE
+that does not fit the layer, a checkpoint that does not fit) fails before any shard is
+computed. User files (checkpoints, model folders, SAEs) come as refs into the store, never as
+paths. ListLayers (architecture only: no weights needed) and ListModels expose the zoo.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
 import grpc
 import numpy as np
 import torch
+from PIL import Image
 
 from cdissect.v1 import activations_pb2, activations_pb2_grpc, common_pb2
-from cdissect_activations.hooks import LayerRecorder, RepeatedLayerError
+from cdissect_activations.checkpoints import CheckpointError
+from cdissect_activations.hooks import RepeatedLayerError
 from cdissect_activations.pooling import check_pooling
+from cdissect_activations.sae import SaeError, SparseAutoencoder, load_sae
 from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelError, available_models, list_layers,
                                       load_target, resolve_device, resolve_layer)
-from cdissect_common import artifacts
+from cdissect_common import artifacts, model_specs
 from cdissect_common.downloads import DownloadError
 from cdissect_common.errors import failed_precondition, invalid_argument, require_shard_ref
 from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
-from cdissect_common.userfiles import looks_like_path, request_checkpoint, split_checkpoint
 from cdissect_common.server import Registration, ServiceRuntime
+from cdissect_common.userfiles import materialize, server_path
 
 log = logging.getLogger("cdissect.activations")
 SERVICE = "activations"
@@ -50,44 +58,78 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             on_load=lambda k, m: runtime.metrics.set_model_loaded(True), max_models=self.settings.max_loaded_models,
             on_evict=lambda k, m: log.info("dropped target %s (max_loaded_models=%d)", k[0],
                                            self.settings.max_loaded_models))
+        self.saes: ModelCache[SparseAutoencoder] = ModelCache(max_models=self.settings.max_loaded_models)
         self._shapes: ModelCache[dict[str, list[int]]] = ModelCache(max_models=4 * self.settings.max_loaded_models)
 
-    def target(self, model: str, weights: str, weights_file: common_pb2.ArtifactRef | None = None) -> Target:
+    def target(self, model: str, weights: str, model_files=(), architecture_only: bool = False) -> Target:
         """The loaded target for a request (default: the served model).
 
-        A checkpoint comes as an uploaded file (`weights_file`) or as a server path in `model`
-        ('resnet50:/models/x.pth') or `weights`, accepted only inside the model folders
-        (cdissect_common.userfiles). The served model (CDISSECT_MODEL) is the operator's own.
+        A model string naming a path is loaded from the service's copy of the request's
+        `model_files` (uploaded by the client through the store), or else only from inside the
+        operator's model folders (`model_dirs`, cdissect_common.userfiles.server_path); the
+        client's path itself is never opened. The served model (CDISSECT_MODEL) is the operator's own.
         """
-        name, weights = (model or self.settings.model).strip(), (weights or "").strip()
+        name = (model or self.settings.model).strip()
         if not name:
             raise invalid_argument("no target model given and the service serves none; set the request's model "
                                    "(e.g. resnet50) or CDISSECT_MODEL")
-        uploaded = weights_file is not None and bool(weights_file.key)
+        shown = name
         if model.strip():
-            arch, model_path = split_checkpoint(name)
-            weights_path = weights if looks_like_path(weights) else None
-            if sum(map(bool, (model_path, weights_path, uploaded))) > 1 or (uploaded and weights):
-                raise invalid_argument(f"the request names the weights of {arch!r} more than once (model {model!r}, "
-                                       f"weights {weights!r} and an uploaded weights_file); send one of them")
-            local = request_checkpoint(self.runtime.store, weights_file, model_path or weights_path,
-                                       self.settings.model_dirs, self.settings.cache_dir)
-            if local is not None:
-                name, weights = arch, str(local)
+            try:
+                name, weights = self._local_model(name, weights, model_files)
+            except (ValueError, LookupError) as exc:
+                raise invalid_argument(str(exc)) from None
 
         def load() -> Target:
             with self.runtime.metrics.stage("model_load"):
-                log.info("loading target %s (weights %s) on %s", name, weights or "default", self.device)
-                return load_target(name, weights or None, self.device)
+                log.info("loading target %s (weights %s) on %s%s", name, weights or "default", self.device,
+                         " (architecture only)" if architecture_only else "")
+                return load_target(name, weights or None, self.device, architecture_only=architecture_only)
 
         try:
-            return self.models.get((name, weights, str(self.device)), load)
-        except UnknownModelError as exc:
+            target = self.models.get((name, weights, str(self.device), architecture_only), load)
+            return target if target.name == shown else dataclasses.replace(target, name=shown)
+        except (UnknownModelError, LookupError, CheckpointError) as exc:
             raise invalid_argument(str(exc)) from None
         except (DownloadError, FileNotFoundError) as exc:
             raise failed_precondition(f"cannot load weights of {name!r}: {exc}") from None
         except (ValueError, TypeError) as exc:
             raise invalid_argument(f"cannot load target {name!r}: {exc}") from None
+
+    def _local_model(self, name: str, weights: str, model_files) -> tuple[str, str]:
+        """(model, weights) with a path in them replaced by the service-local copy of the request's
+        uploaded files, or by the same path checked to lie in a model folder."""
+        spec = model_specs.parse_model(name, weights)
+        if not spec.path:
+            if model_files:
+                raise ValueError(f"model {name!r} names no file or folder, but the request carries user files")
+            return name, weights
+        if model_files:
+            local = materialize(self.runtime.store, list(model_files), spec.is_folder, self.settings.cache_dir)
+        else:
+            local = server_path(spec.path, self.settings.model_dirs)
+        return spec.model_string(str(local)), "" if spec.path == (weights or "").strip() else weights
+
+    def features(self, request: activations_pb2.ComputeShardActivationsRequest,
+                 layers: list[str]) -> dict[str, SparseAutoencoder]:
+        """{layer: SAE} of the request's features (empty without), validated and on the device."""
+        if not request.HasField("features") or not request.features.kind:
+            return {}
+        features = request.features
+        if features.kind != "sae":
+            raise invalid_argument(f"unknown features kind {features.kind!r}; the one kind is 'sae'")
+        if layers != [features.layer]:
+            raise invalid_argument(f"SAE features apply to exactly one layer: request the single layer "
+                                   f"{features.layer!r} (got {', '.join(layers)})")
+        def load() -> SparseAutoencoder:
+            path = materialize(self.runtime.store, [features.file], False, self.settings.cache_dir)
+            return load_sae(path, features.activation, features.k).to(self.device)
+
+        try:
+            key = (features.file.ref.sha256, features.activation, features.k, str(self.device))
+            return {features.layer: self.saes.get(key, load)}
+        except (SaeError, ValueError) as exc:
+            raise invalid_argument(f"SAE {features.file.name or 'file'}: {exc}") from None
 
     def _check_layers(self, target: Target, layers: list[str]) -> None:
         for layer in layers:
@@ -96,10 +138,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             except UnknownLayerError as exc:
                 raise invalid_argument(str(exc)) from None
 
-    def ComputeShardActivations(self, request: activations_pb2.ComputeShardActivationsRequest,
-                                context: grpc.ServicerContext) -> activations_pb2.ComputeShardActivationsResponse:
-        """One artifact per requested layer for one shard; existing ones are reused."""
-        check_bad_image_policy(request.on_bad_image)  # validated; registration decided the skipping
+    def _request_layers(self, request: activations_pb2.ComputeShardActivationsRequest) -> tuple[list[str], str, str]:
+        """(layers, pooling, token pooling) of a request, validated."""
         layers = [l.strip() for l in request.layers]
         if not layers or not all(layers):
             raise invalid_argument("no layers requested (or a blank name); name at least one, e.g. 'layer4' "
@@ -111,26 +151,68 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             check_pooling(pooling, token_pooling)
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
+        return layers, pooling, token_pooling
+
+    def CheckActivations(self, request: activations_pb2.ComputeShardActivationsRequest,
+                         context: grpc.ServicerContext) -> activations_pb2.CheckActivationsResponse:
+        """Everything ComputeShardActivations checks, plus one probe image through the hooks (and
+        the SAE); answers the unit count of each layer. Writes nothing."""
+        layers, pooling, token_pooling = self._request_layers(request)
+        check_bad_image_policy(request.on_bad_image)
+        target = self.target(request.model, request.weights, request.model_files)
+        self._check_layers(target, layers)
+        features = self.features(request, layers)
+        probe = target.preprocess(Image.new("RGB", (224, 224), (127, 127, 127))).unsqueeze(0)
+        try:
+            with self.runtime.device_lock:
+                out = target.recorder(layers, pooling, token_pooling, features).record(probe)
+        except SaeError as exc:
+            sae = features[layers[0]]
+            raise invalid_argument(f"SAE {request.features.file.name} ({sae.describe()}) does not fit layer "
+                                   f"{layers[0]!r} of {target.name}: {exc}") from None
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise invalid_argument(f"{target.name} cannot give the requested activations: {exc}") from None
+        return activations_pb2.CheckActivationsResponse(
+            units=[int(out[layer].shape[1]) for layer in layers], model_id=target.model_id,
+            checkpoint_sha256=target.checkpoint_sha256)
+
+    @staticmethod
+    def _features_key(request: activations_pb2.ComputeShardActivationsRequest,
+                      features: dict[str, SparseAutoencoder], layer: str) -> dict[str, str]:
+        """Key fields of a layer's SAE features (none for plain layers, so their keys never change)."""
+        if layer not in features:
+            return {}
+        sae = features[layer]
+        return {"features": f"sae:{request.features.file.ref.sha256}:{sae.activation}:{sae.k}"}
+
+    def ComputeShardActivations(self, request: activations_pb2.ComputeShardActivationsRequest,
+                                context: grpc.ServicerContext) -> activations_pb2.ComputeShardActivationsResponse:
+        """One artifact per requested layer for one shard; existing ones are reused."""
+        check_bad_image_policy(request.on_bad_image)  # validated; registration decided the skipping
+        layers, pooling, token_pooling = self._request_layers(request)
         shard = request.shard
         require_shard_ref(shard)
         try:
-            target = self.target(request.model, request.weights, request.weights_file)
+            target = self.target(request.model, request.weights, request.model_files)
             self._check_layers(target, layers)
+            features = self.features(request, layers)
             keys = {layer: artifacts.content_key(
                 "activations", model_id=target.model_id, checkpoint_sha256=target.checkpoint_sha256, layer=layer,
                 pooling=pooling, token_pooling=token_pooling, preprocess_id=preprocess_id(target),
-                shard_sha256=shard.ref.sha256) for layer in layers}
+                shard_sha256=shard.ref.sha256, **self._features_key(request, features, layer))
+                for layer in layers}
             refs = {layer: artifacts.find_artifact(self.runtime.store, key) for layer, key in keys.items()}
             missing = [layer for layer in layers if refs[layer] is None]
             reused = len(layers) - len(missing)
             if missing:
                 log.info("ComputeShardActivations shard=%d (%d images) layers=%s started", shard.index,
                          len(shard.images), ",".join(missing))
-                computed = self._compute(target, missing, pooling, token_pooling, shard)
+                computed = self._compute(target, missing, pooling, token_pooling, shard, features)
                 producer = {"service": SERVICE, "model_id": target.model_id,
                             "checkpoint_sha256": target.checkpoint_sha256, "device": str(self.device),
                             "pooling": pooling, "token_pooling": token_pooling, "shard_sha256": shard.ref.sha256,
-                            "code_version": artifacts.CODE_VERSION["activations"]}
+                            "code_version": artifacts.CODE_VERSION["activations"],
+                            **({"features": f"sae {next(iter(features.values())).describe()}"} if features else {})}
                 with self.runtime.metrics.stage("store_write"):
                     for layer in missing:
                         refs[layer] = artifacts.put_arrays(self.runtime.store, keys[layer],
@@ -147,22 +229,22 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise
 
     def _compute(self, target: Target, layers: list[str], pooling: str, token_pooling: str,
-                 shard: common_pb2.Shard) -> dict[str, np.ndarray]:
+                 shard: common_pb2.Shard, features: dict[str, SparseAutoencoder]) -> dict[str, np.ndarray]:
         with self.runtime.metrics.stage("read_shard"):
             pairs = read_shard(self.runtime.store, shard)
         self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
         parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-        recorder = LayerRecorder(target.model, layers, pooling, token_pooling, model_name=target.name)
+        recorder = target.recorder(layers, pooling, token_pooling, features)
         batches = prepared_batches([(e.name, b) for e, b in pairs], self.settings.batch_size, target.preprocess,
                                    f"shard {shard.index}", self.settings.max_image_pixels, fix=SHARD_IMAGE_FIX)
         for tensors in batches:
             batch = torch.stack(tensors)
             with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
-                with recorder:
-                    try:
+                try:
+                    with recorder:
                         out = recorder.record(batch)
-                    except RepeatedLayerError as exc:
-                        raise invalid_argument(f"{target.name}: {exc}") from None
+                except RepeatedLayerError as exc:
+                    raise invalid_argument(f"{target.name}: {exc}") from None
                 for layer in layers:
                     parts[layer].append(out[layer].float().cpu().numpy())
             self.runtime.metrics.add_images(len(tensors))
@@ -170,8 +252,12 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
 
     def ListLayers(self, request: activations_pb2.ListLayersRequest,
                    context: grpc.ServicerContext) -> activations_pb2.ListLayersResponse:
-        """Every hookable module of the model with its per-image output shape (one probe forward)."""
-        target = self.target(request.model, request.weights, request.weights_file)
+        """Every hookable module of the model with its per-image output shape (one probe forward).
+
+        The architecture is built without its weights (random init): nothing is downloaded but,
+        for hf: hub ids, the model's config.
+        """
+        target = self.target(request.model, request.weights, request.model_files, architecture_only=True)
         shapes = self._output_shapes(target)
         return activations_pb2.ListLayersResponse(layers=[
             activations_pb2.LayerInfo(name=info.name, kind=info.kind, output_shape=shapes.get(info.name, []))
@@ -182,8 +268,6 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         return self._shapes.get((target.model_id, target.checkpoint_sha256), lambda: self._probe_shapes(target))
 
     def _probe_shapes(self, target: Target) -> dict[str, list[int]]:
-        from PIL import Image
-
         names = {info.name for info in list_layers(target.model)}
         shapes: dict[str, list[int]] = {}
         handles = []
@@ -213,7 +297,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
     def ListModels(self, request: common_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> common_pb2.ListModelsResponse:
         """Target models the zoo knows, and the served default."""
-        return common_pb2.ListModelsResponse(models=available_models(), served=self.settings.model)
+        return common_pb2.ListModelsResponse(models=available_models(every=request.all), served=self.settings.model)
 
     def warmup(self) -> None:
         """Load the served model (CDISSECT_MODEL) and run one probe forward pass through it."""

@@ -4,7 +4,12 @@ Modelled on torchvision's registry (`list_models`, `get_model_weights`, `weights
 every torchvision classification model is a target, plus `resnet18_places` (the Places365
 ResNet-18 the reference dissects) and plugins registered in the `cdissect.targets` entry-point
 group (the shapes world's `shapes_cnn`). A model string may carry its own checkpoint:
-`resnet50:/path/ckpt.pth`.
+`resnet50:/path/ckpt.pth`. Three families have a prefix and a module of their own:
+`timm:NAME` (timm_targets.py), `hf:ORG/NAME` or `hf:/folder` (hf_targets.py) and `clip:NAME`,
+a CLIP's image tower (clip_targets.py); `cdissect_common.model_specs` splits the strings.
+
+`architecture_only=True` builds any target without its weights (random init, nothing
+downloaded): what `cdissect layers` needs for layer names and shapes.
 
 Weights (the `weights` argument):
 - "" or None: the reference's choice: IMAGENET1K_V1 for resnets and vit_b, torchvision's
@@ -32,13 +37,16 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from cdissect_common import model_specs
 from cdissect_common.devices import resolve_device
 from cdissect_common.downloads import cache_dir, fetch, sha256_file
+from cdissect_common.model_specs import looks_like_path
 from cdissect_common.suggest import closest_hint
-from cdissect_common.userfiles import looks_like_path
 
 from .checkpoints import apply_state_dict, load_state_dict_file, read_checkpoint, strip_prefix, unwrap_state_dict
+from .hooks import LayerRecorder
 from .layers import LayerInfo, UnknownLayerError, list_layers, resolve_layer
+from .pooling import DEFAULT_LAYOUT, TokenLayout
 
 __all__ = [
     "Target", "UnknownModelError", "available_models", "load_target", "parse_model_spec",
@@ -70,6 +78,8 @@ class Target:
     model_id: a stable string naming architecture and weights (part of cache keys).
     checkpoint_sha256: sha256 of the weight file; "random-init:<seed>" for random weights; for
     plugins, the sha256 of the state dict's tensors (name, dtype, shape, bytes in key order).
+    layout: where CLS and register tokens sit; seq_first / channels_last: ids of modules whose
+    outputs are [T, B, D] / [B, H, W, C] (beyond the torchvision Permute rule of layers.py).
     """
 
     name: str
@@ -79,6 +89,15 @@ class Target:
     checkpoint_sha256: str
     weights_name: str
     device: torch.device
+    layout: TokenLayout = DEFAULT_LAYOUT
+    seq_first: frozenset[int] = frozenset()
+    channels_last: frozenset[int] = frozenset()
+
+    def recorder(self, layers: list[str], pooling: str = "avg", token_pooling: str = "cls",
+                 features: dict | None = None) -> LayerRecorder:
+        """Hooks on `layers` of this model that know its token layout and output layouts."""
+        return LayerRecorder(self.model, layers, pooling, token_pooling, model_name=self.name, layout=self.layout,
+                             seq_first=self.seq_first, channels_last=self.channels_last, features=features)
 
 
 class RGBThen:
@@ -113,10 +132,14 @@ def _plugins() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def available_models() -> list[str]:
-    """Every target name: torchvision classification models, resnet18_places, then plugins."""
+def available_models(every: bool = False) -> list[str]:
+    """Target names: torchvision classification models, resnet18_places, plugins, then a sensible
+    subset of timm, Hugging Face and CLIP targets (every=True: all timm and open_clip names)."""
+    from . import clip_targets, hf_targets, timm_targets
+
     builtin = _torchvision_models() + [PLACES_NAME]
-    return builtin + sorted(n for n in _plugins() if n not in builtin)
+    plugins = sorted(n for n in _plugins() if n not in builtin)
+    return builtin + plugins + timm_targets.list_names(every) + hf_targets.list_names() + clip_targets.list_names(every)
 
 
 def parse_model_spec(name: str, weights: str | None = None) -> tuple[str, str | None]:
@@ -136,12 +159,12 @@ def parse_model_spec(name: str, weights: str | None = None) -> tuple[str, str | 
 
 
 def _unknown_model(name: str) -> UnknownModelError:
-    names = available_models()
+    names = _torchvision_models() + [PLACES_NAME] + sorted(_plugins())
     hint = closest_hint(name, names)
     return UnknownModelError(
         f"unknown target model {name!r}.{hint} There are {len(names)} targets: the torchvision "
         f"classification models, {PLACES_NAME}, and plugins of the '{ENTRY_POINT_GROUP}' entry-point "
-        f"group; cdissect_activations.zoo.available_models() lists them."
+        f"group (`cdissect models` lists them), or a prefixed name: timm:NAME, hf:ORG/NAME, clip:NAME."
     )
 
 
@@ -212,8 +235,15 @@ def torchvision_weights_path(enum) -> Path:
     return cache_dir() / "torchvision" / os.path.basename(enum.url)
 
 
-def _load_torchvision(arch: str, weights: str | None, device: torch.device) -> Target:
-    if _is_random(weights):
+def _load_torchvision(arch: str, weights: str | None, device: torch.device, architecture_only: bool = False) -> Target:
+    if architecture_only and not _is_random(weights) and _has_weights(arch):
+        named = weights if weights and not looks_like_path(weights) else _reference_weights_name(arch)
+        enum = _weights_enum(arch, named)
+        model = _random_model(lambda: torchvision.models.get_model(arch, weights=None, **_builder_kwargs(arch, enum)))
+        _drop_aux_heads(arch, model)
+        return _finish(arch, model, RGBThen(enum.transforms()), f"torchvision:{arch}:{enum.name}:architecture",
+                       f"random-init:{RANDOM_SEED}", "none", device)
+    if _is_random(weights) or architecture_only:
         model = _random_model(lambda: torchvision.models.get_model(arch, weights=None))
         return _finish(arch, model, imagenet_preprocess(), f"torchvision:{arch}:random-init:{RANDOM_SEED}",
                        f"random-init:{RANDOM_SEED}", "none", device)
@@ -265,10 +295,10 @@ def load_places365_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.T
     return state
 
 
-def _load_places(weights: str | None, device: torch.device) -> Target:
+def _load_places(weights: str | None, device: torch.device, architecture_only: bool = False) -> Target:
     build = lambda: torchvision.models.resnet18(num_classes=PLACES365_CLASSES)  # noqa: E731
     preprocess = imagenet_preprocess()
-    if _is_random(weights):
+    if _is_random(weights) or architecture_only:
         return _finish(PLACES_NAME, _random_model(build), preprocess,
                        f"{PLACES_NAME}:random-init:{RANDOM_SEED}", f"random-init:{RANDOM_SEED}", "none", device)
     if weights and looks_like_path(weights):
@@ -309,14 +339,31 @@ def _load_plugin(name: str, ep, weights: str | None, device: torch.device) -> Ta
                    state_dict_sha256(model), weights or "default", device)
 
 
-def load_target(name: str, weights: str | None = None, device: str | torch.device = "cpu") -> Target:
-    """Load the target network `name` with `weights` (see the module docstring) onto `device`."""
-    arch, weights = parse_model_spec(name, weights)
+def load_target(name: str, weights: str | None = None, device: str | torch.device = "cpu",
+                architecture_only: bool = False) -> Target:
+    """Load the target network `name` with `weights` (see the module docstring) onto `device`.
+
+    architecture_only: random weights whatever `weights` says, nothing downloaded (layer listing).
+    """
+    spec = model_specs.parse_model(name, weights or "")
     dev = resolve_device(device)
+    if spec.family == model_specs.TIMM:
+        from . import timm_targets
+
+        return timm_targets.load(spec.name, spec.path or spec.weights, dev, architecture_only)
+    if spec.family == model_specs.HF:
+        from . import hf_targets
+
+        return hf_targets.load(spec.name, spec.path, spec.weights, dev, architecture_only)
+    if spec.family == model_specs.CLIP:
+        from . import clip_targets
+
+        return clip_targets.load(spec.name, spec.path, dev, architecture_only)
+    arch, weights = parse_model_spec(name, weights)
     if arch == PLACES_NAME:
-        return _load_places(weights, dev)
+        return _load_places(weights, dev, architecture_only)
     if arch in _torchvision_models():
-        return _load_torchvision(arch, weights, dev)
+        return _load_torchvision(arch, weights, dev, architecture_only)
     plugins = _plugins()
     if arch in plugins:
         return _load_plugin(arch, plugins[arch], weights, dev)

@@ -1,11 +1,14 @@
 """User files (checkpoints, SAE files) travel through the object store; services never open a
 path a client names.
 
-The CLI uploads a file the user names (``upload_user_file``): it is stored under its sha256, in
+The CLI uploads a file the user names (a target or CLIP checkpoint, the files of a model folder,
+an SAE) with ``upload_user_file``: it is stored under its sha256, in
 chunks of ``CHUNK_BYTES`` (each its own content-keyed object, so memory stays bounded and an
 interrupted upload resumes), listed by a small JSON manifest at ``userfiles/<sha256>.json``.
-Requests carry the manifest's ``ArtifactRef``. A service turns it into a local file with
-``local_copy``: downloaded once into its cache folder (``<cache_dir>/userfiles/<sha256>/<name>``),
+Requests carry the manifest's ``ArtifactRef`` (in a ``UserFile`` with the file's name or path
+inside its folder). A service turns it into a local file with ``local_copy`` (a model folder:
+``local_folder``; either: ``materialize``): downloaded once into its cache folder
+(``<cache_dir>/userfiles/<sha256>/<name>``),
 every chunk and the whole file digest-verified before the file appears under its final name,
 safe when several threads or processes ask at once. The file keeps its name, so loaders that
 look at the suffix (``.safetensors``) and model ids (``file:<name>``) see what the user had,
@@ -15,8 +18,8 @@ A path in a request is a *server* path: ``server_path`` accepts it only inside t
 operator listed in the ``model_dirs`` setting (``CDISSECT_MODEL_DIRS``), and answers the same
 for a file outside them whether or not it exists.
 
-``looks_like_path`` and ``split_checkpoint`` are the one rule, shared by the CLI and the
-services, for which part of a model string is a file.
+Which part of a model string is a file is decided by one rule, ``cdissect_common.model_specs``
+(``looks_like_path``, ``parse_model`` for targets, ``split_checkpoint`` for CLIP models).
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
 
 from cdissect.v1 import common_pb2
 
@@ -39,7 +43,6 @@ PREFIX = "userfiles/"
 CHUNKS_PREFIX = "userfiles/chunks/"
 CHUNK_BYTES = 4 * 1024 * 1024  # below S3's 5 MiB part size: one PUT per chunk, verified by its MD5
 MANIFEST_VERSION = 1
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".safetensors")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -57,38 +60,6 @@ class ServerPathError(PermissionError):
 
 class ModelFileMissingError(FileNotFoundError):
     """A request named a file inside the model folders that is not there."""
-
-
-# --- what is a path ----------------------------------------------------------------------
-
-def looks_like_path(text: str) -> bool:
-    """True when a model string (or part of one) names a file: it starts with '/', '~', './' or
-    '../', or has no ':' and ends with a checkpoint suffix. Names such as 'ViT-B/16' or
-    'IMAGENET1K_V1' are not paths."""
-    text = text.strip()
-    if text.startswith(("/", "~", "./", "../")):
-        return True
-    return ":" not in text and text.lower().endswith(CHECKPOINT_SUFFIXES)
-
-
-def split_checkpoint(spec: str) -> tuple[str, str | None]:
-    """Split a model string into (the name part, the file part or None).
-
-    'resnet50:/ckpt/a.pth' -> ('resnet50', '/ckpt/a.pth'); '/ckpt/clip.pt' -> ('', '/ckpt/clip.pt');
-    'open_clip:ViT-B-32:/w.pt' -> ('open_clip:ViT-B-32', '/w.pt'); 'ViT-B/16' -> ('ViT-B/16', None).
-    """
-    spec = (spec or "").strip()
-    for index, char in enumerate(spec):
-        if char == ":" and looks_like_path(spec[index + 1:]):
-            return spec[:index], spec[index + 1:].strip()
-    if looks_like_path(spec):
-        return "", spec
-    return spec, None
-
-
-def join_checkpoint(name: str, path: str | os.PathLike[str]) -> str:
-    """The inverse of split_checkpoint: 'NAME:PATH', or PATH alone when there is no name."""
-    return f"{name}:{path}" if name else str(path)
 
 
 # --- CLI side: upload ---------------------------------------------------------------------
@@ -232,6 +203,60 @@ def local_copy(store: ObjectStore, ref: common_pb2.ArtifactRef, cache_root: str 
             Path(tmp_name).unlink(missing_ok=True)
             raise
     return final
+
+
+def local_folder(store: ObjectStore, files: Sequence, cache_root: str | os.PathLike[str]) -> Path:
+    """A service-local folder (a model folder) holding every uploaded file of `files`, each an
+    object with ``.name`` (its path inside the folder) and ``.ref`` (a ``UserFile``).
+
+    Assembled from the files' local copies (hard links where possible) under the digest of its
+    (name, sha256) list, in a temporary folder renamed into place: concurrent callers agree.
+    """
+    names = [_relative_name(f.name) for f in files]
+    if len(set(names)) != len(names):
+        raise UserFileError(f"a model folder lists a file twice: {sorted(names)}")
+    listing = "".join(f"{n} {f.ref.sha256}\n" for n, f in sorted(zip(names, files), key=lambda p: p[0]))
+    dest = Path(cache_root).expanduser() / "userfolders" / hashlib.sha256(listing.encode()).hexdigest()
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    try:
+        for name, f in zip(names, files):
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = local_copy(store, f.ref, cache_root)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+        os.rename(tmp, dest)
+    except FileExistsError:
+        pass  # another request assembled the same folder first
+    except OSError:
+        if not dest.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def materialize(store: ObjectStore, files: Sequence, folder: bool, cache_root: str | os.PathLike[str]) -> Path:
+    """The local path of a request's uploaded user files: one file, or a folder of them."""
+    if not files:
+        raise UserFileError("no user files given")
+    if folder:
+        return local_folder(store, files, cache_root)
+    if len(files) != 1:
+        raise UserFileError(f"a weight file is one file; got {len(files)}")
+    return local_copy(store, files[0].ref, cache_root)
+
+
+def _relative_name(name: str) -> str:
+    rel = PurePosixPath(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        raise UserFileError(f"user file name {name!r} must be a relative path inside its folder")
+    return str(rel)
 
 
 # --- service side: server paths -------------------------------------------------------------

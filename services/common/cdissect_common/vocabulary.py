@@ -17,6 +17,8 @@ POOLINGS: tuple[str, ...] = ("avg", "max")
 TOKEN_POOLINGS: tuple[str, ...] = ("cls", "mean", "patch_mean")
 # What to do with an unreadable probe image: fail naming it, or skip and count it.
 BAD_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
+# Activation of a sparse autoencoder's latents (`--features sae:PATH[:ACTIVATION]`); ReLU by default.
+SAE_ACTIVATIONS: tuple[str, ...] = ("relu", "topk", "jumprelu")
 
 # Similarity functions with their parameters and defaults (names and values as in the
 # reference's similarity.py; min_norm is Label-free CBM's). The first one is the default.
@@ -44,6 +46,6 @@ def choices_text(values: tuple[str, ...]) -> str:
     return " | ".join(values)
 
 
-__all__ = ["PRECISIONS", "POOLINGS", "TOKEN_POOLINGS", "BAD_IMAGE_POLICIES", "SIMILARITY_DEFAULTS",
+__all__ = ["PRECISIONS", "POOLINGS", "TOKEN_POOLINGS", "BAD_IMAGE_POLICIES", "SAE_ACTIVATIONS", "SIMILARITY_DEFAULTS",
            "SIMILARITY_FUNCTIONS", "PMI_FUNCTIONS", "RANK_FUNCTIONS", "COSINE_FUNCTIONS", "SELECTIONS",
            "choices_text"]

@@ -21,7 +21,8 @@ from cdissect_common.errors import ServiceError, failed_precondition, invalid_ar
 from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy, prepared_batches
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
-from cdissect_common.userfiles import join_checkpoint, request_checkpoint, split_checkpoint
+from cdissect_common.model_specs import join_checkpoint, split_checkpoint
+from cdissect_common.userfiles import request_checkpoint
 from cdissect_common.server import Registration, ServiceRuntime
 from cdissect_embedder.backends.base import ClipBackend, resolve_device
 from cdissect_embedder.backends.registry import available_models, load_backend

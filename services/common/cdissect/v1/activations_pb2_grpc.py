@@ -50,6 +50,11 @@ class ActivationsStub:
                 request_serializer=cdissect_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=cdissect_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.CheckActivations = channel.unary_unary(
+                '/cdissect.v1.Activations/CheckActivations',
+                request_serializer=cdissect_dot_v1_dot_activations__pb2.ComputeShardActivationsRequest.SerializeToString,
+                response_deserializer=cdissect_dot_v1_dot_activations__pb2.CheckActivationsResponse.FromString,
+                _registered_method=True)
 
 
 class ActivationsServicer:
@@ -76,6 +81,14 @@ class ActivationsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckActivations(self, request, context):
+        """Load the target, resolve the layers and check the features of a request before any shard
+        is computed (the shard is ignored); answers each layer's unit count. Writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ActivationsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_ActivationsServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=cdissect_dot_v1_dot_common__pb2.ListModelsRequest.FromString,
                     response_serializer=cdissect_dot_v1_dot_common__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'CheckActivations': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckActivations,
+                    request_deserializer=cdissect_dot_v1_dot_activations__pb2.ComputeShardActivationsRequest.FromString,
+                    response_serializer=cdissect_dot_v1_dot_activations__pb2.CheckActivationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class Activations:
             '/cdissect.v1.Activations/ListModels',
             cdissect_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
             cdissect_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cdissect.v1.Activations/CheckActivations',
+            cdissect_dot_v1_dot_activations__pb2.ComputeShardActivationsRequest.SerializeToString,
+            cdissect_dot_v1_dot_activations__pb2.CheckActivationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

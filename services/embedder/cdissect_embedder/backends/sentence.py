@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cdissect_common.downloads import DownloadError, host_reachable, sha256_dir
-from cdissect_common.userfiles import looks_like_path
+from cdissect_common.model_specs import looks_like_path
 
 from .base import ClipBackend, TextOnlyModelError, resolve_device, resolve_precision
 
