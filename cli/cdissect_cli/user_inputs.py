@@ -79,7 +79,7 @@ def upload_user_file(store: ObjectStore, path: Path, console: Console | None = N
 def _server_path_note(path_text: str, console: Console | None) -> None:
     (console or Console(stderr=True)).print(
         f"note: {path_text} is not on this machine; it is sent as a path on the service's machine, which works "
-        f"only inside the service's model folders (model_dirs)", style="yellow", markup=False)
+        f"only inside the service's model folders (model_dirs)", style="yellow", markup=False, soft_wrap=True)
 
 
 def _existing(path_text: str, what: str, folder: bool = False) -> Path:
