@@ -248,7 +248,9 @@ class Bench:
         self.args = args
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("CDISSECT_EMBEDDER", "CDISSECT_ACTIVATIONS", "CDISSECT_LABELER", "CDISSECT_CONFIG")}
+        # model_dirs: the untimed direct EmbedConcepts call names the CLIP file by path.
         self.env.update({"XDG_CACHE_HOME": str(tmp / "xdg"), "CDISSECT_STORE": f"file://{tmp / 'store'}",
+                         "CDISSECT_MODEL_DIRS": str(tmp),
                          "CDISSECT_RUNS_DIR": str(tmp / "runs"), "CDISSECT_BATCH_SIZE": str(args.batch_size),
                          "PYTHONWARNINGS": "ignore"})
         if args.threads:

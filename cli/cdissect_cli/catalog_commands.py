@@ -20,7 +20,7 @@ from cdissect_cli.dispatch import ShardTask
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
-    DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
+    ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
 from cdissect_cli.user_inputs import model_files
 
 datasets_app = typer.Typer(no_args_is_help=True, help="Register and list probe sets in the object store.")
@@ -47,7 +47,7 @@ def models(
     every: Annotated[bool, typer.Option("--all", help="Every name, e.g. all timm architectures and tags "
                                         "(thousands), not just a sensible subset.")] = False,
     config: ConfigOpt = None, embedder: EmbedderOpt = None, activations: ActivationsOpt = None,
-    retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    retry_timeout: RetryOpt = None,
 ) -> None:
     """Target models (activations service) and CLIP models (embedder service) that can be used by name."""
     flags = ConnectionFlags(config=config, embedder=embedder, activations=activations, deadline_s=60.0,
@@ -73,7 +73,7 @@ def models(
 def layers(
     model: Annotated[str, typer.Argument(help="Target model name or checkpoint path.")],
     weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT or none.")] = "",
-    config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = None,
 ) -> None:
     """Layer names of a target model (usable in --layers), with their output shapes.
 
@@ -86,7 +86,7 @@ def layers(
         spec = model_specs.parse_model(model, weights)
     except ValueError as err:
         raise CliError(str(err), exit_code=2) from err
-    uploads = spec.family != model_specs.ZOO and bool(spec.path)
+    uploads = bool(spec.path)  # a checkpoint of any family travels through the store
     with _connect(flags, ("activations",), open_store=uploads) as connection:
         sent, files = model_files(connection.store, model, weights, configs_only=True) if uploads else (model, [])
         request = activations_pb2.ListLayersRequest(model=sent, weights=weights if sent == model else "",

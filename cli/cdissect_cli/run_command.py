@@ -21,7 +21,7 @@ from cdissect_cli.dispatch import ShardFailure
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec, load_spec_file, parse_param_flags, resolve_spec
 from cdissect_cli.options import (
-    DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ActivationsOpt, AuprcAlphaOpt, CandidatesOpt, ConfigOpt, ConnectionFlags,
+    DEFAULT_DEADLINE_S, ActivationsOpt, AuprcAlphaOpt, CandidatesOpt, ConfigOpt, ConnectionFlags,
     DeadlineOpt, EmbedderOpt, EvalFractionOpt, EvalSeedOpt, LabelerOpt, RankPenaltyOpt, RetryOpt, SelectOpt, StoreOpt,
     selection_overrides)
 from cdissect_cli.pipeline import run_pipeline
@@ -155,7 +155,7 @@ def run(
                                                     "default: runs).")] = None,
     config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
     activations: ActivationsOpt = None, labeler: LabelerOpt = None,
-    deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
     """Label every unit of the chosen layers with a concept; write descriptions.csv, results.json, report.html."""

@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from cdissect.v1 import activations_pb2, activations_pb2_grpc, common_pb2
-from cdissect_activations import user_files
 from cdissect_activations.checkpoints import CheckpointError
 from cdissect_activations.hooks import RepeatedLayerError
 from cdissect_activations.pooling import check_pooling
@@ -40,6 +39,7 @@ from cdissect_common.model_cache import ModelCache
 from cdissect_common.prefetch import prefetched_batches
 from cdissect_common.server import Registration, ServiceRuntime
 from cdissect_common.vocabulary import TARGET_PRECISIONS
+from cdissect_common.userfiles import materialize, server_path
 
 log = logging.getLogger("cdissect.activations")
 SERVICE = "activations"
@@ -60,25 +60,31 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         self.device = resolve_device(self.settings.device)
         self.batch_size = self.settings.batch_size or default_batch_size(self.device)
         self.collate = BatchCollator(self.device)
-        self.models: ModelCache[Target] = ModelCache(on_load=lambda k, m: runtime.metrics.set_model_loaded(True))
-        self.saes: ModelCache[SparseAutoencoder] = ModelCache()
-        self._shapes: dict[tuple[str, str], dict[str, list[int]]] = {}
+        self.models: ModelCache[Target] = ModelCache(
+            on_load=lambda k, m: runtime.metrics.set_model_loaded(True), max_models=self.settings.max_loaded_models,
+            on_evict=lambda k, m: log.info("dropped target %s (max_loaded_models=%d)", k[0],
+                                           self.settings.max_loaded_models))
+        self.saes: ModelCache[SparseAutoencoder] = ModelCache(max_models=self.settings.max_loaded_models)
+        self._shapes: ModelCache[dict[str, list[int]]] = ModelCache(max_models=4 * self.settings.max_loaded_models)
 
     def target(self, model: str, weights: str, model_files=(), architecture_only: bool = False) -> Target:
         """The loaded target for a request (default: the served model).
 
-        A timm/hf/clip model string naming a local path is loaded from the copy of `model_files`
-        fetched from the store; the client's path itself is never opened.
+        A model string naming a path is loaded from the service's copy of the request's
+        `model_files` (uploaded by the client through the store), or else only from inside the
+        operator's model folders (`model_dirs`, cdissect_common.userfiles.server_path); the
+        client's path itself is never opened. The served model (CDISSECT_MODEL) is the operator's own.
         """
         name = (model or self.settings.model).strip()
         if not name:
             raise invalid_argument("no target model given and the service serves none; set the request's model "
                                    "(e.g. resnet50) or CDISSECT_MODEL")
         shown = name
-        try:
-            name, weights = self._local_model(name, weights, model_files)
-        except (ValueError, LookupError) as exc:
-            raise invalid_argument(str(exc)) from None
+        if model.strip():
+            try:
+                name, weights = self._local_model(name, weights, model_files)
+            except (ValueError, LookupError) as exc:
+                raise invalid_argument(str(exc)) from None
 
         def load() -> Target:
             with self.runtime.metrics.stage("model_load"):
@@ -97,17 +103,17 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise invalid_argument(f"cannot load target {name!r}: {exc}") from None
 
     def _local_model(self, name: str, weights: str, model_files) -> tuple[str, str]:
-        """(model, weights) with a user's path replaced by the service-local copy of its files."""
+        """(model, weights) with a path in them replaced by the service-local copy of the request's
+        uploaded files, or by the same path checked to lie in a model folder."""
         spec = model_specs.parse_model(name, weights)
-        if spec.family == model_specs.ZOO or not spec.path:
+        if not spec.path:
             if model_files:
                 raise ValueError(f"model {name!r} names no file or folder, but the request carries user files")
             return name, weights
-        if not model_files:
-            raise ValueError(f"model {name!r} names the local path {spec.path!r}; this service reads user files only "
-                             f"through the store: upload them and send their refs as model_files (the cdissect CLI "
-                             f"does this)")
-        local = user_files.materialize(self.runtime.store, list(model_files), spec.is_folder)
+        if model_files:
+            local = materialize(self.runtime.store, list(model_files), spec.is_folder, self.settings.cache_dir)
+        else:
+            local = server_path(spec.path, self.settings.model_dirs)
         return spec.model_string(str(local)), "" if spec.path == (weights or "").strip() else weights
 
     def features(self, request: activations_pb2.ComputeShardActivationsRequest,
@@ -122,7 +128,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise invalid_argument(f"SAE features apply to exactly one layer: request the single layer "
                                    f"{features.layer!r} (got {', '.join(layers)})")
         def load() -> SparseAutoencoder:
-            path = user_files.materialize(self.runtime.store, [features.file], folder=False)
+            path = materialize(self.runtime.store, [features.file], False, self.settings.cache_dir)
             return load_sae(path, features.activation, features.k).to(self.device)
 
         try:
@@ -278,10 +284,9 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
 
     def _output_shapes(self, target: Target) -> dict[str, list[int]]:
         """Output shape of every module on a grey probe image (modules not called get none)."""
-        cache_key = (target.model_id, target.checkpoint_sha256)
-        if cache_key in self._shapes:
-            return self._shapes[cache_key]
+        return self._shapes.get((target.model_id, target.checkpoint_sha256), lambda: self._probe_shapes(target))
 
+    def _probe_shapes(self, target: Target) -> dict[str, list[int]]:
         names = {info.name for info in list_layers(target.model)}
         shapes: dict[str, list[int]] = {}
         handles = []
@@ -306,7 +311,6 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         finally:
             for handle in handles:
                 handle.remove()
-        self._shapes[cache_key] = shapes
         return shapes
 
     def ListModels(self, request: common_pb2.ListModelsRequest,
@@ -317,7 +321,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
     def warmup(self) -> None:
         """Load the served model (CDISSECT_MODEL) and run one probe forward pass through it."""
         if self.settings.model:
-            self._output_shapes(self.target(self.settings.model, ""))
+            self._output_shapes(self.target("", ""))  # the served model
 
 
 def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], ActivationsServicer]:

@@ -26,6 +26,8 @@ from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
 from cdissect_common.prefetch import available_cores, prefetched_batches, prepare_image
+from cdissect_common.model_specs import join_checkpoint, split_checkpoint
+from cdissect_common.userfiles import request_checkpoint
 from cdissect_common.server import Registration, ServiceRuntime
 from cdissect_embedder.backends.base import ClipBackend, fill_templates, resolve_device
 from cdissect_embedder.backends.registry import available_models, load_backend
@@ -46,7 +48,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self.batch_size = self.settings.batch_size or default_batch_size(self.device)
         self.collate = BatchCollator(self.device)
         self.models: ModelCache[ClipBackend] = ModelCache(
-            on_load=lambda key, model: runtime.metrics.set_model_loaded(True))
+            on_load=lambda key, model: runtime.metrics.set_model_loaded(True),
+            max_models=self.settings.max_loaded_models,
+            on_evict=lambda key, model: log.info("dropped CLIP model %s (max_loaded_models=%d)", key[0],
+                                                 self.settings.max_loaded_models))
         # Concurrent small inline calls share forward passes (cdissect_common.batching).
         self.inline_max = self.settings.inline_batch_max or self.batch_size
         wait_s = self.settings.inline_batch_wait_seconds
@@ -58,12 +63,26 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                                                  thread_name_prefix="inline-prepare", initializer=one_torch_thread)
 
     # ---------------------------------------------------------------- helpers
-    def backend(self, model: str, precision: str = "") -> ClipBackend:
-        """The loaded backend for a request's model (default: the served model) and precision."""
-        name = (model or self.settings.model).strip()
-        if not name:
+    def backend(self, model: str, precision: str = "",
+                model_file: common_pb2.ArtifactRef | None = None) -> ClipBackend:
+        """The loaded backend for a request's model (default: the served model) and precision.
+
+        A checkpoint comes as an uploaded file (`model_file`; `model` then names only the backend
+        and architecture, "" for OpenAI's format) or as a server path in `model`, accepted only
+        inside the model folders (cdissect_common.userfiles). The served model is the operator's own.
+        """
+        requested = model.strip()
+        uploaded = model_file is not None and bool(model_file.key)
+        name = requested if (requested or uploaded) else self.settings.model.strip()
+        if not name and not uploaded:
             raise invalid_argument("no CLIP model given and the embedder serves none; set the request's model "
-                                   "(e.g. ViT-B/16 or a checkpoint path) or CDISSECT_MODEL")
+                                   "(e.g. ViT-B/16, or upload a checkpoint with the cdissect CLI) or CDISSECT_MODEL")
+        if requested or uploaded:
+            name_part, path = split_checkpoint(name)
+            local = request_checkpoint(self.runtime.store, model_file, path, self.settings.model_dirs,
+                                       self.settings.cache_dir)
+            if local is not None:
+                name = join_checkpoint(name_part, local)
         precision = precision.strip() or None
 
         def load() -> ClipBackend:
@@ -134,7 +153,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         shard = request.shard
         require_shard_ref(shard)
         try:
-            backend = self.backend(request.model, request.precision)
+            backend = self.backend(request.model, request.precision, request.model_file)
             _require_image_tower(backend)
             key = artifacts.content_key("embeddings/image", model_id=backend.model_id,
                                         checkpoint_sha256=backend.checkpoint_sha256,
@@ -163,7 +182,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         """Embed a concept list (raw strings, or averaged over templates) into a [C, d] artifact."""
         concepts = list(request.concepts)
         _check_texts(concepts, "concept list", "concept")
-        backend = self.backend(request.model, request.precision)
+        backend = self.backend(request.model, request.precision, request.model_file)
         digest = hashlib.sha256("\n".join(concepts).encode()).hexdigest()
         key = artifacts.content_key("embeddings/text", model_id=backend.model_id,
                                     checkpoint_sha256=backend.checkpoint_sha256, dtype=backend.dtype,
@@ -189,7 +208,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(texts) > MAX_INLINE_ITEMS:
             raise invalid_argument(f"{len(texts)} texts in one inline call; send at most {MAX_INLINE_ITEMS} per "
                                    f"call or use EmbedConcepts")
-        backend = self.backend(request.model)
+        backend = self.backend(request.model, model_file=request.model_file)
         templates = tuple(request.prompt_templates)
         try:
             fill_templates(["x"], templates)  # a bad template fails this call alone, before it joins a batch
@@ -211,7 +230,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(request.images) > MAX_INLINE_ITEMS:
             raise invalid_argument(f"{len(request.images)} images in one inline call; send at most "
                                    f"{MAX_INLINE_ITEMS} or register a dataset")
-        backend = self.backend(request.model)
+        backend = self.backend(request.model, model_file=request.model_file)
         _require_image_tower(backend)
         items = [(f"images[{i}]", b) for i, b in enumerate(request.images)]
         if len(items) >= self.inline_max:  # a batch's worth or more: the shard path, with prefetching
@@ -241,7 +260,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 
         from PIL import Image
 
-        backend = self.backend(self.settings.model)
+        backend = self.backend("")  # the served model
         grey = io.BytesIO()
         Image.new("RGB", (224, 224), (127, 127, 127)).save(grey, format="PNG")
         self._embed_images(backend, [("warm-up.png", grey.getvalue())])
@@ -272,7 +291,8 @@ def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], Embedder
     """The servicers of this service, for ``run_service``."""
     servicer = EmbedderServicer(runtime)
     full_name = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
-    return [Registration(servicer, embedder_pb2_grpc.add_EmbedderServicer_to_server, full_name)], servicer
+    return [Registration(servicer, embedder_pb2_grpc.add_EmbedderServicer_to_server, full_name,
+                         inline_methods=("EmbedTexts", "EmbedImages"))], servicer
 
 
 __all__ = ["EmbedderServicer", "registrations", "ServiceError"]
