@@ -9,10 +9,12 @@ PKG_FILES := $(addsuffix /pyproject.toml,$(PKGS))
 APT_PACKAGES := prometheus chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast demo bench bench-labeler bench-pipeline bench-sae shapes-models shapes-sae protos rehearse up down lint clean help
+.PHONY: install test test-fast demo bench bench-labeler bench-pipeline bench-inline bench-memory bench-sae \
+	device-wheels gpu-check shapes-models shapes-sae protos rehearse up down lint clean help
 
 help:
-	@echo "make install | test | demo | bench | bench-labeler | bench-sae | shapes-models | shapes-sae | protos | rehearse | up | down | clean"
+	@echo "make install | test | demo | bench | bench-labeler | bench-pipeline | bench-inline | bench-memory |" \
+	      "bench-sae | device-wheels | gpu-check | shapes-models | shapes-sae | protos | rehearse | up | down | clean"
 
 install: $(STAMP)
 
@@ -34,13 +36,30 @@ test-fast: install
 demo: install
 	$(VENV)/bin/cdissect demo
 
-bench: install bench-pipeline bench-labeler bench-sae
+bench: install bench-pipeline bench-labeler bench-inline bench-memory bench-sae
 
+# Extra arguments, e.g. make bench-pipeline PIPELINE_ARGS="--json --repeats 5"
+PIPELINE_ARGS ?=
+LABELER_ARGS ?= --threads 1
 bench-pipeline: install
-	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_pipeline.py $(PIPELINE_ARGS)
 
 bench-labeler: install
-	$(PY) bench/bench_labeler.py --threads 1
+	$(PY) bench/bench_labeler.py $(LABELER_ARGS)
+
+bench-inline: install
+	$(PY) bench/bench_inline.py --unbatched
+
+bench-memory: install
+	$(PY) bench/bench_prefetch_memory.py
+
+# The wheels bench/gpu_check.sh installs on the lent GPU machine (no network there): .whl/
+device-wheels: install
+	bash scripts/device_wheels.sh $(PIP)
+
+# On the GPU machine: bash bench/gpu_check.sh (with .whl carried). Here: its CPU half.
+gpu-check: install
+	GPU_CHECK_MODE=cpu bash bench/gpu_check.sh
 
 bench-sae: install
 	$(PY) bench/bench_sae.py

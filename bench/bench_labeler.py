@@ -65,34 +65,44 @@ def activations_for(images: np.ndarray, k: int, shard_index: int, seed: int = 0)
     return np.maximum(images @ proj + 0.5 * noise + 0.5, 0.0).astype(np.float32)
 
 
-def run_dense(n: int, c: int, d: int, k: int, out: Path, compare: Path | None = None) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def run_dense(n: int, c: int, d: int, k: int, out: Path, compare: Path | None = None, device: str = "cpu") -> dict:
     import torch
 
     images, texts, _ = make_embeddings(n, c, d)
     A = np.concatenate([activations_for(images[s:s + SHARD], k, s // SHARD) for s in range(0, n, SHARD)])
-    I, T, At = torch.from_numpy(images), torch.from_numpy(texts), torch.from_numpy(A)
+    I, T, At = (torch.from_numpy(x).to(device) for x in (images, texts, A))
     top_k, a, lam, min_prob, p_start, p_end = 100, 10, 1, 1e-7, 0.998, 0.97
+    _sync(device)
     start, cpu0 = time.perf_counter(), _cpu_s()
     with torch.no_grad():
         P = (I / I.norm(dim=1, keepdim=True)) @ (T / T.norm(dim=1, keepdim=True)).T
         Q = torch.softmax(a * P, dim=1)
         # Stable descending sort: ties go to the lower image index, the rule cdissect uses.
         inds = torch.sort(At, dim=0, descending=True, stable=True)[1][:top_k]
-        p_in = (p_start - (torch.arange(top_k) / top_k * (p_start - p_end))).unsqueeze(1)
+        p_in = (p_start - (torch.arange(top_k, device=device) / top_k * (p_start - p_end))).unsqueeze(1)
         # Rows go into a preallocated [K, C] array. The reference appends them to a list and
         # concatenates: with glibc that fragments the heap (20 GB peak measured at full size).
-        L = torch.empty(k, c)
+        L = torch.empty(k, c, device=device)
         for unit in range(k):
             q = Q.gather(0, inds[:, unit:unit + 1].expand(-1, c))
             L[unit] = torch.sum(torch.log(1 + p_in * (q - 1) + min_prob), dim=0)
         prior = torch.logsumexp(L, dim=0, keepdim=True) - np.log(k)
         S = L - lam * prior
         vals, ids = S.max(dim=1)
+        _sync(device)
     elapsed, cpu = time.perf_counter() - start, _cpu_s() - cpu0
+    ids, vals = ids.cpu(), vals.cpu()
     np.save(out, np.stack([ids.numpy().astype(np.float64), vals.numpy().astype(np.float64)]))
     result = {"seconds": elapsed, "cpu_seconds": cpu, "peak_mb": _peak_mb()}
     if compare is not None:
-        result.update(_arbitrate(np.load(compare)[0].astype(np.int64), ids.numpy(), S, Q, inds, p_in, min_prob, lam))
+        result.update(_arbitrate(np.load(compare)[0].astype(np.int64), ids.numpy(), S.cpu(), Q.cpu(), inds.cpu(),
+                                 p_in.cpu(), min_prob, lam))
     return result
 
 
@@ -118,13 +128,18 @@ def _arbitrate(stream_ids, dense_ids, S, Q, inds, p_in, min_prob: float, lam: fl
             "max_gap_dense_float32": gap32, "max_gap_float64": gap64}
 
 
-def run_streaming(n: int, c: int, d: int, k: int, out: Path, select: str = "similarity") -> dict:
+def run_streaming(n: int, c: int, d: int, k: int, out: Path, select: str = "similarity",
+                  device: str = "cpu") -> dict:
     from cdissect_labeler.streaming import StreamingLabeler
 
     images, texts, _ = make_embeddings(n, c, d)
+    if device.startswith("cuda"):  # CUDA's start-up (context, kernels) before the clock, as a service's warm-up
+        warm = StreamingLabeler("soft_wpmi", {"top_k": 2}, texts[:8], device=device, num_images=4)
+        warm.add_shard(images[:4], np.ones((4, 2), np.float32))
+        warm.finish(top_concepts=1, top_images=1)
     elapsed = cpu = 0.0
     start, cpu0 = time.perf_counter(), _cpu_s()
-    labeler = StreamingLabeler("soft_wpmi", {}, texts, device="cpu", num_images=n, select=select)
+    labeler = StreamingLabeler("soft_wpmi", {}, texts, device=device, num_images=n, select=select)
     elapsed, cpu = elapsed + time.perf_counter() - start, cpu + _cpu_s() - cpu0
     for s in range(0, n, SHARD):
         acts = activations_for(images[s:s + SHARD], k, s // SHARD)     # arrives from the service
@@ -146,11 +161,11 @@ def run_streaming(n: int, c: int, d: int, k: int, out: Path, select: str = "simi
             "heldout_images": labeler.heldout_images}
 
 
-def run_simulation(n: int, c: int, d: int, k: int, out: Path) -> dict:
-    return run_streaming(n, c, d, k, out, select="simulation")
+def run_simulation(n: int, c: int, d: int, k: int, out: Path, device: str = "cpu") -> dict:
+    return run_streaming(n, c, d, k, out, select="simulation", device=device)
 
 
-def run_baseline(n: int, c: int, d: int, k: int, out: Path) -> dict:
+def run_baseline(n: int, c: int, d: int, k: int, out: Path, device: str = "cpu") -> dict:
     """Only the imports and the embeddings both runs start from: the floor of both peaks."""
     import torch  # noqa: F401
 
@@ -159,8 +174,8 @@ def run_baseline(n: int, c: int, d: int, k: int, out: Path) -> dict:
     return {"seconds": 0.0, "cpu_seconds": 0.0, "peak_mb": _peak_mb()}
 
 
-def _child(mode: str, size: dict, out: Path, threads: int, compare: Path | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--out", str(out), f"--threads={threads}",
+def _child(mode: str, size: dict, out: Path, threads: int, compare: Path | None = None, device: str = "cpu") -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--out", str(out), f"--threads={threads}", f"--device={device}",
            *([f"--compare={compare}"] if compare else []),
            *[f"--{key}={value}" for key, value in size.items()]]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -176,6 +191,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--compare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in both runs (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where both implementations run (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     for key in FULL:
         parser.add_argument(f"--{key}", type=int, default=None)
     args = parser.parse_args()
@@ -188,15 +205,16 @@ def main() -> None:
         fn = {"dense": run_dense, "streaming": run_streaming, "simulation": run_simulation,
               "baseline": run_baseline}[args.child]
         extra = {"compare": args.compare} if args.child == "dense" else {}
-        print(json.dumps(fn(size["n"], size["c"], size["d"], size["k"], args.out, **extra)))
+        print(json.dumps(fn(size["n"], size["c"], size["d"], size["k"], args.out, device=args.device, **extra)))
         return
     print(f"bench-labeler: soft_wpmi, N={size['n']} images, C={size['c']} concepts, d={size['d']}, "
-          f"K={size['k']} neurons, shards of {SHARD}, {os.cpu_count()} CPU cores, "
+          f"K={size['k']} neurons, shards of {SHARD}, device {args.device}, {os.cpu_count()} CPU cores, "
           f"torch threads {args.threads or 'default'}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        res = {mode: _child(mode, size, Path(tmp) / f"{mode}.npy", args.threads)
+        res = {mode: _child(mode, size, Path(tmp) / f"{mode}.npy", args.threads, device=args.device)
                for mode in ("baseline", "streaming", "simulation")}
-        res["dense"] = _child("dense", size, Path(tmp) / "dense.npy", args.threads, Path(tmp) / "streaming.npy")
+        res["dense"] = _child("dense", size, Path(tmp) / "dense.npy", args.threads, Path(tmp) / "streaming.npy",
+                              device=args.device)
         dense = np.load(Path(tmp) / "dense.npy")
         stream = np.load(Path(tmp) / "streaming.npy")
     base = res["baseline"]["peak_mb"]
@@ -225,6 +243,11 @@ def main() -> None:
         print(f"  the {d['mismatches']} differing labels are near-ties: top-2 gap in the dense float32 scores "
               f"≤ {d['max_gap_dense_float32']:.1e}, in float64 ≤ {d['max_gap_float64']:.1e}; "
               f"float64 sides with streaming in {d['streaming_right_float64']}/{d['mismatches']}")
+    if args.json:
+        print(json.dumps({"size": size, "device": args.device, "streaming_s": s["seconds"], "dense_s": d["seconds"],
+                          "speedup": d["seconds"] / s["seconds"], "streaming_peak_mb": s["peak_mb"],
+                          "dense_peak_mb": d["peak_mb"], "baseline_peak_mb": base, "labels_identical": bool(same),
+                          "mismatches": int(d.get("mismatches", 0)), "simulation_s": m["seconds"]}, sort_keys=True))
     # Labels may differ only on near-ties the dense float32 sums cannot resolve.
     if not same and d["max_gap_float64"] > 1e-3:
         raise SystemExit(1)

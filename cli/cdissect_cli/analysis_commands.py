@@ -9,10 +9,12 @@ services started for the command), through `cdissect_cli.connection.Connection`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
+from cdissect_common.model_specs import split_checkpoint
 from rich.console import Console
 from rich.table import Table
 
@@ -20,7 +22,7 @@ from cdissect_cli.analyses import compare as compare_mod
 from cdissect_cli.analyses.quality import RULE_TEXT
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir, load_run
 from cdissect_cli.errors import InputError
-from cdissect_cli.options import (DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ConfigOpt, ConnectionFlags,
+from cdissect_cli.options import (DEFAULT_DEADLINE_S, ConfigOpt, ConnectionFlags,
                                   DeadlineOpt, EmbedderOpt, LabelerOpt, RetryOpt, StoreOpt)
 
 RunDirArg = Annotated[Path, typer.Argument(help="A finished run folder (holds results.json).")]
@@ -37,17 +39,26 @@ def _console() -> Console:
 
 @contextlib.contextmanager
 def _services(run: RunResults, flags: ConnectionFlags, need: tuple[str, ...], console: Console,
-              with_store: bool) -> Iterator[object]:
-    """A Connection to the services in `need`; with_store uses the run's store unless --store is given."""
+              with_store: bool) -> Iterator[tuple[Any, RunResults]]:
+    """(a Connection to the services in `need`, the run); with_store uses the run's store unless
+    --store is given. A run whose CLIP was a local file but recorded no upload (older runs) gets
+    it uploaded now, so the embedder never has to open a path of this machine."""
     from cdissect_cli.cli_settings import load_cli_settings
     from cdissect_cli.connection import Connection
+    from cdissect_cli.user_inputs import clip_args
 
+    upload_clip = "embedder" in need and run.clip_file is None and split_checkpoint(run.clip_model)[1] is not None
+    with_store = with_store or upload_clip
     overrides = flags.overrides()
     if with_store and not overrides.get("store"):
         overrides["store"] = run.store_url or None
     settings = load_cli_settings(flags.config, **overrides)
     with Connection(settings, flags, console, need=need, open_object_store=with_store) as connection:
-        yield connection
+        if upload_clip:
+            clip = clip_args(connection.store, run.clip_model, console)
+            if clip.file is not None:
+                run = dataclasses.replace(run, user_files={**run.user_files, "clip_model": clip.file_record()})
+        yield connection, run
 
 
 def _report_hint(run_dir: Path) -> None:
@@ -56,9 +67,8 @@ def _report_hint(run_dir: Path) -> None:
 
 
 def _stub(connection, service: str):
-    """A stub on the first address of a service."""
-    address, endpoint = connection.addresses(service)[0]
-    return connection.stub(address, service, endpoint)
+    """A stub of a service (on its first endpoint; gRPC spreads calls over that endpoint's replicas)."""
+    return connection.stub(service)
 
 
 def report(run_dir: RunDirArg,
@@ -85,7 +95,7 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
                     "sentence:/path/to/all-mpnet-base-v2 (default: sentence:all-mpnet-base-v2 when the "
                     "embedder can load it, else sentence:all-MiniLM-L6-v2).")] = None,
                 config: ConfigOpt = None, embedder: EmbedderOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
-                retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
+                retry_timeout: RetryOpt = None) -> None:
     """Top-1/top-5 accuracy of "label == class name" and mean label-class cosine (paper Tables 2/3)."""
     from cdissect_cli.analyses.class_names import load_class_names
     from cdissect_cli.analyses.final_layer import add_cosines, accuracy, write_final_layer
@@ -97,9 +107,9 @@ def final_layer(run_dir: RunDirArg, layer: LayerOpt = "fc",
                       run.concept_words if nameable_only else None)
     if not no_embed:
         flags = ConnectionFlags(config=config, embedder=embedder, deadline_s=deadline, retry_s=retry_timeout)
-        with _services(run, flags, ("embedder",), console, with_store=False) as connection:
+        with _services(run, flags, ("embedder",), console, with_store=False) as (connection, run):
             add_cosines(result, _stub(connection, "embedder"), run.clip_model,
-                        [sentence_model] if sentence_model else SENTENCE_MODELS)
+                        [sentence_model] if sentence_model else SENTENCE_MODELS, clip_file=run.clip_file)
     scored = f"{result.units} of {result.classes} units (nameable classes)" if nameable_only else f"{result.units} units"
     table = Table(title=f"final layer {layer}: {scored} vs {class_names}")
     table.add_column("metric")
@@ -124,7 +134,7 @@ def eval_labels(run_dir: RunDirArg,
                                      "descriptions); default: the run's own descriptions.csv.")] = None,
                 config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
                 labeler: LabelerOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
-                retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
+                retry_timeout: RetryOpt = None) -> None:
     """Score any labels on the run's stored embeddings and activations: held-out correlation and AUPRC."""
     from cdissect_cli.analyses.eval_labels import read_labels, score_labels, write_eval_labels
 
@@ -134,7 +144,7 @@ def eval_labels(run_dir: RunDirArg,
     wanted = read_labels(source)
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, labeler=labeler,
                             deadline_s=deadline, retry_s=retry_timeout)
-    with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as connection:
+    with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as (connection, run):
         rows, summary = score_labels(run, wanted, connection.store, _stub(connection, "embedder"),
                                      _stub(connection, "labeler"), deadline_s=deadline)
     table = Table(title=f"labels of {source} scored on {run.run_dir.name}'s held-out images")
@@ -163,7 +173,7 @@ def compose(run_dir: RunDirArg, layer: LayerOpt,
                                              "(paper: 100, i.e. 10,000 candidates per unit).")] = 100,
             config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
             labeler: LabelerOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
-            retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
+            retry_timeout: RetryOpt = None) -> None:
     """Two-word explanations: pairs of each unit's top concepts, re-scored; the top-2 per unit."""
     from cdissect_cli.analyses.compose import explain_units, write_compose
 
@@ -178,7 +188,7 @@ def compose(run_dir: RunDirArg, layer: LayerOpt,
     run.layer(layer)
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, labeler=labeler,
                             deadline_s=deadline, retry_s=retry_timeout)
-    with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as connection:
+    with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as (connection, run):
         rows = explain_units(run, layer, chosen, top, connection.store, _stub(connection, "embedder"),
                              _stub(connection, "labeler"),
                              progress=lambda done, total: console.print(f"[dim]unit {done}/{total}[/dim]"))
@@ -208,7 +218,7 @@ def weights(run_dir: RunDirArg,
                 "--class-names", help="Compare with these names instead of the output layer's labels "
                                       "(as the paper does for fc: imagenet).")] = None,
             config: ConfigOpt = None, embedder: EmbedderOpt = None, deadline: DeadlineOpt = DEFAULT_DEADLINE_S,
-            retry_timeout: RetryOpt = DEFAULT_RETRY_S) -> None:
+            retry_timeout: RetryOpt = None) -> None:
     """Weights vs concepts: label similarity of connected units against weight size, with a plot."""
     from cdissect_cli.analyses.class_names import load_class_names
     from cdissect_cli.analyses.weights import analyze_weights, load_weight_matrix, write_weights
@@ -220,7 +230,7 @@ def weights(run_dir: RunDirArg,
     if names is None:
         run.layer(to_layer)  # unknown layer: fail before starting services
     flags = ConnectionFlags(config=config, embedder=embedder, deadline_s=deadline, retry_s=retry_timeout)
-    with _services(run, flags, ("embedder",), console, with_store=False) as connection:
+    with _services(run, flags, ("embedder",), console, with_store=False) as (connection, run):
         result = analyze_weights(run, from_layer, to_layer, matrix, _stub(connection, "embedder"), names)
     table = Table(title=f"weights {from_layer} -> {to_layer} {result.shape}: mean CLIP cos of labels")
     table.add_column("top-k weights", justify="right")

@@ -20,7 +20,7 @@ from cdissect_cli.dispatch import ShardTask
 from cdissect_cli.errors import InputError
 from cdissect_cli.jobspec import DEFAULT_SHARD_SIZE
 from cdissect_cli.options import (
-    DEFAULT_RETRY_S, ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
+    ActivationsOpt, ConfigOpt, ConnectionFlags, EmbedderOpt, RetryOpt, StoreOpt)
 from cdissect_cli.options import MODEL_CHECKPOINT_HELP
 from cdissect_cli.user_inputs import model_files
 
@@ -48,7 +48,7 @@ def models(
     every: Annotated[bool, typer.Option("--all", help="Every name, e.g. all timm architectures and tags "
                                         "(thousands), not just a sensible subset.")] = False,
     config: ConfigOpt = None, embedder: EmbedderOpt = None, activations: ActivationsOpt = None,
-    retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    retry_timeout: RetryOpt = None,
 ) -> None:
     """Target models (activations service) and CLIP models (embedder service) that can be used by name."""
     flags = ConnectionFlags(config=config, embedder=embedder, activations=activations, deadline_s=60.0,
@@ -75,7 +75,7 @@ def models(
 def layers(
     model: Annotated[str, typer.Argument(help=f"Target model name, or {MODEL_CHECKPOINT_HELP}.")],
     weights: Annotated[str, typer.Option(help="Weights enum name, DEFAULT, none, or a checkpoint file of MODEL.")] = "",
-    config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    config: ConfigOpt = None, activations: ActivationsOpt = None, retry_timeout: RetryOpt = None,
 ) -> None:
     """Layer names of a target model (usable in --layers), with their output shapes.
 
@@ -88,7 +88,7 @@ def layers(
         spec = model_specs.parse_model(model, weights)
     except ValueError as err:
         raise InputError(str(err)) from err
-    uploads = spec.family != model_specs.ZOO and bool(spec.path)
+    uploads = bool(spec.path)  # a checkpoint of any family travels through the store
     with _connect(flags, ("activations",), open_store=uploads) as connection:
         sent, files = model_files(connection.store, model, weights, configs_only=True) if uploads else (model, [])
         request = activations_pb2.ListLayersRequest(model=sent, weights=weights if sent == model else "",

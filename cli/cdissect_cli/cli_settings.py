@@ -53,5 +53,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "CDISSECT_AUTH_TOKEN": settings.auth_token,
         "CDISSECT_AUTH_TOKEN_FILE": settings.auth_token_file,
         "CDISSECT_DEVICE": settings.device,
+        # The CLI's retry budget is also its local services' budget for the store, so a store
+        # outage is reported within the budget the user chose.
+        "CDISSECT_RETRY_TIMEOUT": f"{settings.retry_timeout:g}",
     }
     return {k: v for k, v in env.items() if v}

@@ -5,7 +5,9 @@ For each service the CLI needs, in order:
   2. services started earlier by `cdissect up` (recorded in the local state file);
   3. otherwise the embedded default: start them now as local processes, stop them on exit.
 A `Connection` is a context manager; inside it `store` is the object store the services share
-and `dispatcher(service)` sends shard RPCs to every address of a service.
+and `dispatcher(service)` sends shard RPCs to every replica of a service (one channel per
+endpoint; gRPC resolves each name and round-robins over its addresses, see
+`cdissect_common.clients`).
 """
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cdissect_common.clients import EndpointError, expand_endpoints, make_channel, make_stub
+from cdissect_common.clients import EndpointError, make_channel, make_stub, replica_count
 from cdissect_common.config import Settings
 from cdissect_common.retry import RetryPolicy
-from cdissect_common.store import ObjectStore, StoreConfigError, StoreError, open_store
+from cdissect_common.store import ObjectStore, StoreConfigError, StoreError, StoreUnavailableError, open_store
 from rich.console import Console
 
 from cdissect_cli.cli_settings import cdissect_home, service_env
@@ -60,7 +62,7 @@ class Connection:
         self.console = console or Console(stderr=True)
         self.need = need
         self.open_object_store = open_object_store
-        self.policy = RetryPolicy(max_total_seconds=flags.retry_s)
+        self.policy = RetryPolicy(max_total_seconds=settings.retry_timeout)
         self.endpoints: dict[str, list[str]] = {}
         self.mode: dict[str, str] = {}
         self.store_url = settings.store
@@ -131,20 +133,22 @@ class Connection:
             store_url=self.settings.store, log_dir=cdissect_home() / "logs",
             health_check=lambda ep, name, t: health_status(ep, name, local_settings(self.settings), t),
             extra_env=service_env(self.settings))
-        started = self.local.start(timeout_s=max(120.0, self.flags.retry_s), names=missing)
+        started = self.local.start(timeout_s=max(120.0, self.settings.retry_timeout), names=missing)
         for service in missing:
             self.endpoints[service] = [started[service].endpoint]
 
     def _open_store(self) -> ObjectStore:
         try:
             return open_store(self.store_url, self.settings, policy=self.policy)
+        except StoreUnavailableError as err:  # its message names the store, endpoint and budget
+            raise CliError(str(err)) from err
         except (StoreConfigError, ValueError) as err:
             raise InputError(f"cannot open the object store {self.store_url}: {err}") from err
         except StoreError as err:
             raise CliError(f"cannot open the object store {self.store_url}: {err}") from err
-        except Exception as err:  # noqa: BLE001 - connection errors after the retry budget
-            raise CliError(f"the object store {self.store_url} is unreachable: {type(err).__name__}: {err}; "
-                           f"check CDISSECT_S3_ENDPOINT and that the server runs") from err
+        except Exception as err:  # noqa: BLE001 - refused by the server (credentials, bucket rights)
+            raise InputError(f"the object store {self.store_url} refused the connection: {type(err).__name__}: {err}; "
+                             f"check CDISSECT_S3_ENDPOINT and the access keys") from err
 
     # -- use ----------------------------------------------------------------------------------
     @property
@@ -157,32 +161,36 @@ class Connection:
     def _settings_for(self, service: str) -> Settings:
         return self.settings if self.mode[service] == "configured" else local_settings(self.settings)
 
-    def addresses(self, service: str) -> list[tuple[str, str]]:
-        """(address, endpoint) pairs of a service, DNS names expanded to every address.
+    def endpoints_of(self, service: str) -> list[str]:
+        """The endpoints of a service, as configured (or of the local services).
 
         The first call for an embedded service starts the local services, so commands that fail
         on their input (a missing concept file, a corrupt image) fail before any process starts.
         """
         self._start_embedded()
+        return list(self.endpoints[service])
+
+    def stub(self, service: str, endpoint: str | None = None) -> Any:
+        """A stub of `service` on a new channel to `endpoint` (default: its first), closed with the connection."""
         try:
-            return expand_endpoints(self.endpoints[service])
+            channel = make_channel(endpoint or self.endpoints_of(service)[0], self._settings_for(service))
         except EndpointError as err:
             raise InputError(f"{service} endpoint: {err}") from err
-
-    def stub(self, address: str, service: str, original: str | None = None) -> Any:
-        """A stub of `service` on a new channel to `address`, closed with the connection."""
-        channel = make_channel(address, self._settings_for(service), original)
         self._channels.append(channel)
         return make_stub(service, channel)
 
-    def dispatcher(self, service: str, per_address: int = 2) -> ShardDispatcher:
-        """The shard dispatcher of a service (one per connection)."""
+    def dispatcher(self, service: str, per_replica: int = 2) -> ShardDispatcher:
+        """The shard dispatcher of a service (one per connection): `per_replica` calls in flight for
+        each address the service's endpoints resolve to now."""
         if service not in self._dispatchers:
-            pairs = self.addresses(service)
-            by_address = dict(pairs)
+            endpoints = self.endpoints_of(service)
+            try:
+                replicas = sum(replica_count(endpoint) for endpoint in endpoints)
+            except EndpointError as err:
+                raise InputError(f"{service} endpoint: {err}") from err
             self._dispatchers[service] = ShardDispatcher(
-                service, [a for a, _ in pairs], lambda a: self.stub(a, service, by_address[a]),
-                deadline_s=self.flags.deadline_s, policy=self.policy, per_address=per_address)
+                service, endpoints, lambda endpoint: self.stub(service, endpoint), deadline_s=self.flags.deadline_s,
+                policy=self.policy, workers=per_replica * replicas)
         return self._dispatchers[service]
 
     def exit_note(self, service: str) -> str | None:

@@ -39,7 +39,7 @@ from cdissect_cli.cli_settings import cdissect_home
 from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.options import (
-    DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ConfigOpt, ConnectionFlags, DeadlineOpt, RetryOpt, StoreOpt)
+    DEFAULT_DEADLINE_S, ConfigOpt, ConnectionFlags, DeadlineOpt, RetryOpt, StoreOpt)
 from cdissect_cli.pipeline import STAGE_LABELS
 from cdissect_cli.results import LayerResult, RunResult
 from cdissect_cli.run_command import execute_run, reuse_table
@@ -224,7 +224,7 @@ def demo(
                                           "\"simulation\").")] = False,
     runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (env CDISSECT_RUNS_DIR).")] = None,
     config: ConfigOpt = None, store: StoreOpt = None,
-    deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
     """Run the whole pipeline offline on the shapes world and score its labels against the known truth."""

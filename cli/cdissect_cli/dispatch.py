@@ -1,12 +1,18 @@
-"""Send shard-sized RPCs concurrently to every endpoint of a service, with deadlines and retries.
+"""Send shard-sized RPCs concurrently to every replica of a service, with deadlines and retries.
 
-A service may be given as several endpoints (replicas) and each endpoint as a DNS name that
-resolves to several addresses (a Kubernetes headless service): `connection` expands them into one
-address each (`cdissect_common.clients.expand_endpoints`), and `ShardDispatcher` runs workers per
-address that pull tasks from one shared queue, so a fast replica takes more shards. Every call
-carries a deadline. UNAVAILABLE and DEADLINE_EXCEEDED are retried with the common backoff policy, each retry on the next address,
-so a dead replica does not stall its shards. When a task finally fails, `ShardFailure` names the
-shard, the service, the address and the cause, and no further tasks are started.
+A service may be given as several endpoints, and each endpoint may be a DNS name with several
+addresses (a Kubernetes headless Service). `ShardDispatcher` keeps one stub per endpoint; the
+channel under it resolves the name itself and round-robins calls over its addresses
+(`cdissect_common.clients`), following pods that restart on new addresses. Workers (two per
+replica, see `connection`) pull tasks from one shared queue, so a fast replica takes more shards.
+
+Every call carries a deadline. UNAVAILABLE and DEADLINE_EXCEEDED are retried with the common
+backoff policy, for `--retry-timeout` seconds from the failure (so a shard that ran long before
+its pod restarted is still retried), each retry on the next endpoint. A "busy" answer (the
+service's in-flight cap) is waited on for up to the call's deadline. A service's report that the
+object store is down is not retried: the service has already retried the store for its budget.
+When a task finally fails, `ShardFailure` names the shard, the service, the endpoint and the
+cause (or the store), and no further tasks are started.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
-from cdissect_common.retry import RetryPolicy, is_retryable_grpc
+from cdissect_common.retry import CAUSE_STORE_UNAVAILABLE, RetryPolicy, grpc_cause, is_busy_grpc, is_retryable_grpc
 
 from cdissect_cli.errors import CliError, InputError
 
@@ -30,14 +36,21 @@ class ShardTask:
     on_done: Callable[[Any], None] | None = None
 
 
+# A service's answers that mean "the request is wrong": bad input, exit code 2 (others: 1).
+BAD_INPUT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED})
+
+
 class ShardFailure(CliError):
-    """A shard RPC failed for good; the message names shard, service, address and cause."""
+    """A shard RPC failed for good; the message names shard, service, endpoint and cause."""
 
     def __init__(self, service: str, what: str, address: str, cause: BaseException, attempts: int) -> None:
         self.service, self.what, self.address, self.cause = service, what, address, cause
+        if isinstance(cause, grpc.RpcError) and hasattr(cause, "code") and grpc_cause(cause) == CAUSE_STORE_UNAVAILABLE:
+            super().__init__(f"{what} failed: {cause.details()} (reported by the {service} service at {address})")
+            return
         if isinstance(cause, grpc.RpcError) and hasattr(cause, "code"):
             detail = f"{cause.code().name}: {cause.details()}"
-            retryable = is_retryable_grpc(cause)
+            retryable = is_retryable_grpc(cause) or is_busy_grpc(cause)
         else:
             detail, retryable = f"{type(cause).__name__}: {cause}", False
         tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if retryable else ""
@@ -45,43 +58,49 @@ class ShardFailure(CliError):
                 "or --deadline for slow starts)") if retryable else ""
         super().__init__(f"{what} failed on the {service} service at {address}{tries}: {detail}{hint}")
         # The service refused the request itself (unknown model or layer, a file that is not a
-        # checkpoint): bad input, exit 2. Every other cause is a failure of valid work, exit 1.
-        invalid = isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.INVALID_ARGUMENT
-        self.exit_code = InputError.exit_code if invalid else CliError.exit_code
+        # checkpoint, a path outside its model folders): bad input, exit 2. Every other cause is a
+        # failure of valid work, exit 1.
+        refused = isinstance(cause, grpc.RpcError) and hasattr(cause, "code") and cause.code() in BAD_INPUT_CODES
+        self.exit_code = InputError.exit_code if refused else CliError.exit_code
 
 
 class ShardDispatcher:
-    """Runs ShardTasks for one service over all its addresses, `per_address` calls in flight each."""
+    """Runs ShardTasks for one service over its endpoints, `workers` calls in flight in all."""
 
-    def __init__(self, service: str, addresses: list[str], make_stub: Callable[[str], Any],
-                 deadline_s: float, policy: RetryPolicy, per_address: int = 2) -> None:
-        if not addresses:
+    def __init__(self, service: str, endpoints: list[str], make_stub: Callable[[str], Any],
+                 deadline_s: float, policy: RetryPolicy, workers: int | None = None) -> None:
+        """`workers` defaults to two per endpoint."""
+        if not endpoints:
             raise InputError(f"no endpoint for the {service} service: pass --{service} host:port, set "
                              f"CDISSECT_{service.upper()}, or give none at all to start local services")
         self.service = service
-        self.addresses = list(addresses)
-        self.stubs = [make_stub(address) for address in self.addresses]
+        self.endpoints = list(endpoints)
+        self.stubs = [make_stub(endpoint) for endpoint in self.endpoints]
         self.deadline_s = deadline_s
         self.policy = policy
-        self.per_address = max(1, per_address)
+        self.workers = max(1, workers if workers is not None else 2 * len(self.endpoints))
 
     def call_one(self, task: ShardTask, home: int = 0, stop: threading.Event | None = None) -> Any:
-        """Run one task with retries, moving to the next address on each retry (none once `stop` is set)."""
+        """Run one task with retries, moving to the next endpoint on each retry (none once `stop` is set)."""
         attempt = [0]
-        last_address = [self.addresses[home % len(self.addresses)]]
+        last_endpoint = [self.endpoints[home % len(self.endpoints)]]
 
         def attempt_call() -> Any:
             index = (home + attempt[0]) % len(self.stubs)
             attempt[0] += 1
-            last_address[0] = self.addresses[index]
+            last_endpoint[0] = self.endpoints[index]
             return task.call(self.stubs[index], self.deadline_s)
+
+        def stopped() -> bool:
+            return stop is not None and stop.is_set()
 
         try:
             result = self.policy.call(
-                attempt_call, lambda err: is_retryable_grpc(err) and not (stop is not None and stop.is_set()),
-                describe=f"{task.what} on {self.service}")
+                attempt_call, lambda err: is_retryable_grpc(err) and not stopped(),
+                describe=f"{task.what} on {self.service}",
+                busy=lambda err: is_busy_grpc(err) and not stopped(), busy_seconds=self.deadline_s)
         except grpc.RpcError as err:
-            raise ShardFailure(self.service, task.what, last_address[0], err, attempt[0]) from err
+            raise ShardFailure(self.service, task.what, last_endpoint[0], err, attempt[0]) from err
         if task.on_done is not None:
             task.on_done(result)
         return result
@@ -111,8 +130,8 @@ class ShardDispatcher:
                     errors.append(err)
                     stop.set()
 
-        n_workers = min(len(tasks), len(self.addresses) * self.per_address)
-        threads = [threading.Thread(target=worker, args=(i % len(self.addresses),), daemon=True,
+        n_workers = min(len(tasks), self.workers)
+        threads = [threading.Thread(target=worker, args=(i % len(self.endpoints),), daemon=True,
                                     name=f"{self.service}-{i}") for i in range(n_workers)]
         try:
             for thread in threads:

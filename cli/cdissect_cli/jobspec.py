@@ -19,7 +19,8 @@ from typing import Any, Mapping
 import yaml
 from cdissect_common import evaluation, model_specs
 from cdissect_common.vocabulary import (BAD_IMAGE_POLICIES, POOLINGS, PRECISIONS, SELECTIONS, SIMILARITY_FUNCTIONS,
-                                        TOKEN_POOLINGS, check_similarity_function, check_similarity_params)
+                                        TARGET_PRECISIONS, TOKEN_POOLINGS, check_similarity_function,
+                                        check_similarity_params)
 
 from cdissect_cli.errors import SpecError, read_text_file
 
@@ -42,6 +43,7 @@ class JobSpec:
     similarity_function: str = SIMILARITY_FUNCTIONS[0]
     similarity_params: Mapping[str, float] = field(default_factory=dict)
     clip_precision: str = "float32"
+    target_precision: str = "float32"
     prompt_templates: tuple[str, ...] = ()
     top_concepts: int = 5
     top_images: int = 10
@@ -69,6 +71,7 @@ class JobSpec:
             "similarity": {"function": self.similarity_function,
                            "params": {k: float(v) for k, v in sorted(self.similarity_params.items())}},
             "clip_precision": self.clip_precision,
+            "target_precision": self.target_precision,
             "prompt_templates": list(self.prompt_templates),
             "top_concepts": self.top_concepts,
             "top_images": self.top_images,
@@ -96,7 +99,8 @@ class JobSpec:
             layers=list(self.layers), pooling=self.pooling, token_pooling=self.token_pooling,
             probe_set=self.probe_set, concept_set=self.concept_set, clip_model=self.clip_model,
             similarity=self.similarity_proto(), clip_precision=self.clip_precision,
-            prompt_templates=list(self.prompt_templates), top_concepts=self.top_concepts,
+            target_precision=self.target_precision, prompt_templates=list(self.prompt_templates),
+            top_concepts=self.top_concepts,
             top_images=self.top_images, on_bad_image=self.on_bad_image, features=self.features,
             select=self.select,
             candidates=self.candidates, rank_penalty=self.rank_penalty, eval_fraction=self.eval_fraction,
@@ -242,6 +246,8 @@ def _validated(values: dict[str, Any]) -> JobSpec:
         kwargs["token_pooling"] = _choice("token_pooling", values["token_pooling"], TOKEN_POOLINGS)
     if "clip_precision" in values:
         kwargs["clip_precision"] = _choice("clip_precision", values["clip_precision"], PRECISIONS)
+    if "target_precision" in values:
+        kwargs["target_precision"] = _choice("target_precision", values["target_precision"], TARGET_PRECISIONS)
     if "on_bad_image" in values:
         kwargs["on_bad_image"] = _choice("on_bad_image", values["on_bad_image"], BAD_IMAGE_POLICIES)
     for key in ("top_concepts", "top_images", "shard_size"):

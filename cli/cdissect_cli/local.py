@@ -6,6 +6,11 @@ detached and records pids and ports in a state file, so that later `run`/`status
 and `cdissect down` can stop them. Each service is started exactly as in production
 (`python -m cdissect_<service>`, configured by `CDISSECT_*` environment variables) with the
 filesystem store, and counts as started when its gRPC health check says SERVING.
+
+Services started for one command are bound to the CLI's process (`CDISSECT_PARENT_PID`, see
+`cdissect_common.lifetime`): if the CLI is killed, they stop too. The state file records each
+process's start time, so a pid that the system has since given to another process is never
+signalled by `cdissect down`.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +51,7 @@ class ServiceProcess:
     port: int
     metrics_port: int
     log: str
+    started: str = ""  # process_start_token(pid) when it was started ("" in older state files)
 
     @property
     def endpoint(self) -> str:
@@ -67,6 +74,52 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_start_token(pid: int) -> str:
+    """When the process `pid` started, as an opaque token ("" if unknown or gone).
+
+    pid and start time together name one process for good: a pid the system recycles for a new
+    process comes with a new start time. Linux: clock ticks since boot from /proc; elsewhere `ps`.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return "ticks:" + handle.read().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        pass
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"lstart:{out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else ""
+
+
+def process_command_line(pid: int) -> str:
+    """The command line of `pid` ("" if unknown or gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def is_our_service(svc: ServiceProcess) -> bool:
+    """True when `svc.pid` is still the service process that was recorded.
+
+    With a recorded start time, the live process must have the same one; without (older state
+    files), its command line must run that service's module.
+    """
+    if not pid_alive(svc.pid):
+        return False
+    if svc.started:
+        return process_start_token(svc.pid) == svc.started
+    module = SERVICE_DEFAULTS[svc.name].module if svc.name in SERVICE_DEFAULTS else ""
+    return bool(module) and f"-m {module}" in process_command_line(svc.pid)
+
+
 def _log_tail(path: str, lines: int = 15) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
@@ -84,6 +137,7 @@ class LocalServices:
 
     def __init__(self, store_url: str, log_dir: Path, health_check: HealthCheck,
                  extra_env: dict[str, str] | None = None, detached: bool = False) -> None:
+        """`detached` services (`cdissect up`) outlive this process; the others die with it."""
         self.store_url = store_url
         self.log_dir = Path(log_dir)
         self.health_check = health_check
@@ -105,10 +159,21 @@ class LocalServices:
             "CDISSECT_STORE": self.store_url,
             "PYTHONUNBUFFERED": "1",
         })
+        if self.detached:
+            env.pop("CDISSECT_PARENT_PID", None)
+        else:
+            env["CDISSECT_PARENT_PID"] = str(os.getpid())
         return env
 
     def start(self, timeout_s: float = 120.0, names: Iterable[str] = SERVICES) -> dict[str, ServiceProcess]:
-        """Start the services and wait until each reports SERVING; stop all of them on failure."""
+        """Start the services and wait until each reports SERVING; stop all of them on failure.
+
+        Services bound to this process must be started from the main thread: Linux sends a
+        child its parent-death signal when the *thread* that forked it ends.
+        """
+        if not self.detached and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("LocalServices.start must run on the main thread (the services' parent-death "
+                               "signal follows the thread that starts them)")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for name in names:
@@ -123,7 +188,8 @@ class LocalServices:
                 finally:
                     handle.close()
                 self._popen[name] = proc
-                self.processes[name] = ServiceProcess(name, proc.pid, port, metrics_port, str(log))
+                self.processes[name] = ServiceProcess(name, proc.pid, port, metrics_port, str(log),
+                                                      started=process_start_token(proc.pid))
             self.wait_serving(timeout_s)
         except BaseException:
             self.stop()
@@ -219,7 +285,11 @@ def write_state(path: Path, services: dict[str, ServiceProcess], store_url: str)
 
 
 def read_state(path: Path) -> tuple[dict[str, ServiceProcess], str] | None:
-    """The recorded services whose processes are still alive, and their store; None if none."""
+    """The recorded services that are still running, and their store; None if none.
+
+    A recorded pid whose process is gone, or now belongs to another process, is left out
+    (see `is_our_service`), so no caller ever signals a stranger.
+    """
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         services = {name: ServiceProcess(**fields) for name, fields in doc["services"].items()}
@@ -229,7 +299,7 @@ def read_state(path: Path) -> tuple[dict[str, ServiceProcess], str] | None:
     except (ValueError, KeyError, TypeError) as err:
         raise CliError(f"the local services state file {path} is damaged ({err}); "
                        f"stop stray services by hand and delete the file") from err
-    alive = {name: svc for name, svc in services.items() if pid_alive(svc.pid)}
+    alive = {name: svc for name, svc in services.items() if is_our_service(svc)}
     return (alive, store) if alive else None
 
 

@@ -54,8 +54,12 @@ def down() -> None:
     path = state_path()
     state = read_state(path)
     if state is None:
-        clear_state(path)
-        typer.echo("no local services are running")
+        if path.exists():
+            clear_state(path)
+            typer.echo(f"no local services are running; removed the stale state file {path} (its processes are "
+                       f"gone, and a pid now used by another process was left alone)")
+        else:
+            typer.echo("no local services are running")
         return
     services, _ = state
     stop_processes(list(services.values()))

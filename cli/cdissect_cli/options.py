@@ -38,9 +38,10 @@ LabelerOpt = Annotated[Optional[str], typer.Option(
 DeadlineOpt = Annotated[float, typer.Option(
     "--deadline", min=0.1, help="Deadline of each shard RPC in seconds (model loading included).",
     rich_help_panel=CONNECTION)]
-RetryOpt = Annotated[float, typer.Option(
+RetryOpt = Annotated[Optional[float], typer.Option(
     "--retry-timeout", min=0.0,
-    help="How long to keep retrying a call that fails with UNAVAILABLE/DEADLINE_EXCEEDED, in seconds.",
+    help="How long to keep retrying a call that fails with UNAVAILABLE/DEADLINE_EXCEEDED, in seconds from the "
+         "failure (env CDISSECT_RETRY_TIMEOUT; default 90). Local services get the same budget for the store.",
     rich_help_panel=CONNECTION)]
 
 SelectOpt = Annotated[Optional[str], typer.Option(
@@ -73,7 +74,6 @@ def selection_overrides(select: str | None, candidates: int | None, rank_penalty
 
 
 DEFAULT_DEADLINE_S = 900.0
-DEFAULT_RETRY_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class ConnectionFlags:
     activations: str | None = None
     labeler: str | None = None
     deadline_s: float = DEFAULT_DEADLINE_S
-    retry_s: float = DEFAULT_RETRY_S
+    retry_s: float | None = None  # None: the retry_timeout setting
 
     def overrides(self) -> dict[str, Any]:
         """Setting overrides for the common config loader."""
         return {"store": self.store, "embedder": self.embedder, "activations": self.activations,
-                "labeler": self.labeler}
+                "labeler": self.labeler, "retry_timeout": self.retry_s}

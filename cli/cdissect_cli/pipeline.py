@@ -37,7 +37,7 @@ from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.jobspec import JobSpec
 from cdissect_cli.progress import RunProgress
 from cdissect_cli.results import HeldOutQuality, LayerResult, RunResult
-from cdissect_cli.user_inputs import features_message, model_files
+from cdissect_cli.user_inputs import ModelArgs, clip_args, features_message, model_files
 
 STAGE_DATASET = "probe set"
 STAGE_TEXT = "text embeddings"
@@ -70,9 +70,9 @@ def load_concepts(concept_set: str) -> ConceptWords:
     return ConceptWords(name=concepts.name, sha256=concepts.sha256, words=words)
 
 
-def _text_task(spec: JobSpec, concepts: ConceptWords) -> ShardTask:
+def _text_task(spec: JobSpec, clip: ModelArgs, concepts: ConceptWords) -> ShardTask:
     request = embedder_pb2.EmbedConceptsRequest(
-        model=spec.clip_model, concepts=concepts.words, prompt_templates=list(spec.prompt_templates),
+        model=clip.model, model_file=clip.file, concepts=concepts.words, prompt_templates=list(spec.prompt_templates),
         precision=spec.clip_precision)
     return ShardTask(what=f"text embeddings of concept set {concepts.name!r} ({len(concepts.words)} concepts)",
                      call=lambda stub, timeout: stub.EmbedConcepts(request, timeout=timeout))
@@ -97,7 +97,7 @@ def check_target(spec: JobSpec, template: Any, activations: ShardDispatcher) -> 
     return activations.call_one(task)
 
 
-def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress,
+def _shard_tasks(spec: JobSpec, clip: ModelArgs, manifest: Any, progress: RunProgress,
                  template: Any) -> tuple[list[ShardTask], list[ShardTask]]:
     """Image-embedding and activation tasks, one each per shard."""
     image_tasks, act_tasks = [], []
@@ -105,7 +105,8 @@ def _shard_tasks(spec: JobSpec, manifest: Any, progress: RunProgress,
     for shard in manifest.shards:
         label = f"shard {shard.index + 1}/{n} of dataset {manifest.name!r}"
         image_request = embedder_pb2.EmbedImageShardRequest(
-            model=spec.clip_model, shard=shard, precision=spec.clip_precision, on_bad_image=spec.on_bad_image)
+            model=clip.model, model_file=clip.file, shard=shard, precision=spec.clip_precision,
+            on_bad_image=spec.on_bad_image)
         act_request = activations_pb2.ComputeShardActivationsRequest()
         act_request.CopyFrom(template)
         act_request.shard.CopyFrom(shard)
@@ -189,6 +190,7 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     progress.advance(STAGE_DATASET, reused=dataset_reused)
     progress.done(STAGE_DATASET)
     check_sizes(spec, int(manifest.num_images))
+    clip = clip_args(store, spec.clip_model)  # the user's files go up first (the target's: the template)
     note = small_split_note(spec, int(manifest.num_images))
     if note:
         progress.console.print(note, style="yellow", markup=False)
@@ -200,8 +202,8 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
     progress.stage(STAGE_TEXT, 1)
     progress.stage(STAGE_IMAGES, len(manifest.shards))
     progress.stage(STAGE_ACTS, len(manifest.shards))
-    image_tasks, act_tasks = _shard_tasks(spec, manifest, progress, template)
-    text_task = _text_task(spec, concepts)
+    image_tasks, act_tasks = _shard_tasks(spec, clip, manifest, progress, template)
+    text_task = _text_task(spec, clip, concepts)
     text_task.on_done = lambda resp: progress.advance(STAGE_TEXT, reused=resp.reused)
     pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="stage")
     try:
@@ -255,8 +257,10 @@ def run_pipeline(spec: JobSpec, store: ObjectStore, dispatcher: Callable[[str], 
                "shards": len(manifest.shards),
                "skipped_images": int(manifest.info.get("skipped_images", "0") or 0),
                "skipped_names": skipped_names(manifest)}
+    uploaded = {"clip_model": clip.file_record()} if clip.file is not None else {}
     return RunResult(spec=spec, dataset=dataset, concepts_name=concepts.name, concepts_sha256=concepts.sha256,
-                     words=concepts.words, layers=layers, timings=timings, reused=progress.summary())
+                     words=concepts.words, layers=layers, timings=timings, reused=progress.summary(),
+                     user_files=uploaded)
 
 
 LABEL_ARRAYS = ("concept_ids", "scores", "top_images", "dead", "quality_auc", "quality_p", "similarity_rank",

@@ -106,6 +106,7 @@ class RunResult:
     layers: list[LayerResult]
     timings: dict[str, float] = field(default_factory=dict)
     reused: dict[str, Any] = field(default_factory=dict)
+    user_files: dict[str, dict[str, str]] = field(default_factory=dict)  # checkpoints uploaded for the run
 
 
 def new_run_dir(runs_dir: Path, model: str, now: datetime | None = None) -> Path:
@@ -203,6 +204,7 @@ def results_document(result: RunResult) -> dict[str, Any]:
         "layers": layers,
         "timings": dict(result.timings),
         "reused": dict(result.reused),
+        "user_files": dict(result.user_files),
     }
 
 

@@ -21,7 +21,7 @@ from cdissect_cli.dispatch import ShardFailure
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import JobSpec, load_spec_file, parse_param_flags, resolve_spec
 from cdissect_cli.options import (
-    DEFAULT_DEADLINE_S, DEFAULT_RETRY_S, ActivationsOpt, AuprcAlphaOpt, CandidatesOpt, ConfigOpt, ConnectionFlags,
+    DEFAULT_DEADLINE_S, ActivationsOpt, AuprcAlphaOpt, CandidatesOpt, ConfigOpt, ConnectionFlags,
     DeadlineOpt, EmbedderOpt, EvalFractionOpt, EvalSeedOpt, LabelerOpt, RankPenaltyOpt, RetryOpt, SelectOpt, StoreOpt,
     selection_overrides)
 from cdissect_cli.options import MODEL_CHECKPOINT_HELP
@@ -137,6 +137,9 @@ def run(
                                                          rich_help_panel=JOB)] = None,
     clip_precision: Annotated[Optional[str], typer.Option(help=f"{choices_text(PRECISIONS)} (default: float32).",
                                                           rich_help_panel=JOB)] = None,
+    target_precision: Annotated[Optional[str], typer.Option(help="float32 | bfloat16: the target's forward pass "
+                                                            "under bf16 autocast, for speed on GPUs (default: "
+                                                            "float32).", rich_help_panel=JOB)] = None,
     prompt_template: Annotated[Optional[list[str]], typer.Option("--prompt-template", help="e.g. 'a photo of {}' "
                                                                  "(repeatable; default: raw concepts).",
                                                                  rich_help_panel=JOB)] = None,
@@ -154,7 +157,7 @@ def run(
                                                     "default: runs).")] = None,
     config: ConfigOpt = None, store: StoreOpt = None, embedder: EmbedderOpt = None,
     activations: ActivationsOpt = None, labeler: LabelerOpt = None,
-    deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = DEFAULT_RETRY_S,
+    deadline: DeadlineOpt = DEFAULT_DEADLINE_S, retry_timeout: RetryOpt = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
     """Label every unit of the chosen layers with a concept; write descriptions.csv, results.json, report.html."""
@@ -164,7 +167,8 @@ def run(
         "target_model": model, "target_weights": weights, "layers": layers, "probe_set": probe_set,
         "concept_set": concept_set, "clip_model": clip_model, "similarity_function": similarity,
         "similarity_params": parse_param_flags(param), "pooling": pooling, "token_pooling": token_pooling,
-        "clip_precision": clip_precision, "prompt_templates": prompt_template, "top_concepts": top_concepts,
+        "clip_precision": clip_precision, "target_precision": target_precision,
+        "prompt_templates": prompt_template, "top_concepts": top_concepts,
         "top_images": top_images, "on_bad_image": on_bad_image, "shard_size": shard_size, "features": features,
         **selection_overrides(select, candidates, rank_penalty, eval_fraction, eval_seed, auprc_alpha)})
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, activations=activations,

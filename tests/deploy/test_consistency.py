@@ -18,7 +18,8 @@ KNOWN_ENV = set(ENV_VARS.values()) | {CONFIG_ENV_VAR}
 ENV_NAME = re.compile(r"\bCDISSECT_[A-Z0-9_]+\b")
 # Settings every service needs in a cluster: they must be set explicitly in the manifests.
 CLUSTER_SETTINGS = ("host", "port", "metrics_port", "store", "s3_endpoint", "s3_access_key", "s3_secret_key",
-                    "s3_secure", "auth_token_file", "cache_dir", "device", "shutdown_grace_seconds")
+                    "s3_secure", "auth_token_file", "cache_dir", "device", "shutdown_grace_seconds", "max_workers",
+                    "max_inflight_rpcs", "max_inflight_inline", "retry_timeout", "max_loaded_models")
 
 
 def service_container(docs: list[dict], name: str) -> tuple[dict, dict]:

@@ -11,7 +11,8 @@ Reusable pieces (import them or use the fixtures):
   started is killed after the test.
 - ``fs_store_url`` (session): a ``file://`` store folder for the shared services.
 - ``fs_services`` (session): embedder, activations and labeler on ``fs_store_url`` with the
-  bearer token ``TEST_TOKEN``, SERVING; a dict name → ServiceHandle shared by all tests.
+  bearer token ``TEST_TOKEN``, SERVING, the tiny CLIP's folder as model folder (``model_dirs``);
+  a dict name → ServiceHandle shared by all tests.
 - ``run_pipeline(stubs, store, clip_path)``: one dissection through the RPCs (register a
   generated dataset, embed shards and concepts, resnet18 activations, label layer1);
   ``shard_with_bad_image(store)``: a shard holding a truncated JPEG.
@@ -190,11 +191,13 @@ def fs_store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def fs_services(fs_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServiceHandle]]:
-    """The three services on the filesystem store, with auth (``TEST_TOKEN``), SERVING."""
+def fs_services(fs_store_url: str, tmp_path_factory: pytest.TempPathFactory,
+                tiny_clip_checkpoint: Path) -> Iterator[dict[str, ServiceHandle]]:
+    """The three services on the filesystem store, with auth (``TEST_TOKEN``), SERVING; the tiny
+    CLIP's folder is their operator-configured model folder, so requests may name it by path."""
     log_dir = tmp_path_factory.mktemp("service-logs")
     env = {"CDISSECT_STORE": fs_store_url, "CDISSECT_AUTH_TOKEN": TEST_TOKEN, "CDISSECT_BATCH_SIZE": "16",
-           "CDISSECT_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024)}
+           "CDISSECT_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024), "CDISSECT_MODEL_DIRS": str(tiny_clip_checkpoint.parent)}
     handles = {name: launch_service(name, env, log_dir, wait=False) for name in SERVICES}
     try:
         for handle in handles.values():

@@ -63,7 +63,8 @@ def test_sigterm_finishes_the_shard_in_flight(start_service, tmp_path: Path) -> 
 
 
 def test_services_on_s3_survive_a_store_outage(seaweedfs, tiny_clip_checkpoint: Path, tmp_path: Path) -> None:
-    env = {**seaweedfs.env(), "CDISSECT_STORE": f"s3://{seaweedfs.bucket}/services-test"}
+    env = {**seaweedfs.env(), "CDISSECT_STORE": f"s3://{seaweedfs.bucket}/services-test",
+           "CDISSECT_MODEL_DIRS": str(tiny_clip_checkpoint.parent)}
     handles = {name: launch_service(name, env, tmp_path / "logs", wait=False) for name in SERVICES}
     try:
         for handle in handles.values():

@@ -13,6 +13,8 @@ import pytest
 
 from cdissect.v1 import activations_pb2, common_pb2, labeler_pb2
 from cdissect_common.checkpoint_format import EXPECTED
+from cdissect_common.store import open_store
+from cdissect_common.userfiles import upload_user_file
 from cdissect_common.vocabulary import check_similarity_params
 from tests.integration.conftest import TIMEOUT, ServiceHandle, launch_service
 
@@ -57,16 +59,21 @@ def test_the_labeler_refuses_bad_similarity_parameters_with_the_clis_message(
 
 
 def test_a_weights_file_that_is_not_a_checkpoint_is_invalid_argument_naming_it(start_service, tmp_path) -> None:
-    """It used to fail inside torch.load as INTERNAL: KeyError/IndexError."""
-    notes = tmp_path / "notes.pth"
+    """It used to fail inside torch.load as INTERNAL: IndexError/KeyError. Both ways a checkpoint
+    reaches the service are checked: uploaded through the store, and a server path in a model folder."""
+    notes = tmp_path / "models" / "notes.pth"
+    notes.parent.mkdir()
     notes.write_text("these are my notes, not weights\n")
-    handle = start_service("activations", {"CDISSECT_STORE": f"file://{tmp_path}/store"})
+    store_url = f"file://{tmp_path}/store"
+    handle = start_service("activations", {"CDISSECT_STORE": store_url, "CDISSECT_MODEL_DIRS": str(notes.parent)})
+    uploaded = activations_pb2.UserFile(name=notes.name, ref=upload_user_file(open_store(store_url), notes))
     stub = handle.stub()
-    for request in (activations_pb2.ComputeShardActivationsRequest(model=f"resnet18:{notes}", layers=["layer4"]),
+    for request in (activations_pb2.ComputeShardActivationsRequest(model=f"resnet18:{notes}", layers=["layer4"],
+                                                                   model_files=[uploaded]),
                     activations_pb2.ComputeShardActivationsRequest(model="resnet18", weights=str(notes),
                                                                    layers=["layer4"])):
         with pytest.raises(grpc.RpcError) as info:
             stub.CheckActivations(request, timeout=TIMEOUT)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
-        assert str(notes) in info.value.details() and EXPECTED in info.value.details()
+        assert "notes.pth is not a checkpoint" in info.value.details() and EXPECTED in info.value.details()
         assert "starts with text: 'these are my notes" in info.value.details()

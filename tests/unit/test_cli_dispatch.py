@@ -1,4 +1,4 @@
-"""Shard dispatcher: concurrency over replicas, retries on UNAVAILABLE, clear final failures.
+"""Shard dispatcher: concurrency over endpoints, retries on UNAVAILABLE, waits on busy, clear final failures.
 
 The servers are real gRPC servers on loopback with small Embedder servicers whose behaviour
 (fail N times, reject, hang) each test sets; the dispatcher talks to them through real channels.
@@ -97,8 +97,8 @@ def test_rejection_fails_at_once_naming_shard_service_and_cause(servers) -> None
     message = str(info.value)
     assert "image embeddings of shard" in message and "embedder service" in message
     assert address in message and "INVALID_ARGUMENT: bad is not ready" in message
+    assert info.value.exit_code == 2  # the service says the request is wrong: bad input
     assert bad.calls <= 2        # no retries; at most the two calls already in flight
-    assert info.value.exit_code == 2     # the service refused the input: the CLI's bad-input code
 
 
 def test_a_failure_other_than_a_refusal_exits_1(servers) -> None:
@@ -121,3 +121,40 @@ def test_a_service_that_never_answers_fails_with_a_deadline_message() -> None:
     message = str(info.value)
     assert "shard 1/1" in message and "embedder service" in message and address in message
     assert "DEADLINE_EXCEEDED" in message and "attempts" in message
+
+
+class CauseEmbedder(FlakyEmbedder):
+    """Fails the first `fail` calls with `code` and the trailing `cdissect-cause` a service sends."""
+
+    def __init__(self, name: str, fail: int, code: grpc.StatusCode, cause: str) -> None:
+        super().__init__(name, fail, code)
+        self.cause = cause
+
+    def EmbedImageShard(self, request, context):  # noqa: N802 - gRPC method name
+        with self.lock:
+            self.calls += 1
+            failing = self.calls <= self.fail
+        if failing:
+            context.set_trailing_metadata((("cdissect-cause", self.cause),))
+            context.abort(self.code, f"{self.name} says {self.cause}")
+        return embedder_pb2.EmbedResponse(embeddings=common_pb2.ArtifactRef(key=f"{self.name}/{request.shard.index}"))
+
+
+def test_a_busy_service_is_waited_on_beyond_the_retry_budget(servers) -> None:
+    """Busy answers (the service's in-flight cap) are not an outage: they are retried for up to
+    the call's deadline, not the (here tiny) retry budget."""
+    busy = CauseEmbedder("a", fail=12, code=grpc.StatusCode.RESOURCE_EXHAUSTED, cause="busy")
+    results = _dispatcher([servers(busy)], retry_s=0.01, deadline_s=10.0).run(_tasks(1))
+    assert results[0].embeddings.key == "a/0" and busy.calls == 13
+
+
+def test_a_service_reporting_the_store_down_is_not_retried_and_the_store_is_named(servers) -> None:
+    """The service already retried the store for its budget: the CLI reports that once, at once."""
+    down = CauseEmbedder("a", fail=10**6, code=grpc.StatusCode.UNAVAILABLE, cause="store-unavailable")
+    address = servers(down)
+    with pytest.raises(ShardFailure) as info:
+        _dispatcher([address], retry_s=5.0).run(_tasks(1))
+    assert down.calls == 1
+    text = str(info.value)
+    assert text.endswith(f"a says store-unavailable (reported by the embedder service at {address})"), text
+    assert "is the service running" not in text

@@ -16,13 +16,14 @@ def test_defaults_match_the_reference() -> None:
     assert (spec.probe_set, spec.concept_set, spec.clip_model) == ("broden", "20k", "ViT-B/16")
     assert spec.similarity_function == "soft_wpmi"
     assert (spec.pooling, spec.token_pooling, spec.clip_precision) == ("avg", "cls", "float32")
+    assert spec.target_precision == "float32"
     assert (spec.top_concepts, spec.top_images, spec.on_bad_image) == (5, 10, "error")
     assert spec.prompt_templates == ()
 
 
 def test_yaml_round_trip_and_flag_precedence(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
-    path.write_text("target_model: resnet18\nlayers: layer3,layer4\n"
+    path.write_text("target_model: resnet18\nlayers: layer3,layer4\ntarget_precision: bfloat16\n"
                     "similarity: {function: wpmi, params: {top_k: 20}}\ntop_images: 7\n")
     spec = resolve_spec(load_spec_file(path), {"target_model": "resnet34", "top_images": None})
     assert spec.target_model == "resnet34"          # flag beats file
@@ -34,10 +35,12 @@ def test_yaml_round_trip_and_flag_precedence(tmp_path: Path) -> None:
     assert resolve_spec(load_spec_file(echo)) == spec
     proto = spec.to_proto()
     assert list(proto.layers) == ["layer3", "layer4"] and proto.similarity.params["top_k"] == 20.0
+    assert spec.target_precision == "bfloat16" and proto.target_precision == "bfloat16"
 
 
 @pytest.mark.parametrize("values, words", [
     ({"pooling": "mean"}, ["pooling", "avg, max"]),
+    ({"target_precision": "float16"}, ["target_precision", "float32, bfloat16"]),
     ({"layers": "layer3,,layer4"}, ["empty name", "cdissect layers"]),
     ({"layers": "layer4,layer4"}, ["twice"]),
     ({"top_images": 0}, ["top_images", "positive"]),

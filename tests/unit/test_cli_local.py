@@ -9,7 +9,8 @@ import pytest
 
 from cdissect_cli.cli_settings import expand_store_url, load_cli_settings
 from cdissect_cli.errors import CliError
-from cdissect_cli.local import ServiceProcess, clear_state, pid_alive, read_state, stop_processes, write_state
+from cdissect_cli.local import (ServiceProcess, clear_state, pid_alive, process_start_token, read_state,
+                                stop_processes, write_state)
 
 
 def _sleeper() -> subprocess.Popen:
@@ -23,7 +24,8 @@ def test_state_file_round_trip_keeps_only_live_processes(tmp_path: Path) -> None
     dead.wait()
     try:
         path = tmp_path / "state.json"
-        write_state(path, {"embedder": ServiceProcess("embedder", alive.pid, 5001, 9001, "e.log"),
+        write_state(path, {"embedder": ServiceProcess("embedder", alive.pid, 5001, 9001, "e.log",
+                                                      started=process_start_token(alive.pid)),
                            "labeler": ServiceProcess("labeler", dead.pid, 5003, 9003, "l.log")}, "file:///s")
         services, store = read_state(path)
         assert store == "file:///s" and list(services) == ["embedder"]

@@ -21,11 +21,15 @@ from cdissect_common import artifacts
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDER = "services/embedder/cdissect_embedder/**/*.py"
 # The code whose output each artifact kind stores (its service package, plus the common modules
-# that shape the values: image decoding, the labeler's defaults). __main__.py starts a process.
+# that shape the values: the image path, the labeler's defaults). __main__.py starts a process.
+# Images reach the models through images.py (decoding), prefetch.py (order, batches) and
+# devices.py (stacking, the copy to the device).
+IMAGE_PATH = ("services/common/cdissect_common/images.py", "services/common/cdissect_common/prefetch.py",
+              "services/common/cdissect_common/devices.py")
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "embeddings/image": (EMBEDDER, "services/common/cdissect_common/images.py"),
+    "embeddings/image": (EMBEDDER, *IMAGE_PATH),
     "embeddings/text": (EMBEDDER,),
-    "activations": ("services/activations/cdissect_activations/**/*.py", "services/common/cdissect_common/images.py"),
+    "activations": ("services/activations/cdissect_activations/**/*.py", *IMAGE_PATH),
     "labels": ("services/labeler/cdissect_labeler/**/*.py", "services/common/cdissect_common/vocabulary.py"),
 }
 

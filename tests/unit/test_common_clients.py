@@ -1,33 +1,40 @@
-"""cdissect_common.clients: endpoint parsing and DNS expansion into replica addresses."""
+"""cdissect_common.clients: endpoint parsing, gRPC targets (name resolution left to gRPC), replica counts."""
 from __future__ import annotations
 
 import socket
 
 import pytest
 
-from cdissect_common.clients import (EndpointError, default_endpoint, expand_endpoint, expand_endpoints,
-                                     make_channel, make_stub, split_endpoint)
+from cdissect_common.clients import (EndpointError, default_endpoint, grpc_target, make_channel, make_stub,
+                                     replica_count, split_endpoint)
 from cdissect_common.config import load_settings
 
 
 def test_split_endpoint_forms() -> None:
     assert split_endpoint("embedder:50051") == ("embedder", 50051)
     assert split_endpoint("dns:///svc.ns:7") == ("svc.ns", 7)
+    assert split_endpoint("dns://10.0.0.10:53/svc.ns:7") == ("svc.ns", 7)
     assert split_endpoint("[::1]:9") == ("::1", 9)
     with pytest.raises(EndpointError, match="must be host:port"):
         split_endpoint("embedder")
 
 
-def test_expand_literals_and_names() -> None:
-    assert expand_endpoint("10.0.0.5:50051") == ["10.0.0.5:50051"]
-    assert expand_endpoint("[::1]:50051") == ["[::1]:50051"]
-    assert expand_endpoint("localhost:1") == ["localhost:1"]
-    resolved = expand_endpoint(f"{socket.gethostname()}:5")
-    assert resolved and all(a.endswith(":5") for a in resolved)
-    pairs = expand_endpoints(["127.0.0.1:1", "127.0.0.1:1", "127.0.0.2:1"])
-    assert pairs == [("127.0.0.1:1", "127.0.0.1:1"), ("127.0.0.2:1", "127.0.0.2:1")]
+def test_targets_leave_resolution_to_grpc() -> None:
+    assert grpc_target("embedder:50051") == "dns:///embedder:50051"
+    assert grpc_target("[::1]:9") == "dns:///[::1]:9"
+    assert grpc_target("dns://10.0.0.10:53/embedder:50051") == "dns://10.0.0.10:53/embedder:50051"
+    assert grpc_target("unix:/run/embedder.sock") == "unix:/run/embedder.sock"
+    with pytest.raises(EndpointError, match="must be host:port"):
+        grpc_target("embedder")
+
+
+def test_replica_counts_size_the_concurrency() -> None:
+    assert replica_count("10.0.0.5:50051") == 1 and replica_count("[::1]:50051") == 1
+    assert replica_count("localhost:1") == 1
+    assert replica_count(f"{socket.gethostname()}:5") >= 1
+    assert replica_count("dns://127.0.0.1:53/anything.test:5") == 1
     with pytest.raises(EndpointError, match="cannot resolve"):
-        expand_endpoint("no-such-host.invalid:1")
+        replica_count("no-such-host.invalid:1")
 
 
 def test_channel_and_stub() -> None:

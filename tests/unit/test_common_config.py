@@ -51,9 +51,11 @@ def test_config_file_from_env_var_and_comma_lists(tmp_path: Path) -> None:
     ({"CDISSECT_PORT": "abc"}, r"port \(from CDISSECT_PORT\) must be an integer"),
     ({"CDISSECT_DEVICE": "tpu"}, "device"),
     ({"CDISSECT_S3_SECURE": "maybe"}, "true or false"),
-    ({"CDISSECT_BATCH_SIZE": "0"}, "must be positive"),
+    ({"CDISSECT_BATCH_SIZE": "-1"}, "must be positive"),
     ({"CDISSECT_TLS_CERT": "/c.pem"}, "TLS needs both"),
     ({"CDISSECT_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
+    ({"CDISSECT_MAX_INFLIGHT_RPCS": "8", "CDISSECT_MAX_WORKERS": "8"},
+     "CDISSECT_MAX_INFLIGHT_RPCS=8 plus CDISSECT_MAX_INFLIGHT_INLINE=48 must be below CDISSECT_MAX_WORKERS=8"),
 ])
 def test_bad_values_name_the_setting(env: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -90,6 +92,8 @@ def test_every_setting_reads_its_env_var_with_the_field_type(name: str) -> None:
     raw, expected = _SAMPLE_BY_TYPE[kind]
     assert ENV_VARS[name] == "CDISSECT_" + name.upper()
     env = {ENV_VARS["tls_cert"]: "x", ENV_VARS["tls_key"]: "x"} if name.startswith("tls_") else {}
+    if name == "max_workers":   # 5 threads leave room only for 1 + 1 capped calls
+        env = {ENV_VARS["max_inflight_rpcs"]: "1", ENV_VARS["max_inflight_inline"]: "1"}
     s = load_settings(None, env={**env, ENV_VARS[name]: raw}, config_file="/dev/null")
     assert getattr(s, name) == expected and s.sources[name] == "env"
     assert DEFAULTS[name] == getattr(Settings(), name)

@@ -1,17 +1,29 @@
-"""cdissect_common.images: one full decode everywhere, a pixel limit, one image held at a time,
-and pixels identical to the plain decode-then-preprocess path."""
+"""cdissect_common.images: one full decode everywhere, a pixel limit, one image held at a time per
+decoding thread, and pixels identical to the plain decode-then-preprocess path (the services decode
+through cdissect_common.prefetch, exercised here the way they use it)."""
 from __future__ import annotations
 
 import gc
 import io
+from contextlib import closing
 
 import grpc
 import pytest
 from PIL import Image
 
 from cdissect_common.errors import ServiceError
-from cdissect_common.images import SHARD_IMAGE_FIX, UnreadableImageError, decode_image, prepared_batches
+from cdissect_common.config import DEFAULTS
+from cdissect_common.images import DEFAULT_FIX, SHARD_IMAGE_FIX, UnreadableImageError, decode_image
+from cdissect_common.prefetch import prefetched_batches
 from tests.conftest import make_probe_images, truncated_jpeg
+
+
+def prepared_batches(items, batch_size, prepare, where="", max_pixels=DEFAULTS["max_image_pixels"],
+                     fix=DEFAULT_FIX, workers=2) -> list[list]:
+    """The prepared images of each batch, as the services get them from the prefetch workers."""
+    with closing(prefetched_batches(items, batch_size, prepare, list, where=where, max_pixels=max_pixels, fix=fix,
+                                    workers=workers)) as batches:
+        return [batch.data for batch in batches]
 
 
 def _items(n: int) -> list[tuple[str, bytes]]:
@@ -64,7 +76,8 @@ def test_images_over_the_pixel_limit_are_refused_by_name_before_decoding() -> No
     assert "'huge.png' in shard 0" in info.value.message and "register" not in info.value.message
 
 
-def test_only_one_full_resolution_image_is_held_while_preparing() -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_one_full_resolution_image_per_worker_is_held_while_preparing(workers: int) -> None:
     """Each image is prepared as soon as it is decoded (a batch of huge images used to be held whole)."""
     size = (1500, 1000)
     items = [(f"big{i}.png", _encoded(Image.new("RGB", size, (i, 2 * i, 3 * i)), "PNG")) for i in range(6)]
@@ -75,8 +88,11 @@ def test_only_one_full_resolution_image_is_held_while_preparing() -> None:
         alive.append(sum(1 for o in gc.get_objects() if isinstance(o, Image.Image) and o.size == size))
         return img.resize((8, 8)).size
 
-    batches = list(prepared_batches(items, 6, prepare))
-    assert batches == [[(8, 8)] * 6] and alive == [1] * 6
+    batches = prepared_batches(items, 6, prepare, workers=workers)
+    assert batches == [[(8, 8)] * 6] and len(alive) == 6
+    # One thread: exactly one. Several: one per worker, give or take one whose last reference
+    # another thread's gc.collect() has not yet seen dropped; never the whole batch.
+    assert max(alive) == 1 if workers == 1 else max(alive) <= workers + 1 < 6
 
 
 def _normal_images() -> list[tuple[str, bytes]]:

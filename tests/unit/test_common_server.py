@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -151,3 +152,41 @@ def test_service_main_builds_the_named_service(tmp_path: Path) -> None:
     assert [r.full_name for r in regs] == ["cdissect.v1.Labeler"] and callable(warmup)
     with pytest.raises(ConfigError, match="unknown service 'labeller'"):
         service_main("labeller")
+
+
+class _AbortingContext:
+    """The part of grpc.ServicerContext the work gate uses: abort raises, as gRPC's does."""
+
+    def __init__(self) -> None:
+        self.trailing = ()
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailing = metadata
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise RuntimeError(f"{code.name}: {details}")
+
+
+def test_inline_calls_have_their_own_cap_beside_the_shard_calls() -> None:
+    """Shard calls filling max_inflight_rpcs must not refuse inline calls (they batch together
+    under max_inflight_inline), and each cap's busy answer names its own setting."""
+    from cdissect_common.server import WorkGate, WorkGateInterceptor
+
+    shard_gate, inline_gate = WorkGate(1), WorkGate(2, "max_inflight_inline")
+    interceptor = WorkGateInterceptor(shard_gate, "embedder", inline_gate, ["/cdissect.v1.Embedder/EmbedTexts"])
+
+    def handler_for(method: str) -> grpc.RpcMethodHandler:
+        plain = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+        return interceptor.intercept_service(lambda details: plain, SimpleNamespace(method=method))
+
+    shard = handler_for("/cdissect.v1.Embedder/EmbedShard")
+    inline = handler_for("/cdissect.v1.Embedder/EmbedTexts")
+    assert shard_gate.enter()                                  # the one shard slot is taken
+    with pytest.raises(RuntimeError, match=r"RESOURCE_EXHAUSTED: .*max_inflight_rpcs"):
+        shard.unary_unary("x", _AbortingContext())
+    assert inline.unary_unary("x", _AbortingContext()) == "x"  # before: refused as busy
+    assert inline_gate.enter() and inline_gate.enter()         # both inline slots taken
+    context = _AbortingContext()
+    with pytest.raises(RuntimeError, match=r"RESOURCE_EXHAUSTED: .*max_inflight_inline"):
+        inline.unary_unary("x", context)
+    assert context.trailing == (("cdissect-cause", "busy"),)

@@ -96,8 +96,10 @@ def test_user_files_are_uploaded_once_by_digest(tmp_path: Path) -> None:
     ckpt = _safetensors(tmp_path / "w.safetensors")
     model, files = model_files(store, f"timm:vit_small:{ckpt}")
     assert model == f"timm:vit_small:{ckpt}" and [f.name for f in files] == ["w.safetensors"]
+    stored = store.list("userfiles/")
     again = model_files(store, f"timm:vit_small:{ckpt}")[1]
-    assert again[0].ref.key == files[0].ref.key and store.list("userfiles/") == [files[0].ref.key]
+    assert again[0].ref.key == files[0].ref.key and store.list("userfiles/") == stored  # nothing new
+    assert files[0].ref.key in stored
     folder = tmp_path / "dino"
     (folder / "sub").mkdir(parents=True)
     for name in ("config.json", "model.safetensors", "sub/preprocessor_config.json"):
@@ -108,14 +110,19 @@ def test_user_files_are_uploaded_once_by_digest(tmp_path: Path) -> None:
         ["config.json", "sub/preprocessor_config.json"]
     assert model_files(store, f"timm:vit_small:{ckpt}", configs_only=True) == ("timm:vit_small", [])
     assert model_files(store, "resnet50") == ("resnet50", [])
+    zoo_model, zoo_files = model_files(store, "resnet50", str(ckpt))  # --weights /path: zoo checkpoints go up too
+    assert zoo_model == "resnet50" and zoo_files[0].ref.key == files[0].ref.key
 
 
-def test_missing_user_files_are_usage_errors(tmp_path: Path) -> None:
+def test_paths_not_on_this_machine_are_server_paths_but_an_sae_must_be_here(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path / 'store'}")
     from cdissect_cli.errors import CliError
 
+    # A target path that is not here is sent as a path on the service's machine (its model_dirs).
+    assert model_files(store, "timm:vit_small:/no/such.safetensors") == ("timm:vit_small:/no/such.safetensors", [])
+    (tmp_path / "folder.pth").mkdir()
     with pytest.raises(CliError, match="is not a file") as err:
-        model_files(store, "timm:vit_small:/no/such.safetensors")
+        model_files(store, f"timm:vit_small:{tmp_path / 'folder.pth'}")
     assert err.value.exit_code == 2
     with pytest.raises(CliError, match="SAE file .* is not a file"):
         features_message(store, "sae:/no/sae.safetensors", "layer3")

@@ -150,6 +150,7 @@ def test_bad_input_is_refused_with_the_fix() -> None:
         small.finish(top_images=40)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_path_equals_cpu() -> None:
     I, T, A = make_world(6)

@@ -108,11 +108,12 @@ def paired_cosines(vectors: TextVectors, labels: Sequence[str], class_names: Seq
 
 
 def add_cosines(report: FinalLayerReport, embedder: Any, clip_model: str,
-                sentence_models: Sequence[str] = SENTENCE_MODELS) -> FinalLayerReport:
-    """Fill in the CLIP-space and sentence-space mean cosines through the embedder's EmbedTexts."""
+                sentence_models: Sequence[str] = SENTENCE_MODELS, clip_file: Any = None) -> FinalLayerReport:
+    """Fill in the CLIP-space and sentence-space mean cosines through the embedder's EmbedTexts
+    (`clip_file`: the checkpoint the run uploaded, RunResults.clip_file)."""
     labels = [s.label for s in report.per_unit]
     classes = [s.class_name for s in report.per_unit]
-    clip = embed_texts_checked(embedder, clip_model, labels + classes)
+    clip = embed_texts_checked(embedder, clip_model, labels + classes, model_file=clip_file)
     clip_cos = paired_cosines(clip, labels, classes)
     sentence, reasons = sentence_vectors(embedder, labels + classes, sentence_models)
     sent_cos = paired_cosines(sentence, labels, classes) if sentence is not None else None
@@ -132,7 +133,7 @@ def evaluate_final_layer(run: RunResults, layer_name: str, class_names: Sequence
     """Accuracy from results.json, plus cosines when an embedder stub is given."""
     report = accuracy(run.layer(layer_name), class_names, run.concept_words if nameable_only else None)
     if embedder is not None:
-        add_cosines(report, embedder, run.clip_model)
+        add_cosines(report, embedder, run.clip_model, clip_file=run.clip_file)
     return report
 
 

@@ -78,6 +78,7 @@ class RunResults:
     concepts: dict[str, Any]
     layers: tuple[LayerResult, ...]
     timings: dict[str, Any] = field(default_factory=dict)
+    user_files: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
 
@@ -106,6 +107,13 @@ class RunResults:
     def clip_model(self) -> str:
         """The CLIP model the run used (the embedder's model name)."""
         return str(self.job.get("clip_model", ""))
+
+    @property
+    def clip_file(self) -> Any:
+        """The ArtifactRef of the CLIP checkpoint the run uploaded (None when it used a name)."""
+        from cdissect_cli.user_inputs import file_ref
+
+        return file_ref(self.user_files.get("clip_model"))
 
     def layer(self, name: str) -> LayerResult:
         """The layer with this name; an unknown name lists the run's layers."""
@@ -196,7 +204,7 @@ def load_run(run_dir: Path | str) -> RunResults:
         run_dir=run_dir, job=dict(data.get("job") or {}), dataset=dict(data.get("dataset") or {}),
         concepts=dict(data.get("concepts") or {}), layers=layers,
         timings=dict(data.get("timings") or {}), selection=dict(data.get("selection") or {}),
-        evaluation=dict(data.get("evaluation") or {}),
+        evaluation=dict(data.get("evaluation") or {}), user_files=dict(data.get("user_files") or {}),
     )
 
 

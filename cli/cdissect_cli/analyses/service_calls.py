@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from cdissect.v1 import common_pb2, embedder_pb2, labeler_pb2
+from cdissect_common.model_specs import split_checkpoint
 from cdissect_cli.analyses.run_results import LayerResult, RunResults
 from cdissect_cli.errors import CliError, InputError
 
@@ -47,14 +48,20 @@ def rpc_error(what: str, err: grpc.RpcError) -> CliError:
                 f"(`cdissect status`) and that the model name is right.")
 
 
-def embed_texts(stub: Any, model: str, texts: Sequence[str], deadline_s: float = 300.0) -> TextVectors:
-    """Embed the distinct `texts` with `model` through EmbedTexts, in batches; rows L2-normalised."""
+def embed_texts(stub: Any, model: str, texts: Sequence[str], deadline_s: float = 300.0,
+                model_file: common_pb2.ArtifactRef | None = None) -> TextVectors:
+    """Embed the distinct `texts` with `model` through EmbedTexts, in batches; rows L2-normalised.
+
+    `model_file` is a checkpoint the run uploaded (RunResults.clip_file); `model` may still show
+    its local path, which is not sent then.
+    """
     distinct = tuple(dict.fromkeys(texts))
     rows: list[np.ndarray] = []
+    name = split_checkpoint(model)[0] if model_file is not None else model
     for start in range(0, len(distinct), TEXT_BATCH):
         batch = list(distinct[start:start + TEXT_BATCH])
-        reply = stub.EmbedTexts(embedder_pb2.EmbedTextsRequest(model=model, texts=batch, normalize=True),
-                                timeout=deadline_s)
+        reply = stub.EmbedTexts(embedder_pb2.EmbedTextsRequest(model=name, model_file=model_file, texts=batch,
+                                                               normalize=True), timeout=deadline_s)
         if len(reply.vectors) != len(batch):
             raise CliError(f"the embedder returned {len(reply.vectors)} vectors for {len(batch)} texts "
                            f"(model {model!r}); it is misbehaving, check its log.")
@@ -65,10 +72,11 @@ def embed_texts(stub: Any, model: str, texts: Sequence[str], deadline_s: float =
     return TextVectors(texts=distinct, vectors=vectors, model=model)
 
 
-def embed_texts_checked(stub: Any, model: str, texts: Sequence[str], deadline_s: float = 300.0) -> TextVectors:
+def embed_texts_checked(stub: Any, model: str, texts: Sequence[str], deadline_s: float = 300.0,
+                        model_file: common_pb2.ArtifactRef | None = None) -> TextVectors:
     """embed_texts with RPC failures turned into a clear CliError."""
     try:
-        return embed_texts(stub, model, texts, deadline_s)
+        return embed_texts(stub, model, texts, deadline_s, model_file)
     except grpc.RpcError as err:
         raise rpc_error(f"EmbedTexts with model {model!r}", err) from err
 
@@ -125,7 +133,8 @@ def embed_concepts(stub: Any, run: RunResults, concepts: Sequence[str],
                    deadline_s: float = 900.0) -> common_pb2.ArtifactRef:
     """Text-embedding artifact of `concepts` with the run's CLIP, templates and precision."""
     request = embedder_pb2.EmbedConceptsRequest(
-        model=run.clip_model, concepts=list(concepts),
+        model=split_checkpoint(run.clip_model)[0] if run.clip_file is not None else run.clip_model,
+        model_file=run.clip_file, concepts=list(concepts),
         prompt_templates=list(run.job.get("prompt_templates") or []),
         precision=str(run.job.get("clip_precision") or ""))
     try:

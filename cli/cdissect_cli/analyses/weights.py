@@ -146,7 +146,7 @@ def analyze_weights(run: RunResults, from_layer: str, to_layer: str, weights: np
         to_labels = list(to_names)
     else:
         to_labels = [u.label for u in run.layer(to_layer).units]
-    vectors = embed_texts_checked(embedder, run.clip_model, from_labels + to_labels)
+    vectors = embed_texts_checked(embedder, run.clip_model, from_labels + to_labels, model_file=run.clip_file)
     cos = vectors.of(to_labels) @ vectors.of(from_labels).T
     return weights_vs_concepts(weights, cos, [u.similarity for u in source.units], from_labels,
                                to_labels, from_layer, to_layer, run.clip_model)

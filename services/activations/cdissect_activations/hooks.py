@@ -107,7 +107,8 @@ class LayerRecorder:
             raise ValueError(f"record expects a batch of images [B, 3, H, W]; got {shape}")
         param = next(self.model.parameters(), None)
         if param is not None:
-            images = images.to(device=param.device, dtype=param.dtype if param.is_floating_point() else images.dtype)
+            images = images.to(device=param.device, dtype=param.dtype if param.is_floating_point() else images.dtype,
+                               non_blocking=True)
         attached_here = not self._handles
         self.attach()
         self._outputs, self._calls = {}, {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from contextlib import closing
 
 import grpc
 import numpy as np
@@ -22,7 +23,6 @@ import torch
 from PIL import Image
 
 from cdissect.v1 import activations_pb2, activations_pb2_grpc, common_pb2
-from cdissect_activations import user_files
 from cdissect_activations.checkpoints import CheckpointError
 from cdissect_activations.hooks import RepeatedLayerError
 from cdissect_activations.pooling import check_pooling
@@ -31,11 +31,15 @@ from cdissect_activations.zoo import (Target, UnknownLayerError, UnknownModelErr
                                       load_target, resolve_device, resolve_layer)
 from cdissect_common import artifacts, model_specs
 from cdissect_common.downloads import DownloadError
+from cdissect_common.devices import BatchCollator, default_batch_size, one_torch_thread
 from cdissect_common.errors import failed_precondition, invalid_argument, require_shard_ref
-from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy, prepared_batches
+from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
+from cdissect_common.prefetch import prefetched_batches
 from cdissect_common.server import Registration, ServiceRuntime
+from cdissect_common.vocabulary import TARGET_PRECISIONS
+from cdissect_common.userfiles import materialize, server_path
 
 log = logging.getLogger("cdissect.activations")
 SERVICE = "activations"
@@ -54,25 +58,33 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         self.runtime = runtime
         self.settings = runtime.settings
         self.device = resolve_device(self.settings.device)
-        self.models: ModelCache[Target] = ModelCache(on_load=lambda k, m: runtime.metrics.set_model_loaded(True))
-        self.saes: ModelCache[SparseAutoencoder] = ModelCache()
-        self._shapes: dict[tuple[str, str], dict[str, list[int]]] = {}
+        self.batch_size = self.settings.batch_size or default_batch_size(self.device)
+        self.collate = BatchCollator(self.device)
+        self.models: ModelCache[Target] = ModelCache(
+            on_load=lambda k, m: runtime.metrics.set_model_loaded(True), max_models=self.settings.max_loaded_models,
+            on_evict=lambda k, m: log.info("dropped target %s (max_loaded_models=%d)", k[0],
+                                           self.settings.max_loaded_models))
+        self.saes: ModelCache[SparseAutoencoder] = ModelCache(max_models=self.settings.max_loaded_models)
+        self._shapes: ModelCache[dict[str, list[int]]] = ModelCache(max_models=4 * self.settings.max_loaded_models)
 
     def target(self, model: str, weights: str, model_files=(), architecture_only: bool = False) -> Target:
         """The loaded target for a request (default: the served model).
 
-        A timm/hf/clip model string naming a local path is loaded from the copy of `model_files`
-        fetched from the store; the client's path itself is never opened.
+        A model string naming a path is loaded from the service's copy of the request's
+        `model_files` (uploaded by the client through the store), or else only from inside the
+        operator's model folders (`model_dirs`, cdissect_common.userfiles.server_path); the
+        client's path itself is never opened. The served model (CDISSECT_MODEL) is the operator's own.
         """
         name = (model or self.settings.model).strip()
         if not name:
             raise invalid_argument("no target model given and the service serves none; set the request's model "
                                    "(e.g. resnet50) or CDISSECT_MODEL")
         shown = name
-        try:
-            name, weights = self._local_model(name, weights, model_files)
-        except (ValueError, LookupError) as exc:
-            raise invalid_argument(str(exc)) from None
+        if model.strip():
+            try:
+                name, weights = self._local_model(name, weights, model_files)
+            except (ValueError, LookupError) as exc:
+                raise invalid_argument(str(exc)) from None
 
         def load() -> Target:
             with self.runtime.metrics.stage("model_load"):
@@ -91,17 +103,17 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise invalid_argument(f"cannot load target {name!r}: {exc}") from None
 
     def _local_model(self, name: str, weights: str, model_files) -> tuple[str, str]:
-        """(model, weights) with a user's path replaced by the service-local copy of its files."""
+        """(model, weights) with a path in them replaced by the service-local copy of the request's
+        uploaded files, or by the same path checked to lie in a model folder."""
         spec = model_specs.parse_model(name, weights)
-        if spec.family == model_specs.ZOO or not spec.path:
+        if not spec.path:
             if model_files:
                 raise ValueError(f"model {name!r} names no file or folder, but the request carries user files")
             return name, weights
-        if not model_files:
-            raise ValueError(f"model {name!r} names the local path {spec.path!r}; this service reads user files only "
-                             f"through the store: upload them and send their refs as model_files (the cdissect CLI "
-                             f"does this)")
-        local = user_files.materialize(self.runtime.store, list(model_files), spec.is_folder)
+        if model_files:
+            local = materialize(self.runtime.store, list(model_files), spec.is_folder, self.settings.cache_dir)
+        else:
+            local = server_path(spec.path, self.settings.model_dirs)
         return spec.model_string(str(local)), "" if spec.path == (weights or "").strip() else weights
 
     def features(self, request: activations_pb2.ComputeShardActivationsRequest,
@@ -116,7 +128,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise invalid_argument(f"SAE features apply to exactly one layer: request the single layer "
                                    f"{features.layer!r} (got {', '.join(layers)})")
         def load() -> SparseAutoencoder:
-            path = user_files.materialize(self.runtime.store, [features.file], folder=False)
+            path = materialize(self.runtime.store, [features.file], False, self.settings.cache_dir)
             return load_sae(path, features.activation, features.k).to(self.device)
 
         try:
@@ -132,8 +144,9 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             except UnknownLayerError as exc:
                 raise invalid_argument(str(exc)) from None
 
-    def _request_layers(self, request: activations_pb2.ComputeShardActivationsRequest) -> tuple[list[str], str, str]:
-        """(layers, pooling, token pooling) of a request, validated."""
+    def _request_layers(self, request: activations_pb2.ComputeShardActivationsRequest
+                        ) -> tuple[list[str], str, str, str]:
+        """(layers, pooling, token pooling, target precision) of a request, validated."""
         layers = [l.strip() for l in request.layers]
         if not layers or not all(layers):
             raise invalid_argument("no layers requested (or a blank name); name at least one, e.g. 'layer4' "
@@ -141,17 +154,23 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         if len(set(layers)) != len(layers):
             raise invalid_argument(f"layer list repeats a name: {layers}; list each layer once")
         pooling, token_pooling = request.pooling or "avg", request.token_pooling or "cls"
+        # float32 (the reference), or bf16 autocast: matrix products and convolutions in bf16,
+        # reductions and normalisation in float32 (speed on GPUs).
+        precision = request.precision or "float32"
+        if precision not in TARGET_PRECISIONS:
+            raise invalid_argument(f"precision must be one of {', '.join(TARGET_PRECISIONS)}, got "
+                                   f"{request.precision!r}")
         try:
             check_pooling(pooling, token_pooling)
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
-        return layers, pooling, token_pooling
+        return layers, pooling, token_pooling, precision
 
     def CheckActivations(self, request: activations_pb2.ComputeShardActivationsRequest,
                          context: grpc.ServicerContext) -> activations_pb2.CheckActivationsResponse:
         """Everything ComputeShardActivations checks, plus one probe image through the hooks (and
         the SAE); answers the unit count of each layer. Writes nothing."""
-        layers, pooling, token_pooling = self._request_layers(request)
+        layers, pooling, token_pooling, precision = self._request_layers(request)
         check_bad_image_policy(request.on_bad_image)
         target = self.target(request.model, request.weights, request.model_files)
         self._check_layers(target, layers)
@@ -183,7 +202,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
                                 context: grpc.ServicerContext) -> activations_pb2.ComputeShardActivationsResponse:
         """One artifact per requested layer for one shard; existing ones are reused."""
         check_bad_image_policy(request.on_bad_image)  # validated; registration decided the skipping
-        layers, pooling, token_pooling = self._request_layers(request)
+        layers, pooling, token_pooling, precision = self._request_layers(request)
         shard = request.shard
         require_shard_ref(shard)
         try:
@@ -193,7 +212,8 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             keys = {layer: artifacts.content_key(
                 "activations", model_id=target.model_id, checkpoint_sha256=target.checkpoint_sha256, layer=layer,
                 pooling=pooling, token_pooling=token_pooling, preprocess_id=preprocess_id(target),
-                shard_sha256=shard.ref.sha256, **self._features_key(request, features, layer))
+                shard_sha256=shard.ref.sha256, **self._features_key(request, features, layer),
+                **({"precision": precision} if precision != "float32" else {}))
                 for layer in layers}
             refs = {layer: artifacts.find_artifact(self.runtime.store, key) for layer, key in keys.items()}
             missing = [layer for layer in layers if refs[layer] is None]
@@ -201,11 +221,11 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             if missing:
                 log.info("ComputeShardActivations shard=%d (%d images) layers=%s started", shard.index,
                          len(shard.images), ",".join(missing))
-                computed = self._compute(target, missing, pooling, token_pooling, shard, features)
+                computed = self._compute(target, missing, pooling, token_pooling, shard, features, precision)
                 producer = {"service": SERVICE, "model_id": target.model_id,
                             "checkpoint_sha256": target.checkpoint_sha256, "device": str(self.device),
                             "pooling": pooling, "token_pooling": token_pooling, "shard_sha256": shard.ref.sha256,
-                            "code_version": artifacts.CODE_VERSION["activations"],
+                            "code_version": artifacts.CODE_VERSION["activations"], "precision": precision,
                             **({"features": f"sae {next(iter(features.values())).describe()}"} if features else {})}
                 with self.runtime.metrics.stage("store_write"):
                     for layer in missing:
@@ -223,25 +243,30 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
             raise
 
     def _compute(self, target: Target, layers: list[str], pooling: str, token_pooling: str,
-                 shard: common_pb2.Shard, features: dict[str, SparseAutoencoder]) -> dict[str, np.ndarray]:
+                 shard: common_pb2.Shard, features: dict[str, SparseAutoencoder],
+                 precision: str = "float32") -> dict[str, np.ndarray]:
         with self.runtime.metrics.stage("read_shard"):
             pairs = read_shard(self.runtime.store, shard)
         self.runtime.metrics.add_bytes("read", sum(len(b) for _, b in pairs))
         parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
         recorder = target.recorder(layers, pooling, token_pooling, features)
-        batches = prepared_batches([(e.name, b) for e, b in pairs], self.settings.batch_size, target.preprocess,
-                                   f"shard {shard.index}", self.settings.max_image_pixels, fix=SHARD_IMAGE_FIX)
-        for tensors in batches:
-            batch = torch.stack(tensors)
-            with self.runtime.device_lock, self.runtime.metrics.stage("forward"):
-                try:
+        batches = prefetched_batches([(e.name, b) for e, b in pairs], self.batch_size, target.preprocess,
+                                     self.collate, where=f"shard {shard.index}",
+                                     max_pixels=self.settings.max_image_pixels, fix=SHARD_IMAGE_FIX,
+                                     workers=self.settings.prefetch_workers, depth=self.settings.prefetch_depth,
+                                     thread_init=one_torch_thread)
+        with closing(batches):
+            for batch in batches:
+                with self.runtime.device_lock, self.runtime.metrics.stage("forward"), \
+                        torch.autocast(self.device.type, torch.bfloat16, enabled=precision == "bfloat16"):
                     with recorder:
-                        out = recorder.record(batch)
-                except RepeatedLayerError as exc:
-                    raise invalid_argument(f"{target.name}: {exc}") from None
-                for layer in layers:
-                    parts[layer].append(out[layer].float().cpu().numpy())
-            self.runtime.metrics.add_images(len(tensors))
+                        try:
+                            out = recorder.record(batch.data.tensor())
+                        except RepeatedLayerError as exc:
+                            raise invalid_argument(f"{target.name}: {exc}") from None
+                    for layer in layers:
+                        parts[layer].append(out[layer].float().cpu().numpy())
+                self.runtime.metrics.add_images(len(batch))
         return {layer: np.concatenate(p).astype(np.float32) for layer, p in parts.items()}
 
     def ListLayers(self, request: activations_pb2.ListLayersRequest,
@@ -259,10 +284,9 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
 
     def _output_shapes(self, target: Target) -> dict[str, list[int]]:
         """Output shape of every module on a grey probe image (modules not called get none)."""
-        cache_key = (target.model_id, target.checkpoint_sha256)
-        if cache_key in self._shapes:
-            return self._shapes[cache_key]
+        return self._shapes.get((target.model_id, target.checkpoint_sha256), lambda: self._probe_shapes(target))
 
+    def _probe_shapes(self, target: Target) -> dict[str, list[int]]:
         names = {info.name for info in list_layers(target.model)}
         shapes: dict[str, list[int]] = {}
         handles = []
@@ -287,7 +311,6 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
         finally:
             for handle in handles:
                 handle.remove()
-        self._shapes[cache_key] = shapes
         return shapes
 
     def ListModels(self, request: common_pb2.ListModelsRequest,
@@ -298,7 +321,7 @@ class ActivationsServicer(activations_pb2_grpc.ActivationsServicer):
     def warmup(self) -> None:
         """Load the served model (CDISSECT_MODEL) and run one probe forward pass through it."""
         if self.settings.model:
-            self._output_shapes(self.target(self.settings.model, ""))
+            self._output_shapes(self.target("", ""))  # the served model
 
 
 def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], ActivationsServicer]:

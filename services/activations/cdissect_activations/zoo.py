@@ -40,6 +40,7 @@ from torchvision import transforms as T
 from cdissect_common import model_specs
 from cdissect_common.devices import resolve_device
 from cdissect_common.downloads import cache_dir, fetch, sha256_file
+from cdissect_common.model_specs import looks_like_path
 from cdissect_common.suggest import closest_hint
 
 from .checkpoints import apply_state_dict, load_state_dict_file, read_checkpoint, strip_prefix, unwrap_state_dict
@@ -62,7 +63,6 @@ RANDOM_WORDS = ("none", "random")
 REFERENCE_WEIGHTS = "IMAGENET1K_V1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".safetensors")
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
@@ -140,10 +140,6 @@ def available_models(every: bool = False) -> list[str]:
     builtin = _torchvision_models() + [PLACES_NAME]
     plugins = sorted(n for n in _plugins() if n not in builtin)
     return builtin + plugins + timm_targets.list_names(every) + hf_targets.list_names() + clip_targets.list_names(every)
-
-
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES) or Path(text).is_file()
 
 
 def parse_model_spec(name: str, weights: str | None = None) -> tuple[str, str | None]:
@@ -241,7 +237,7 @@ def torchvision_weights_path(enum) -> Path:
 
 def _load_torchvision(arch: str, weights: str | None, device: torch.device, architecture_only: bool = False) -> Target:
     if architecture_only and not _is_random(weights) and _has_weights(arch):
-        named = weights if weights and not _looks_like_path(weights) else _reference_weights_name(arch)
+        named = weights if weights and not looks_like_path(weights) else _reference_weights_name(arch)
         enum = _weights_enum(arch, named)
         model = _random_model(lambda: torchvision.models.get_model(arch, weights=None, **_builder_kwargs(arch, enum)))
         _drop_aux_heads(arch, model)
@@ -251,7 +247,7 @@ def _load_torchvision(arch: str, weights: str | None, device: torch.device, arch
         model = _random_model(lambda: torchvision.models.get_model(arch, weights=None))
         return _finish(arch, model, imagenet_preprocess(), f"torchvision:{arch}:random-init:{RANDOM_SEED}",
                        f"random-init:{RANDOM_SEED}", "none", device)
-    if weights and _looks_like_path(weights):
+    if weights and looks_like_path(weights):
         path = Path(weights).expanduser()
         ref = _weights_enum(arch, _reference_weights_name(arch)) if _has_weights(arch) else None
         model = _random_model(lambda: torchvision.models.get_model(arch, weights=None))
@@ -305,7 +301,7 @@ def _load_places(weights: str | None, device: torch.device, architecture_only: b
     if _is_random(weights) or architecture_only:
         return _finish(PLACES_NAME, _random_model(build), preprocess,
                        f"{PLACES_NAME}:random-init:{RANDOM_SEED}", f"random-init:{RANDOM_SEED}", "none", device)
-    if weights and _looks_like_path(weights):
+    if weights and looks_like_path(weights):
         path, weights_name = Path(weights).expanduser(), str(weights)
         model_id = f"{PLACES_NAME}:file:{path.name}"
     elif weights in (None, "", "places365", "DEFAULT"):

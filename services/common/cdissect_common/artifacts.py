@@ -23,19 +23,19 @@ from .store import ObjectInfo, ObjectStore, sha256_hex
 # The version of the code that computes each kind, part of every content key: bump it whenever
 # that code can change its output, so artifacts of the old code are not reused.
 CODE_VERSION: dict[str, str] = {
-    "embeddings/image": "a99bd1d48faccf0707aa59bab35ffe6273709f820521f8672d1bf1dfbb28ddde",
+    "embeddings/image": "6a9336c9c30416f02e55bd4c37b99b77a900781b94256420f1c970a1c8f70556",
     "embeddings/text": "1",
-    "activations": "16913d4c0287050db2599be618829a3944607e1c5a79abe97913dfdf3263185c",
-    "labels": "d414bd9b7702b8b349efeea53fd28a78e35dedd3de5a68c4fe7ac8340aaa5aab",
+    "activations": "e271acbe221caf7d65ec9147108c5cd50c067887e4b5eba5d58c105cd46a3618",
+    "labels": "abd9e3c334a1a7f7718cd89b7cf3cb7604bc5aac7a72faec4c7c59d6042213b3",
 }
 # A digest of that code's source (comments and docstrings aside) when its version was last
 # checked. tests/unit/test_code_versions.py recomputes it and fails, naming the stage, when the
 # code changed and this record did not; its message says whether to bump and what to record.
 CODE_SOURCE_DIGEST: dict[str, str] = {
-    "embeddings/image": "a99bd1d48faccf0707aa59bab35ffe6273709f820521f8672d1bf1dfbb28ddde",
-    "embeddings/text": "cb55d55f2955b2de1685033da9ac9a8d34a569c4631ecf78d1d5c5eb7083e1ec",
-    "activations": "16913d4c0287050db2599be618829a3944607e1c5a79abe97913dfdf3263185c",
-    "labels": "d414bd9b7702b8b349efeea53fd28a78e35dedd3de5a68c4fe7ac8340aaa5aab",
+    "embeddings/image": "6a9336c9c30416f02e55bd4c37b99b77a900781b94256420f1c970a1c8f70556",
+    "embeddings/text": "26722e08bb00104eadd6f7dc85a4c9144d6daed998f60d6ff731b2f3b84ea8ce",
+    "activations": "e271acbe221caf7d65ec9147108c5cd50c067887e4b5eba5d58c105cd46a3618",
+    "labels": "abd9e3c334a1a7f7718cd89b7cf3cb7604bc5aac7a72faec4c7c59d6042213b3",
 }
 # Array names inside single-array artifacts.
 EMBEDDINGS = "embeddings"

@@ -1,14 +1,15 @@
-"""Client side of the services: channels with auth/TLS/size limits, replica discovery, stubs.
+"""Client side of the services: channels with auth/TLS/size limits, gRPC name resolution, stubs.
 
-``expand_endpoint`` turns a DNS name that resolves to many addresses (a Kubernetes headless
-Service, several replicas) into one endpoint per address, so a caller can open a channel to
-each and spread shards across all replicas.
+An endpoint is ``host:port`` (or any gRPC target URI: ``dns://DNS-SERVER/host:port``,
+``ipv4:``, ``unix:``). A channel dials it as ``dns:///host:port`` with the ``round_robin``
+load-balancing policy: gRPC resolves the name itself, again whenever a connection fails, and
+spreads calls over every address the name has. So the replicas behind a Kubernetes headless
+Service all get calls, and a restarted pod's new address is found without restarting the client.
 """
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -23,6 +24,10 @@ STUB_CLASSES: dict[str, Any] = {
     "activations": activations_pb2_grpc.ActivationsStub,
     "labeler": labeler_pb2_grpc.LabelerStub,
 }
+# Schemes of gRPC target URIs that are passed through unchanged.
+TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+# How soon gRPC may resolve a name again after a connection failure (its default is 30 s).
+RERESOLVE_MS = 1000
 
 
 class EndpointError(ValueError):
@@ -30,9 +35,13 @@ class EndpointError(ValueError):
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` → (host, port)."""
+    """``host:port`` / ``[v6]:port`` / ``dns:[//server/]host:port`` → (host, port)."""
     text = endpoint.strip()
-    for scheme in ("dns:///", "grpc://", "http://"):
+    if text.startswith("dns:"):
+        text = text[len("dns:"):]
+        if text.startswith("//"):
+            text = text[2:].split("/", 1)[-1]  # drop the DNS server (the URI's authority)
+    for scheme in ("grpc://", "http://"):
         if text.startswith(scheme):
             text = text[len(scheme):]
     if text.startswith("["):
@@ -49,61 +58,63 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def expand_endpoint(endpoint: str) -> list[str]:
-    """All addresses a ``host:port`` resolves to, as ``ip:port`` (IP literals and localhost unchanged)."""
-    host, port = split_endpoint(endpoint)
+def grpc_target(endpoint: str) -> str:
+    """The target a channel dials: ``dns:///host:port`` for a plain endpoint, URIs unchanged."""
+    text = endpoint.strip()
+    if text.startswith(TARGET_SCHEMES):
+        if text.startswith("dns:"):
+            split_endpoint(text)
+        return text
+    host, port = split_endpoint(text)
+    return f"dns:///{_join(host, port)}"
+
+
+def replica_count(endpoint: str) -> int:
+    """How many addresses ``endpoint`` has now (at least 1), to size how many calls to send at once.
+
+    Only for sizing: the channel resolves the name itself and follows later changes. An
+    unresolvable plain name raises EndpointError naming it.
+    """
+    text = endpoint.strip()
+    if text.startswith(TARGET_SCHEMES) and not text.startswith("dns:///"):
+        return 1  # a custom resolver or DNS server: let gRPC count
+    host, port = split_endpoint(text)
     try:
         ipaddress.ip_address(host)
-        return [_join(host, port)]
+        return 1
     except ValueError:
         pass
     if host == "localhost":
-        return [_join(host, port)]
+        return 1
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise EndpointError(f"cannot resolve {host!r} of endpoint {endpoint!r}: {exc.strerror}; check the name "
                             f"or the cluster DNS") from None
-    out: list[str] = []
-    for _family, _type, _proto, _name, sockaddr in infos:
-        address = _join(str(sockaddr[0]), port)
-        if address not in out:
-            out.append(address)
-    return out
+    return max(1, len({info[4][0] for info in infos}))
 
 
-def expand_endpoints(endpoints: Iterable[str]) -> list[tuple[str, str]]:
-    """(address, original endpoint) for every address of every endpoint, without duplicates."""
-    seen: list[tuple[str, str]] = []
-    for endpoint in endpoints:
-        for address in expand_endpoint(endpoint):
-            if address not in [a for a, _ in seen]:
-                seen.append((address, endpoint))
-    return seen
-
-
-def channel_options(settings: Settings, target_name: str | None = None) -> list[tuple[str, Any]]:
-    """Message-size limits and keepalive; TLS name override when dialling an expanded IP."""
-    options: list[tuple[str, Any]] = [
+def channel_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Message-size limits, keepalive, round-robin over every address, prompt re-resolution."""
+    return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.dns_min_time_between_resolutions_ms", RERESOLVE_MS),
     ]
-    if target_name:
-        options.append(("grpc.ssl_target_name_override", target_name))
-    return options
 
 
-def make_channel(endpoint: str, settings: Settings, original: str | None = None) -> grpc.Channel:
-    """A channel to ``endpoint`` with the bearer token (if configured), TLS (if configured) and limits."""
-    split_endpoint(endpoint)
+def make_channel(endpoint: str, settings: Settings) -> grpc.Channel:
+    """A channel to ``endpoint`` (see the module docstring) with the bearer token (if configured),
+    TLS (if configured) and limits."""
+    target = grpc_target(endpoint)
     creds = channel_credentials(settings)
     if creds is not None:
-        name = split_endpoint(original)[0] if original and original != endpoint else None
-        channel = grpc.secure_channel(endpoint, creds, options=channel_options(settings, name))
+        channel = grpc.secure_channel(target, creds, options=channel_options(settings))
     else:
-        channel = grpc.insecure_channel(endpoint, options=channel_options(settings))
+        channel = grpc.insecure_channel(target, options=channel_options(settings))
     token = settings.token()
     if token:
         channel = grpc.intercept_channel(channel, BearerTokenClientInterceptor(token))

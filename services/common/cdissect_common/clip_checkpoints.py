@@ -29,6 +29,7 @@ from typing import Any
 
 from .checkpoint_format import CheckpointFormatError, check_checkpoint_file
 from .downloads import DownloadError, cache_dir, fetch, host_reachable, sha256_file
+from .model_specs import looks_like_path
 from .suggest import closest_hint
 
 OPENAI_PREFIX = "openai-clip"
@@ -87,8 +88,10 @@ def resolve_checkpoint(name: str) -> tuple[Path, str, str | None]:
     if name in clip.available_models():
         url = model_url(name)
         return model_cache_path(name), f"{OPENAI_PREFIX}:{name}", url.split("/")[-2]
-    path = Path(name).expanduser()
-    if path.is_file():
+    if looks_like_path(name):  # the one rule (cdissect_common.model_specs): a name is never looked up on disk
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP checkpoint file {path} does not exist; check the path")
         return path, f"{OPENAI_PREFIX}:file:{path.name}", None
     plugins = clip_plugins()
     if name in plugins:
@@ -96,8 +99,6 @@ def resolve_checkpoint(name: str) -> tuple[Path, str, str | None]:
         if not plugin_path.is_file():
             raise FileNotFoundError(f"CLIP plugin {name!r} ({plugins[name].value}) points to {plugin_path}, which does not exist")
         return plugin_path, f"{OPENAI_PREFIX}:{name}", None
-    if name.startswith(("/", "./", "../", "~")) or name.endswith((".pt", ".pth", ".bin", ".tar")):
-        raise FileNotFoundError(f"CLIP checkpoint file {path} does not exist; check the path")
     known = openai_names()
     hint = closest_hint(name, known)
     raise LookupError(
@@ -224,11 +225,11 @@ def load_open_clip(spec: str, device: Any, precision: str = "fp32") -> LoadedCli
     check_open_clip_arch(arch)
     if not pretrained:
         path, model_id, sha = None, f"{OPEN_CLIP_PREFIX}:{arch}:random-init:{RANDOM_SEED}", f"random-init:{RANDOM_SEED}"
-    elif Path(pretrained).expanduser().is_file():
+    elif looks_like_path(pretrained):  # the one rule: a tag is never looked up on disk
         path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"open_clip checkpoint {pretrained} does not exist; check the path")
         model_id, sha = f"{OPEN_CLIP_PREFIX}:{arch}:file:{path.name}", sha256_file(path)
-    elif pretrained.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"open_clip checkpoint {pretrained} does not exist; check the path")
     else:
         path = open_clip_pretrained_file(arch, pretrained)
         model_id, sha = f"{OPEN_CLIP_PREFIX}:{arch}:{pretrained}", sha256_file(path)

@@ -81,7 +81,7 @@ class Settings:
     tls_ca: str = _setting("")
     device: str = _setting("auto", choices=("auto", "cpu", "cuda"))
     model: str = _setting("")
-    batch_size: int = _setting(64, positive=True)
+    batch_size: int = _setting(0)  # images per forward pass; 0: per device type (devices.DEFAULT_BATCH_SIZES)
     # Images with more pixels are refused by name before decoding (0 = no limit). The default is
     # PIL's own decompression-bomb threshold: about 0.25 GiB once decoded to RGB.
     max_image_pixels: int = _setting(89_478_485)
@@ -90,7 +90,27 @@ class Settings:
     data_dir: str = _setting("~/.cache/cdissect/data")
     download_timeout: float = _setting(20.0, positive=True)
     shutdown_grace_seconds: float = _setting(120.0)
-    max_workers: int = _setting(8, positive=True)
+    # gRPC handler threads: enough for max_inflight_rpcs shard calls, max_inflight_inline inline
+    # calls (which wait for batch-mates) and the health checks.
+    max_workers: int = _setting(64, positive=True)
+    # Shard (work) RPCs a service runs at once (more are answered "busy"); with max_inflight_inline
+    # below max_workers, so threads stay free for health checks.
+    max_inflight_rpcs: int = _setting(4, positive=True)
+    # Inline RPCs (EmbedTexts/EmbedImages) a service holds at once, batched together (more: "busy").
+    max_inflight_inline: int = _setting(48, positive=True)
+    prefetch_workers: int = _setting(0)  # threads decoding and preprocessing the next images; 0: the cores available
+    prefetch_depth: int = _setting(2, positive=True)  # prepared batches waiting for the device
+    inline_batch_max: int = _setting(0)  # most images/texts in one server-side batch of inline calls; 0: batch_size
+    inline_batch_wait_seconds: float = _setting(0.005)  # how long a lone inline call waits for others to batch with
+    # Seconds a call failing with a transient error (service or store unreachable) is retried,
+    # counted from the failure.
+    retry_timeout: float = _setting(90.0)
+    # Set by the CLI on the services it starts for one command: they stop when that process exits.
+    parent_pid: int = _setting(0)
+    # Operator-configured folders whose checkpoint files requests may name by server path.
+    model_dirs: tuple[str, ...] = _setting(())
+    # Models a service keeps loaded at once; the least recently used one is dropped first.
+    max_loaded_models: int = _setting(2, positive=True)
     embedder: tuple[str, ...] = _setting(())
     activations: tuple[str, ...] = _setting(())
     labeler: tuple[str, ...] = _setting(())
@@ -243,6 +263,11 @@ def load_settings(service: str | None = None, overrides: Mapping[str, Any] | Non
             values["port"] = fixed.port
         if sources["metrics_port"] == "default":
             values["metrics_port"] = fixed.metrics_port
+    if values["max_inflight_rpcs"] + values["max_inflight_inline"] >= values["max_workers"]:
+        raise ConfigError(f"{ENV_VARS['max_inflight_rpcs']}={values['max_inflight_rpcs']} plus "
+                          f"{ENV_VARS['max_inflight_inline']}={values['max_inflight_inline']} must be below "
+                          f"{ENV_VARS['max_workers']}={values['max_workers']}: the threads left over answer health "
+                          f"checks while every work slot is busy")
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError(f"TLS needs both {ENV_VARS['tls_cert']} and {ENV_VARS['tls_key']}; set both or neither")
     return Settings(service=service, config_file=str(path) if path.exists() else "", sources=sources, **values)

@@ -8,25 +8,23 @@ version, or an image library that reads fewer formats) refuses the shard, naming
 rather than skip it and shift every later row.
 
 Memory is bounded from outside: an image over ``max_image_pixels`` (a setting) is refused from
-its header, before any pixel is decoded, and ``prepared_batches`` prepares (resizes) each image
-as soon as it is decoded, so a decoding thread holds at most one full-resolution image, never a
-batch of them. The pixels are those of a plain full decode (no JPEG ``draft``/``reduce``, which
+its header, before any pixel is decoded, and ``prefetch.prefetched_batches`` prepares (resizes)
+each image as soon as it is decoded, so each decoding thread holds at most one full-resolution
+image, never a batch of them. The pixels are those of a plain full decode (no JPEG ``draft``/``reduce``, which
 would change them), so results do not depend on the memory path taken.
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from .config import DEFAULTS, ENV_VARS
 from .vocabulary import BAD_IMAGE_POLICIES
 
+DEFAULT_FIX = "send only readable JPEG/PNG images"
 SHARD_IMAGE_FIX = ("registration decodes every image, so this shard was registered by an older cdissect or where "
                    "more image formats can be read: register the probe set again (cdissect datasets add, or rerun "
                    "`cdissect run`, which re-registers changed folders)")
-T = TypeVar("T")
 
 
 class UnreadableImageError(ValueError):
@@ -75,40 +73,14 @@ def decode_image(name: str, data: bytes, max_pixels: int = DEFAULTS["max_image_p
         raise UnreadableImageError(name, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
-def prepared_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prepare: Callable[[Any], T],
-                     where: str = "", max_pixels: int = DEFAULTS["max_image_pixels"],
-                     fix: str = "send only readable JPEG/PNG images") -> Iterator[list[T]]:
-    """Decode and ``prepare`` (e.g. the model's preprocessing) the images batch by batch.
-
-    Each image is prepared right after it is decoded and then dropped, so only one
-    full-resolution image is held at a time. The next batch is prepared on a helper thread while
-    the caller computes on the current one, so the device does not wait for decoding. An
-    unreadable image raises INVALID_ARGUMENT naming it, ``where`` it is and ``fix``.
-    """
+def decode_or_refuse(name: str, data: bytes, where: str = "", max_pixels: int = DEFAULTS["max_image_pixels"],
+                     fix: str = DEFAULT_FIX) -> Any:
+    """``decode_image`` for a service: an unreadable image raises INVALID_ARGUMENT naming it,
+    ``where`` it is and ``fix`` (the services decode through ``prefetch.prefetched_batches``)."""
     from .errors import invalid_argument
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-
-    def work(chunk: Sequence[tuple[str, bytes]]) -> list[T]:
-        out = []
-        for name, data in chunk:
-            try:
-                image = decode_image(name, data, max_pixels)
-            except UnreadableImageError as exc:
-                raise invalid_argument(f"image {name!r}{' in ' + where if where else ''}: {exc.reason}"
-                                       + ("" if exc.over_limit else f"; {fix}")) from None
-            out.append(prepare(image))
-            del image
-        return out
-
-    if not chunks:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
-        pending: Future = pool.submit(work, chunks[0])
-        for nxt in chunks[1:]:
-            current = pending.result()
-            pending = pool.submit(work, nxt)
-            yield current
-        yield pending.result()
+    try:
+        return decode_image(name, data, max_pixels)
+    except UnreadableImageError as exc:
+        raise invalid_argument(f"image {name!r}{' in ' + where if where else ''}: {exc.reason}"
+                               + ("" if exc.over_limit else f"; {fix}")) from None

@@ -46,9 +46,32 @@ class ModelSpec:
 
 
 def looks_like_path(text: str) -> bool:
-    """Whether `text` is meant as a file path (by its form alone: no file system access)."""
+    """Whether `text` is meant as a file path, by its form alone (no file system access: a name
+    is never looked up on disk): it starts with '/', '~', './' or '../', or has no ':' and ends
+    with a checkpoint suffix. 'ViT-B/16', 'IMAGENET1K_V1' and 'org/name' are not paths. The one
+    rule of the CLI and the services (zoo, CLIP backends, cdissect_common.userfiles)."""
     text = text.strip()
-    return text.startswith(_PATH_STARTS) or text.lower().endswith(CHECKPOINT_SUFFIXES)
+    return text.startswith(_PATH_STARTS) or (":" not in text and text.lower().endswith(CHECKPOINT_SUFFIXES))
+
+
+def split_checkpoint(spec: str) -> tuple[str, str | None]:
+    """Split a CLIP model string into (the name part, the file part or None).
+
+    '/ckpt/clip.pt' -> ('', '/ckpt/clip.pt'); 'open_clip:ViT-B-32:/w.pt' -> ('open_clip:ViT-B-32', '/w.pt');
+    'ViT-B/16' -> ('ViT-B/16', None). (Target strings: parse_model.)
+    """
+    spec = (spec or "").strip()
+    for index, char in enumerate(spec):
+        if char == ":" and looks_like_path(spec[index + 1:]):
+            return spec[:index], spec[index + 1:].strip()
+    if looks_like_path(spec):
+        return "", spec
+    return spec, None
+
+
+def join_checkpoint(name: str, path: str) -> str:
+    """The inverse of split_checkpoint: 'NAME:PATH', or PATH alone when there is no name."""
+    return f"{name}:{path}" if name else str(path)
 
 
 def parse_model(model: str, weights: str = "") -> ModelSpec:

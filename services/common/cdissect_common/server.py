@@ -8,14 +8,24 @@
 - interceptors: errors by status code and per-RPC timing (outermost), then bearer-token
   auth when a token is configured;
 - message-size limits from ``max_message_bytes`` (larger requests get RESOURCE_EXHAUSTED);
+- at most ``max_inflight_rpcs`` shard (work) RPCs and ``max_inflight_inline`` inline RPCs (the
+  methods a registration names as inline: they wait for batch-mates) at once, together fewer
+  than the ``max_workers`` threads, so a thread is always free for health checks: a call over its
+  cap is answered at once with RESOURCE_EXHAUSTED and the trailing metadata
+  ``cdissect-cause: busy`` (clients wait and retry);
 - TLS when certificate files are configured;
 - SIGTERM/SIGINT: NOT_SERVING, refuse new RPCs, let the RPCs in flight (the shard being
-  computed) finish within ``shutdown_grace_seconds``, then exit 0.
+  computed) finish within ``shutdown_grace_seconds``, then exit 0; the grace bounds the exit:
+  RPCs still running when it is over are abandoned (outputs are published atomically: nothing
+  partial is left);
+- with ``parent_pid`` set (the CLI's embedded services), the process stops when that parent
+  exits (``cdissect_common.lifetime``), without waiting for RPCs nobody will read.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -30,8 +40,10 @@ from grpc_reflection.v1alpha import reflection
 
 from .auth import BearerTokenInterceptor, server_credentials
 from .config import ENV_VARS, ConfigError, Settings, load_settings, service_defaults
-from .errors import ServiceError, status_for
+from .errors import ServiceError, status_for, trailing_metadata_for
+from .lifetime import bind_to_parent
 from .metrics import ServiceMetrics
+from .retry import CAUSE_BUSY, CAUSE_METADATA_KEY, RetryPolicy
 from .store import ObjectStore, StoreConfigError, open_store
 
 log = logging.getLogger("cdissect.server")
@@ -45,7 +57,8 @@ class ServiceRuntime:
         self.settings = settings
         self.health_name = service_defaults(service).health_name
         self.metrics = ServiceMetrics(service)
-        self.store = store if store is not None else open_store(settings.store, settings)
+        self.store = store if store is not None else open_store(
+            settings.store, settings, policy=RetryPolicy(max_total_seconds=settings.retry_timeout))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         # Serialises device work (forward passes) across concurrent RPCs; decoding and store
         # I/O happen outside it, so one request prepares while another computes.
@@ -112,6 +125,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                     code = already  # the handler aborted with its own status
                     raise
                 code, message = status_for(exc)
+                trailing = trailing_metadata_for(exc)
+                if trailing:
+                    context.set_trailing_metadata(trailing)
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
                 else:
@@ -126,6 +142,81 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                                                    response_serializer=handler.response_serializer)
 
 
+BUSY_METADATA = (CAUSE_METADATA_KEY, CAUSE_BUSY)
+UNGATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class WorkGate:
+    """Counts the work RPCs in flight and admits at most ``limit`` of them at a time; ``setting``
+    names the setting of the limit (for the busy message)."""
+
+    def __init__(self, limit: int, setting: str = "max_inflight_rpcs") -> None:
+        self.limit = limit
+        self.setting = setting
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        """Take a slot; False when all ``limit`` slots are taken."""
+        with self._lock:
+            if self._count >= self.limit:
+                return False
+            self._count += 1
+            return True
+
+    def leave(self) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._count -= 1
+
+    @property
+    def in_flight(self) -> int:
+        """Work RPCs running now."""
+        with self._lock:
+            return self._count
+
+
+class WorkGateInterceptor(grpc.ServerInterceptor):
+    """Admits unary work RPCs through a ``WorkGate``; health checks and reflection pass ungated.
+
+    A call over the cap is answered at once (RESOURCE_EXHAUSTED, trailing metadata
+    ``cdissect-cause: busy``) instead of waiting for a thread, so the pool never fills with shard
+    work and a liveness probe always finds a free thread.
+    """
+
+    def __init__(self, gate: WorkGate, service: str, inline_gate: WorkGate | None = None,
+                 inline_methods: Iterable[str] = ()) -> None:
+        self.gate = gate
+        self.service = service
+        self.inline_gate = inline_gate
+        self.inline_methods = frozenset(inline_methods)
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        """Wrap unary work handlers in the gate."""
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method or ""
+        if (handler is None or handler.request_streaming or handler.response_streaming
+                or method.startswith(UNGATED_PREFIXES)):
+            return handler
+        inner, service = handler.unary_unary, self.service
+        gate = self.inline_gate if self.inline_gate is not None and method in self.inline_methods else self.gate
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            if not gate.enter():
+                context.set_trailing_metadata((BUSY_METADATA,))
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"the {service} service is busy: {gate.limit} calls in flight ({gate.setting}); "
+                              f"retry later")
+            try:
+                return inner(request, context)
+            finally:
+                gate.leave()
+
+        return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
 @dataclass
 class Registration:
     """One servicer to add: the object, its generated ``add_*_to_server`` and its full service name."""
@@ -133,6 +224,7 @@ class Registration:
     servicer: Any
     add_to_server: Callable[[Any, grpc.Server], None]
     full_name: str
+    inline_methods: tuple[str, ...] = ()   # short calls that batch together (own cap: max_inflight_inline)
 
 
 class ServiceServer:
@@ -148,6 +240,10 @@ class ServiceServer:
         token = settings.token()
         if token:
             interceptors.append(BearerTokenInterceptor(token))
+        self.gate = WorkGate(settings.max_inflight_rpcs)
+        self.inline_gate = WorkGate(settings.max_inflight_inline, "max_inflight_inline")
+        inline = [f"/{reg.full_name}/{name}" for reg in registrations for name in reg.inline_methods]
+        interceptors.append(WorkGateInterceptor(self.gate, runtime.service, self.inline_gate, inline))
         options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                    ("grpc.max_send_message_length", settings.max_message_bytes),
                    ("grpc.so_reuseport", 0),
@@ -181,12 +277,17 @@ class ServiceServer:
         log.info("%s listening on %s:%d (metrics :%d, auth %s, tls %s)", runtime.service, settings.host, port,
                  self.metrics_port, "on" if token else "off", "on" if creds else "off")
 
-    def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new RPCs, wait for in-flight ones (up to ``grace`` s), close metrics."""
+    def stop(self, grace: float | None = None) -> int:
+        """NOT_SERVING, refuse new RPCs, wait for in-flight ones (up to ``grace`` s), close metrics.
+
+        Returns how many work RPCs are still running after the grace (their threads cannot be
+        stopped from Python; ``run_service`` then exits without waiting for them).
+        """
         grace = self.runtime.settings.shutdown_grace_seconds if grace is None else grace
         self.runtime.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self.server.stop(grace).wait(grace + 5.0)
         self.runtime.metrics.close()
+        return self.gate.in_flight
 
 
 def configure_logging() -> None:
@@ -207,19 +308,25 @@ def run_service(service: str, build: Builder, settings: Settings | None = None) 
     certificate) exit with code 2 and one log line naming the problem.
     """
     configure_logging()
+    stop = threading.Event()
+    failed = threading.Event()
+    orphaned = threading.Event()
     try:
         settings = settings or load_settings(service)
+        if settings.parent_pid:  # first, so a parent that dies while models load is noticed
+            bind_to_parent(settings.parent_pid, lambda: (orphaned.set(), stop.set()))
         runtime = ServiceRuntime(service, settings)
         registrations, warmup = build(runtime)
         server = ServiceServer(runtime, registrations)
     except (ConfigError, StoreConfigError, OSError) as exc:
         log.error("%s cannot start: %s", service, exc)
         return 2
-    stop = threading.Event()
-    failed = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: draining (grace %.0fs)", signal.Signals(signum).name, settings.shutdown_grace_seconds)
+        if settings.parent_pid and os.getppid() != settings.parent_pid:
+            orphaned.set()  # the death signal of cdissect_common.lifetime
+        log.info("received %s: draining (grace %.0fs)", signal.Signals(signum).name,
+                 0.0 if orphaned.is_set() else settings.shutdown_grace_seconds)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -242,9 +349,18 @@ def run_service(service: str, build: Builder, settings: Settings | None = None) 
     threading.Thread(target=warm, name="warmup", daemon=True).start()
     while not stop.wait(0.5):
         pass
-    server.stop()
+    # An orphan's callers are gone with its parent: nothing is worth waiting for.
+    abandoned = server.stop(0.0 if orphaned.is_set() else None)
+    code = 1 if failed.is_set() else 0
+    if abandoned:
+        # Python cannot stop the threads still computing; the process must not wait for them.
+        log.warning("%s stopped after its shutdown grace with %d call(s) still running; they are abandoned "
+                    "(outputs are published atomically: a rerun computes what they did not finish)",
+                    service, abandoned)
+        logging.shutdown()
+        os._exit(code)
     log.info("%s stopped", service)
-    return 1 if failed.is_set() else 0
+    return code
 
 
 def build_from_module(service: str) -> Builder:

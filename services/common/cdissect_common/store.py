@@ -54,6 +54,11 @@ class StoreConfigError(StoreError, ValueError):
     """The store URL or its settings cannot be used; the message says what to change."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store did not answer (connection refused, 5xx) for the whole retry budget; the message
+    names the store and its endpoint."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What the store knows about one object without reading it."""
@@ -323,6 +328,7 @@ class S3Store(ObjectStore):
             raise StoreConfigError(f"the S3 store s3://{bucket} needs an endpoint: set {ENV_VARS['s3_endpoint']} "
                                    f"(host:port) and the access/secret keys")
         endpoint = endpoint.split("://", 1)[-1].rstrip("/")
+        self.endpoint = endpoint
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -346,7 +352,19 @@ class S3Store(ObjectStore):
                     raise
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
-        return self.policy.call(fn, is_retryable_store, describe=f"{what} ({self.url})")
+        """``fn`` under the retry policy; a store still unreachable after the budget raises
+        StoreUnavailableError naming the store (once, for every caller)."""
+        try:
+            return self.policy.call(fn, is_retryable_store, describe=f"{what} ({self.url})")
+        except Exception as exc:
+            if not is_retryable_store(exc):
+                raise
+            cause = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise StoreUnavailableError(
+                f"the object store {self.url} at {self.endpoint} did not answer for "
+                f"{self.policy.max_total_seconds:g}s ({ENV_VARS['retry_timeout']}) while trying to {what}: "
+                f"{type(exc).__name__}: {cause}; check that the S3 server runs and "
+                f"{ENV_VARS['s3_endpoint']} points at it") from exc
 
     def _name(self, key: str) -> str:
         return self.prefix + check_key(key)
@@ -399,8 +417,8 @@ class S3Store(ObjectStore):
         try:
             stored = self._retry(upload, f"put {key}")
         finally:
-            try:
-                self._retry(lambda: self.client.remove_object(self.bucket, tmp), f"remove temp of {key}")
+            try:  # one try, not the retry budget: a store outage must not be waited out twice
+                self.client.remove_object(self.bucket, tmp)
             except Exception:  # noqa: BLE001 - a leaked temp object is harmless, never fatal
                 pass
         return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=stored)

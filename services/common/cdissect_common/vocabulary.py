@@ -18,6 +18,8 @@ from typing import Any
 
 # Precision of the CLIP features the labeler scores with ("float16" mimics the reference's GPU fp16).
 PRECISIONS: tuple[str, ...] = ("float32", "float16")
+# Precision of the target's forward pass: the reference's float32, or bf16 autocast (speed on GPUs).
+TARGET_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 # Pooling of conv maps over H, W (the reference's default: avg).
 POOLINGS: tuple[str, ...] = ("avg", "max")
 # Pooling of ViT token sequences [B, T, D] (the reference's default: cls).
@@ -153,7 +155,7 @@ def choices_text(values: tuple[str, ...]) -> str:
     return " | ".join(values)
 
 
-__all__ = ["PRECISIONS", "POOLINGS", "TOKEN_POOLINGS", "BAD_IMAGE_POLICIES", "SAE_ACTIVATIONS", "SIMILARITY_DEFAULTS",
-           "SIMILARITY_FUNCTIONS", "PMI_FUNCTIONS", "RANK_FUNCTIONS", "COSINE_FUNCTIONS", "SELECTIONS",
-           "ParamRange", "SIMILARITY_PARAM_RANGES", "check_similarity_function", "check_similarity_param",
+__all__ = ["PRECISIONS", "TARGET_PRECISIONS", "POOLINGS", "TOKEN_POOLINGS", "BAD_IMAGE_POLICIES", "SAE_ACTIVATIONS",
+           "SIMILARITY_DEFAULTS", "SIMILARITY_FUNCTIONS", "PMI_FUNCTIONS", "RANK_FUNCTIONS", "COSINE_FUNCTIONS",
+           "SELECTIONS", "ParamRange", "SIMILARITY_PARAM_RANGES", "check_similarity_function", "check_similarity_param",
            "check_similarity_params", "resolve_similarity_params", "choices_text"]

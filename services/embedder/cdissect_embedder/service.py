@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import grpc
 import numpy as np
@@ -17,12 +19,17 @@ import torch
 
 from cdissect.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from cdissect_common import artifacts
+from cdissect_common.batching import MicroBatcher
+from cdissect_common.devices import BatchCollator, default_batch_size, one_torch_thread
 from cdissect_common.errors import ServiceError, failed_precondition, invalid_argument, require_shard_ref
-from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy, prepared_batches
+from cdissect_common.images import SHARD_IMAGE_FIX, check_bad_image_policy
 from cdissect_common.manifest import read_shard
 from cdissect_common.model_cache import ModelCache
+from cdissect_common.prefetch import available_cores, prefetched_batches, prepare_image
+from cdissect_common.model_specs import join_checkpoint, split_checkpoint
+from cdissect_common.userfiles import request_checkpoint
 from cdissect_common.server import Registration, ServiceRuntime
-from cdissect_embedder.backends.base import ClipBackend, resolve_device
+from cdissect_embedder.backends.base import ClipBackend, fill_templates, resolve_device
 from cdissect_embedder.backends.registry import available_models, load_backend
 
 log = logging.getLogger("cdissect.embedder")
@@ -38,22 +45,52 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self.runtime = runtime
         self.settings = runtime.settings
         self.device = resolve_device(self.settings.device)
+        self.batch_size = self.settings.batch_size or default_batch_size(self.device)
+        self.collate = BatchCollator(self.device)
         self.models: ModelCache[ClipBackend] = ModelCache(
-            on_load=lambda key, model: runtime.metrics.set_model_loaded(True))
+            on_load=lambda key, model: runtime.metrics.set_model_loaded(True),
+            max_models=self.settings.max_loaded_models,
+            on_evict=lambda key, model: log.info("dropped CLIP model %s (max_loaded_models=%d)", key[0],
+                                                 self.settings.max_loaded_models))
+        # Concurrent small inline calls share forward passes (cdissect_common.batching).
+        self.inline_max = self.settings.inline_batch_max or self.batch_size
+        wait_s = self.settings.inline_batch_wait_seconds
+        self.image_batcher: MicroBatcher[torch.Tensor, np.ndarray] = MicroBatcher(
+            self._encode_image_rows, self.inline_max, wait_s, name="inline-images")
+        self.text_batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
+            self._encode_text_rows, self.inline_max, wait_s, name="inline-texts")
+        self.inline_prepare = ThreadPoolExecutor(self.settings.prefetch_workers or available_cores(),
+                                                 thread_name_prefix="inline-prepare", initializer=one_torch_thread)
 
     # ---------------------------------------------------------------- helpers
-    def backend(self, model: str, precision: str = "") -> ClipBackend:
-        """The loaded backend for a request's model (default: the served model) and precision."""
-        name = (model or self.settings.model).strip()
-        if not name:
+    def backend(self, model: str, precision: str = "",
+                model_file: common_pb2.ArtifactRef | None = None) -> ClipBackend:
+        """The loaded backend for a request's model (default: the served model) and precision.
+
+        A checkpoint comes as an uploaded file (`model_file`; `model` then names only the backend
+        and architecture, "" for OpenAI's format) or as a server path in `model`, accepted only
+        inside the model folders (cdissect_common.userfiles). The served model is the operator's own.
+        """
+        requested = model.strip()
+        uploaded = model_file is not None and bool(model_file.key)
+        name = requested if (requested or uploaded) else self.settings.model.strip()
+        if not name and not uploaded:
             raise invalid_argument("no CLIP model given and the embedder serves none; set the request's model "
-                                   "(e.g. ViT-B/16 or a checkpoint path) or CDISSECT_MODEL")
+                                   "(e.g. ViT-B/16, or upload a checkpoint with the cdissect CLI) or CDISSECT_MODEL")
+        if requested or uploaded:
+            name_part, path = split_checkpoint(name)
+            local = request_checkpoint(self.runtime.store, model_file, path, self.settings.model_dirs,
+                                       self.settings.cache_dir)
+            if local is not None:
+                name = join_checkpoint(name_part, local)
         precision = precision.strip() or None
 
         def load() -> ClipBackend:
             with self.runtime.metrics.stage("model_load"):
                 log.info("loading CLIP model %s on %s (precision %s)", name, self.device, precision or "default")
-                return load_backend(name, self.device, precision)
+                loaded = load_backend(name, self.device, precision)
+                loaded.image_batch_size = max(loaded.image_batch_size, self.batch_size)
+                return loaded
 
         try:
             return self.models.get((name, str(self.device), precision), load)
@@ -64,14 +101,16 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 
     def _embed_images(self, backend: ClipBackend, items: list[tuple[str, bytes]], where: str = "",
                       **fix: str) -> np.ndarray:
-        """Decode+preprocess on a helper thread, encode batch by batch under the device lock."""
+        """Decode+preprocess in prefetch workers, encode batch by batch under the device lock."""
         parts: list[np.ndarray] = []
-        for tensors in prepared_batches(items, self.settings.batch_size, backend.preprocess, where,
-                                        self.settings.max_image_pixels, **fix):
-            batch = torch.stack(tensors)
-            with self.runtime.device_lock, self.runtime.metrics.stage("encode_images"):
-                parts.append(backend.encode_images(batch).numpy())
-            self.runtime.metrics.add_images(len(tensors))
+        batches = prefetched_batches(items, self.batch_size, backend.preprocess, self.collate, where=where,
+                                     max_pixels=self.settings.max_image_pixels, workers=self.settings.prefetch_workers,
+                                     depth=self.settings.prefetch_depth, thread_init=one_torch_thread, **fix)
+        with closing(batches):
+            for batch in batches:
+                with self.runtime.device_lock, self.runtime.metrics.stage("encode_images"):
+                    parts.append(backend.encode_images(batch.data.tensor()).numpy())
+                self.runtime.metrics.add_images(len(batch))
         return np.concatenate(parts).astype(np.float32)
 
     def _encode_texts(self, backend: ClipBackend, texts: Sequence[str], templates: Sequence[str]) -> np.ndarray:
@@ -80,6 +119,19 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             with self.runtime.device_lock, self.runtime.metrics.stage("encode_texts"):
                 out.append(backend.encode_texts(list(texts[start:start + TEXT_CHUNK]), list(templates) or None).numpy())
         return np.concatenate(out).astype(np.float32)
+
+    def _encode_image_rows(self, backend: ClipBackend, tensors: list[torch.Tensor]) -> np.ndarray:
+        """One inline batch: the preprocessed images of several calls -> their embedding rows."""
+        batch = self.collate(tensors)
+        with self.runtime.device_lock, self.runtime.metrics.stage("encode_images"):
+            rows = backend.encode_images(batch.tensor()).numpy()
+        self.runtime.metrics.add_images(len(tensors))
+        return rows
+
+    def _encode_text_rows(self, key: tuple[ClipBackend, tuple[str, ...]], texts: list[str]) -> np.ndarray:
+        """One inline batch: the texts of several calls with the same templates -> their rows."""
+        backend, templates = key
+        return self._encode_texts(backend, texts, templates)
 
     def _producer(self, backend: ClipBackend, kind: str, **extra: object) -> dict[str, str]:
         info = {"service": SERVICE, **backend.describe(), "device": str(self.device),
@@ -101,7 +153,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         shard = request.shard
         require_shard_ref(shard)
         try:
-            backend = self.backend(request.model, request.precision)
+            backend = self.backend(request.model, request.precision, request.model_file)
+            _require_image_tower(backend)
             key = artifacts.content_key("embeddings/image", model_id=backend.model_id,
                                         checkpoint_sha256=backend.checkpoint_sha256,
                                         preprocess_id=backend.preprocess_id, dtype=backend.dtype,
@@ -129,7 +182,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         """Embed a concept list (raw strings, or averaged over templates) into a [C, d] artifact."""
         concepts = list(request.concepts)
         _check_texts(concepts, "concept list", "concept")
-        backend = self.backend(request.model, request.precision)
+        backend = self.backend(request.model, request.precision, request.model_file)
         digest = hashlib.sha256("\n".join(concepts).encode()).hexdigest()
         key = artifacts.content_key("embeddings/text", model_id=backend.model_id,
                                     checkpoint_sha256=backend.checkpoint_sha256, dtype=backend.dtype,
@@ -155,8 +208,19 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(texts) > MAX_INLINE_ITEMS:
             raise invalid_argument(f"{len(texts)} texts in one inline call; send at most {MAX_INLINE_ITEMS} per "
                                    f"call or use EmbedConcepts")
-        backend = self.backend(request.model)
-        return self._vectors(backend, self._texts_or_error(backend, texts, request.prompt_templates))
+        backend = self.backend(request.model, model_file=request.model_file)
+        templates = tuple(request.prompt_templates)
+        try:
+            fill_templates(["x"], templates)  # a bad template fails this call alone, before it joins a batch
+        except ValueError as exc:
+            raise invalid_argument(str(exc)) from None
+        if len(texts) >= self.inline_max:
+            return self._vectors(backend, self._texts_or_error(backend, texts, templates))
+        try:
+            rows = self.text_batcher.submit((backend, templates), texts)
+        except (ValueError, TypeError) as exc:
+            raise invalid_argument(str(exc)) from None
+        return self._vectors(backend, np.stack(rows))
 
     def EmbedImages(self, request: embedder_pb2.EmbedImagesRequest,
                     context: grpc.ServicerContext) -> embedder_pb2.Vectors:
@@ -166,9 +230,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(request.images) > MAX_INLINE_ITEMS:
             raise invalid_argument(f"{len(request.images)} images in one inline call; send at most "
                                    f"{MAX_INLINE_ITEMS} or register a dataset")
-        backend = self.backend(request.model)
-        emb = self._embed_images(backend, [(f"images[{i}]", b) for i, b in enumerate(request.images)])
-        return self._vectors(backend, emb)
+        backend = self.backend(request.model, model_file=request.model_file)
+        _require_image_tower(backend)
+        items = [(f"images[{i}]", b) for i, b in enumerate(request.images)]
+        if len(items) >= self.inline_max:  # a batch's worth or more: the shard path, with prefetching
+            return self._vectors(backend, self._embed_images(backend, items))
+        # Decoded by the prefetch workers' code on a shared pool; a bad image fails this call alone,
+        # before it joins a batch.
+        max_pixels = self.settings.max_image_pixels
+        tensors = list(self.inline_prepare.map(
+            lambda item: prepare_image(item, backend.preprocess, max_pixels=max_pixels), items))
+        return self._vectors(backend, np.stack(self.image_batcher.submit(backend, tensors)))
 
     def ListModels(self, request: common_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> common_pb2.ListModelsResponse:
@@ -188,11 +260,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 
         from PIL import Image
 
-        backend = self.backend(self.settings.model)
+        backend = self.backend("")  # the served model
         grey = io.BytesIO()
         Image.new("RGB", (224, 224), (127, 127, 127)).save(grey, format="PNG")
         self._embed_images(backend, [("warm-up.png", grey.getvalue())])
         self._encode_texts(backend, ["warm-up"], [])
+
+
+def _require_image_tower(backend: ClipBackend) -> None:
+    if not backend.supports_images:
+        raise invalid_argument(f"{backend.model_id} is a text-only model and cannot embed images; use a CLIP model "
+                               f"such as ViT-B/16 for images")
 
 
 def _check_texts(texts: list[str], what: str, item: str) -> None:
@@ -213,7 +291,8 @@ def registrations(runtime: ServiceRuntime) -> tuple[list[Registration], Embedder
     """The servicers of this service, for ``run_service``."""
     servicer = EmbedderServicer(runtime)
     full_name = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
-    return [Registration(servicer, embedder_pb2_grpc.add_EmbedderServicer_to_server, full_name)], servicer
+    return [Registration(servicer, embedder_pb2_grpc.add_EmbedderServicer_to_server, full_name,
+                         inline_methods=("EmbedTexts", "EmbedImages"))], servicer
 
 
 __all__ = ["EmbedderServicer", "registrations", "ServiceError"]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cdissect.v1 import common_pb2 as cdissect_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x64issect/v1/activations.proto\x12\x0b\x63\x64issect.v1\x1a\x18\x63\x64issect/v1/common.proto\"?\n\x08UserFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x03ref\x18\x02 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\"k\n\x08\x46\x65\x61tures\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12#\n\x04\x66ile\x18\x03 \x01(\x0b\x32\x15.cdissect.v1.UserFile\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\t\n\x01k\x18\x05 \x01(\x05\"\x86\x02\n\x1e\x43omputeShardActivationsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x03(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rtoken_pooling\x18\x05 \x01(\t\x12!\n\x05shard\x18\x06 \x01(\x0b\x32\x12.cdissect.v1.Shard\x12\x14\n\x0con_bad_image\x18\x07 \x01(\t\x12*\n\x0bmodel_files\x18\x1e \x03(\x0b\x32\x15.cdissect.v1.UserFile\x12\'\n\x08\x66\x65\x61tures\x18\x1f \x01(\x0b\x32\x15.cdissect.v1.Features\"V\n\x18\x43heckActivationsResponse\x12\r\n\x05units\x18\x01 \x03(\x03\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\"x\n\x1f\x43omputeShardActivationsResponse\x12-\n\x0b\x61\x63tivations\x18\x01 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x0e\n\x06reused\x18\x02 \x01(\x05\x12\x16\n\x0eskipped_images\x18\x03 \x01(\x03\"_\n\x11ListLayersRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12*\n\x0bmodel_files\x18\x1e \x03(\x0b\x32\x15.cdissect.v1.UserFile\"=\n\tLayerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0coutput_shape\x18\x03 \x03(\x03\"<\n\x12ListLayersResponse\x12&\n\x06layers\x18\x01 \x03(\x0b\x32\x16.cdissect.v1.LayerInfo2\x89\x03\n\x0b\x41\x63tivations\x12t\n\x17\x43omputeShardActivations\x12+.cdissect.v1.ComputeShardActivationsRequest\x1a,.cdissect.v1.ComputeShardActivationsResponse\x12M\n\nListLayers\x12\x1e.cdissect.v1.ListLayersRequest\x1a\x1f.cdissect.v1.ListLayersResponse\x12M\n\nListModels\x12\x1e.cdissect.v1.ListModelsRequest\x1a\x1f.cdissect.v1.ListModelsResponse\x12\x66\n\x10\x43heckActivations\x12+.cdissect.v1.ComputeShardActivationsRequest\x1a%.cdissect.v1.CheckActivationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x64issect/v1/activations.proto\x12\x0b\x63\x64issect.v1\x1a\x18\x63\x64issect/v1/common.proto\"?\n\x08UserFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x03ref\x18\x02 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\"k\n\x08\x46\x65\x61tures\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12#\n\x04\x66ile\x18\x03 \x01(\x0b\x32\x15.cdissect.v1.UserFile\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\t\n\x01k\x18\x05 \x01(\x05\"\x99\x02\n\x1e\x43omputeShardActivationsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0e\n\x06layers\x18\x03 \x03(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rtoken_pooling\x18\x05 \x01(\t\x12!\n\x05shard\x18\x06 \x01(\x0b\x32\x12.cdissect.v1.Shard\x12\x14\n\x0con_bad_image\x18\x07 \x01(\t\x12\x11\n\tprecision\x18( \x01(\t\x12*\n\x0bmodel_files\x18\x1e \x03(\x0b\x32\x15.cdissect.v1.UserFile\x12\'\n\x08\x66\x65\x61tures\x18\x1f \x01(\x0b\x32\x15.cdissect.v1.Features\"V\n\x18\x43heckActivationsResponse\x12\r\n\x05units\x18\x01 \x03(\x03\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\"x\n\x1f\x43omputeShardActivationsResponse\x12-\n\x0b\x61\x63tivations\x18\x01 \x03(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x0e\n\x06reused\x18\x02 \x01(\x05\x12\x16\n\x0eskipped_images\x18\x03 \x01(\x03\"_\n\x11ListLayersRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12*\n\x0bmodel_files\x18\x1e \x03(\x0b\x32\x15.cdissect.v1.UserFile\"=\n\tLayerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0coutput_shape\x18\x03 \x03(\x03\"<\n\x12ListLayersResponse\x12&\n\x06layers\x18\x01 \x03(\x0b\x32\x16.cdissect.v1.LayerInfo2\x89\x03\n\x0b\x41\x63tivations\x12t\n\x17\x43omputeShardActivations\x12+.cdissect.v1.ComputeShardActivationsRequest\x1a,.cdissect.v1.ComputeShardActivationsResponse\x12M\n\nListLayers\x12\x1e.cdissect.v1.ListLayersRequest\x1a\x1f.cdissect.v1.ListLayersResponse\x12M\n\nListModels\x12\x1e.cdissect.v1.ListModelsRequest\x1a\x1f.cdissect.v1.ListModelsResponse\x12\x66\n\x10\x43heckActivations\x12+.cdissect.v1.ComputeShardActivationsRequest\x1a%.cdissect.v1.CheckActivationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURES']._serialized_start=137
   _globals['_FEATURES']._serialized_end=244
   _globals['_COMPUTESHARDACTIVATIONSREQUEST']._serialized_start=247
-  _globals['_COMPUTESHARDACTIVATIONSREQUEST']._serialized_end=509
-  _globals['_CHECKACTIVATIONSRESPONSE']._serialized_start=511
-  _globals['_CHECKACTIVATIONSRESPONSE']._serialized_end=597
-  _globals['_COMPUTESHARDACTIVATIONSRESPONSE']._serialized_start=599
-  _globals['_COMPUTESHARDACTIVATIONSRESPONSE']._serialized_end=719
-  _globals['_LISTLAYERSREQUEST']._serialized_start=721
-  _globals['_LISTLAYERSREQUEST']._serialized_end=816
-  _globals['_LAYERINFO']._serialized_start=818
-  _globals['_LAYERINFO']._serialized_end=879
-  _globals['_LISTLAYERSRESPONSE']._serialized_start=881
-  _globals['_LISTLAYERSRESPONSE']._serialized_end=941
-  _globals['_ACTIVATIONS']._serialized_start=944
-  _globals['_ACTIVATIONS']._serialized_end=1337
+  _globals['_COMPUTESHARDACTIVATIONSREQUEST']._serialized_end=528
+  _globals['_CHECKACTIVATIONSRESPONSE']._serialized_start=530
+  _globals['_CHECKACTIVATIONSRESPONSE']._serialized_end=616
+  _globals['_COMPUTESHARDACTIVATIONSRESPONSE']._serialized_start=618
+  _globals['_COMPUTESHARDACTIVATIONSRESPONSE']._serialized_end=738
+  _globals['_LISTLAYERSREQUEST']._serialized_start=740
+  _globals['_LISTLAYERSREQUEST']._serialized_end=835
+  _globals['_LAYERINFO']._serialized_start=837
+  _globals['_LAYERINFO']._serialized_end=898
+  _globals['_LISTLAYERSRESPONSE']._serialized_start=900
+  _globals['_LISTLAYERSRESPONSE']._serialized_end=960
+  _globals['_ACTIVATIONS']._serialized_start=963
+  _globals['_ACTIVATIONS']._serialized_end=1356
 # @@protoc_insertion_point(module_scope)

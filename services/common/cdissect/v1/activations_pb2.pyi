@@ -30,7 +30,7 @@ class Features(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., layer: _Optional[str] = ..., file: _Optional[_Union[UserFile, _Mapping]] = ..., activation: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
 
 class ComputeShardActivationsRequest(_message.Message):
-    __slots__ = ("model", "weights", "layers", "pooling", "token_pooling", "shard", "on_bad_image", "model_files", "features")
+    __slots__ = ("model", "weights", "layers", "pooling", "token_pooling", "shard", "on_bad_image", "precision", "model_files", "features")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class ComputeShardActivationsRequest(_message.Message):
     TOKEN_POOLING_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     ON_BAD_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FILES_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     model: str
@@ -47,9 +48,10 @@ class ComputeShardActivationsRequest(_message.Message):
     token_pooling: str
     shard: _common_pb2.Shard
     on_bad_image: str
+    precision: str
     model_files: _containers.RepeatedCompositeFieldContainer[UserFile]
     features: Features
-    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., pooling: _Optional[str] = ..., token_pooling: _Optional[str] = ..., shard: _Optional[_Union[_common_pb2.Shard, _Mapping]] = ..., on_bad_image: _Optional[str] = ..., model_files: _Optional[_Iterable[_Union[UserFile, _Mapping]]] = ..., features: _Optional[_Union[Features, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., pooling: _Optional[str] = ..., token_pooling: _Optional[str] = ..., shard: _Optional[_Union[_common_pb2.Shard, _Mapping]] = ..., on_bad_image: _Optional[str] = ..., precision: _Optional[str] = ..., model_files: _Optional[_Iterable[_Union[UserFile, _Mapping]]] = ..., features: _Optional[_Union[Features, _Mapping]] = ...) -> None: ...
 
 class CheckActivationsResponse(_message.Message):
     __slots__ = ("units", "model_id", "checkpoint_sha256")

@@ -93,7 +93,7 @@ class SimilarityParams(_message.Message):
     def __init__(self, function: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("target_model", "target_weights", "layers", "pooling", "token_pooling", "probe_set", "concept_set", "clip_model", "similarity", "clip_precision", "prompt_templates", "top_concepts", "top_images", "on_bad_image", "features", "select", "candidates", "rank_penalty", "eval_fraction", "eval_seed", "auprc_alpha")
+    __slots__ = ("target_model", "target_weights", "layers", "pooling", "token_pooling", "probe_set", "concept_set", "clip_model", "similarity", "clip_precision", "prompt_templates", "top_concepts", "top_images", "on_bad_image", "features", "target_precision", "select", "candidates", "rank_penalty", "eval_fraction", "eval_seed", "auprc_alpha")
     TARGET_MODEL_FIELD_NUMBER: _ClassVar[int]
     TARGET_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class JobSpec(_message.Message):
     TOP_IMAGES_FIELD_NUMBER: _ClassVar[int]
     ON_BAD_IMAGE_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PRECISION_FIELD_NUMBER: _ClassVar[int]
     SELECT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     RANK_PENALTY_FIELD_NUMBER: _ClassVar[int]
@@ -130,13 +131,14 @@ class JobSpec(_message.Message):
     top_images: int
     on_bad_image: str
     features: str
+    target_precision: str
     select: str
     candidates: int
     rank_penalty: float
     eval_fraction: float
     eval_seed: int
     auprc_alpha: float
-    def __init__(self, target_model: _Optional[str] = ..., target_weights: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., pooling: _Optional[str] = ..., token_pooling: _Optional[str] = ..., probe_set: _Optional[str] = ..., concept_set: _Optional[str] = ..., clip_model: _Optional[str] = ..., similarity: _Optional[_Union[SimilarityParams, _Mapping]] = ..., clip_precision: _Optional[str] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., top_concepts: _Optional[int] = ..., top_images: _Optional[int] = ..., on_bad_image: _Optional[str] = ..., features: _Optional[str] = ..., select: _Optional[str] = ..., candidates: _Optional[int] = ..., rank_penalty: _Optional[float] = ..., eval_fraction: _Optional[float] = ..., eval_seed: _Optional[int] = ..., auprc_alpha: _Optional[float] = ...) -> None: ...
+    def __init__(self, target_model: _Optional[str] = ..., target_weights: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., pooling: _Optional[str] = ..., token_pooling: _Optional[str] = ..., probe_set: _Optional[str] = ..., concept_set: _Optional[str] = ..., clip_model: _Optional[str] = ..., similarity: _Optional[_Union[SimilarityParams, _Mapping]] = ..., clip_precision: _Optional[str] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., top_concepts: _Optional[int] = ..., top_images: _Optional[int] = ..., on_bad_image: _Optional[str] = ..., features: _Optional[str] = ..., target_precision: _Optional[str] = ..., select: _Optional[str] = ..., candidates: _Optional[int] = ..., rank_penalty: _Optional[float] = ..., eval_fraction: _Optional[float] = ..., eval_seed: _Optional[int] = ..., auprc_alpha: _Optional[float] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("all",)

@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from cdissect.v1 import common_pb2 as cdissect_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x64issect/v1/embedder.proto\x12\x0b\x63\x64issect.v1\x1a\x18\x63\x64issect/v1/common.proto\"s\n\x16\x45mbedImageShardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05shard\x18\x02 \x01(\x0b\x32\x12.cdissect.v1.Shard\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x14\n\x0con_bad_image\x18\x04 \x01(\t\"d\n\x14\x45mbedConceptsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x63oncepts\x18\x02 \x03(\t\x12\x18\n\x10prompt_templates\x18\x03 \x03(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\"|\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x0e\n\x06reused\x18\x02 \x01(\x08\x12\x16\n\x0eskipped_images\x18\x03 \x01(\x03\x12\x15\n\rskipped_names\x18\x04 \x03(\t\"^\n\x11\x45mbedTextsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x10prompt_templates\x18\x03 \x03(\t\x12\x11\n\tnormalize\x18\x04 \x01(\x08\"F\n\x12\x45mbedImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\x11\n\tnormalize\x18\x03 \x01(\x08\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"{\n\x07Vectors\x12$\n\x07vectors\x18\x01 \x03(\x0b\x32\x13.cdissect.v1.Vector\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t2\x87\x03\n\x08\x45mbedder\x12R\n\x0f\x45mbedImageShard\x12#.cdissect.v1.EmbedImageShardRequest\x1a\x1a.cdissect.v1.EmbedResponse\x12N\n\rEmbedConcepts\x12!.cdissect.v1.EmbedConceptsRequest\x1a\x1a.cdissect.v1.EmbedResponse\x12\x42\n\nEmbedTexts\x12\x1e.cdissect.v1.EmbedTextsRequest\x1a\x14.cdissect.v1.Vectors\x12\x44\n\x0b\x45mbedImages\x12\x1f.cdissect.v1.EmbedImagesRequest\x1a\x14.cdissect.v1.Vectors\x12M\n\nListModels\x12\x1e.cdissect.v1.ListModelsRequest\x1a\x1f.cdissect.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x64issect/v1/embedder.proto\x12\x0b\x63\x64issect.v1\x1a\x18\x63\x64issect/v1/common.proto\"\xa1\x01\n\x16\x45mbedImageShardRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05shard\x18\x02 \x01(\x0b\x32\x12.cdissect.v1.Shard\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x14\n\x0con_bad_image\x18\x04 \x01(\t\x12,\n\nmodel_file\x18\x14 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\"\x92\x01\n\x14\x45mbedConceptsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x63oncepts\x18\x02 \x03(\t\x12\x18\n\x10prompt_templates\x18\x03 \x03(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12,\n\nmodel_file\x18\x14 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\"|\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\x12\x0e\n\x06reused\x18\x02 \x01(\x08\x12\x16\n\x0eskipped_images\x18\x03 \x01(\x03\x12\x15\n\rskipped_names\x18\x04 \x03(\t\"\x8c\x01\n\x11\x45mbedTextsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x10prompt_templates\x18\x03 \x03(\t\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12,\n\nmodel_file\x18\x14 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\"t\n\x12\x45mbedImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\x11\n\tnormalize\x18\x03 \x01(\x08\x12,\n\nmodel_file\x18\x14 \x01(\x0b\x32\x18.cdissect.v1.ArtifactRef\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"{\n\x07Vectors\x12$\n\x07vectors\x18\x01 \x03(\x0b\x32\x13.cdissect.v1.Vector\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t2\x87\x03\n\x08\x45mbedder\x12R\n\x0f\x45mbedImageShard\x12#.cdissect.v1.EmbedImageShardRequest\x1a\x1a.cdissect.v1.EmbedResponse\x12N\n\rEmbedConcepts\x12!.cdissect.v1.EmbedConceptsRequest\x1a\x1a.cdissect.v1.EmbedResponse\x12\x42\n\nEmbedTexts\x12\x1e.cdissect.v1.EmbedTextsRequest\x1a\x14.cdissect.v1.Vectors\x12\x44\n\x0b\x45mbedImages\x12\x1f.cdissect.v1.EmbedImagesRequest\x1a\x14.cdissect.v1.Vectors\x12M\n\nListModels\x12\x1e.cdissect.v1.ListModelsRequest\x1a\x1f.cdissect.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cdissect.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDIMAGESHARDREQUEST']._serialized_start=69
-  _globals['_EMBEDIMAGESHARDREQUEST']._serialized_end=184
-  _globals['_EMBEDCONCEPTSREQUEST']._serialized_start=186
-  _globals['_EMBEDCONCEPTSREQUEST']._serialized_end=286
-  _globals['_EMBEDRESPONSE']._serialized_start=288
-  _globals['_EMBEDRESPONSE']._serialized_end=412
-  _globals['_EMBEDTEXTSREQUEST']._serialized_start=414
-  _globals['_EMBEDTEXTSREQUEST']._serialized_end=508
-  _globals['_EMBEDIMAGESREQUEST']._serialized_start=510
-  _globals['_EMBEDIMAGESREQUEST']._serialized_end=580
-  _globals['_VECTOR']._serialized_start=582
-  _globals['_VECTOR']._serialized_end=606
-  _globals['_VECTORS']._serialized_start=608
-  _globals['_VECTORS']._serialized_end=731
-  _globals['_EMBEDDER']._serialized_start=734
-  _globals['_EMBEDDER']._serialized_end=1125
+  _globals['_EMBEDIMAGESHARDREQUEST']._serialized_start=70
+  _globals['_EMBEDIMAGESHARDREQUEST']._serialized_end=231
+  _globals['_EMBEDCONCEPTSREQUEST']._serialized_start=234
+  _globals['_EMBEDCONCEPTSREQUEST']._serialized_end=380
+  _globals['_EMBEDRESPONSE']._serialized_start=382
+  _globals['_EMBEDRESPONSE']._serialized_end=506
+  _globals['_EMBEDTEXTSREQUEST']._serialized_start=509
+  _globals['_EMBEDTEXTSREQUEST']._serialized_end=649
+  _globals['_EMBEDIMAGESREQUEST']._serialized_start=651
+  _globals['_EMBEDIMAGESREQUEST']._serialized_end=767
+  _globals['_VECTOR']._serialized_start=769
+  _globals['_VECTOR']._serialized_end=793
+  _globals['_VECTORS']._serialized_start=795
+  _globals['_VECTORS']._serialized_end=918
+  _globals['_EMBEDDER']._serialized_start=921
+  _globals['_EMBEDDER']._serialized_end=1312
 # @@protoc_insertion_point(module_scope)

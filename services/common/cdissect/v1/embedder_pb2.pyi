@@ -8,28 +8,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedImageShardRequest(_message.Message):
-    __slots__ = ("model", "shard", "precision", "on_bad_image")
+    __slots__ = ("model", "shard", "precision", "on_bad_image", "model_file")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     ON_BAD_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     shard: _common_pb2.Shard
     precision: str
     on_bad_image: str
-    def __init__(self, model: _Optional[str] = ..., shard: _Optional[_Union[_common_pb2.Shard, _Mapping]] = ..., precision: _Optional[str] = ..., on_bad_image: _Optional[str] = ...) -> None: ...
+    model_file: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[str] = ..., shard: _Optional[_Union[_common_pb2.Shard, _Mapping]] = ..., precision: _Optional[str] = ..., on_bad_image: _Optional[str] = ..., model_file: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class EmbedConceptsRequest(_message.Message):
-    __slots__ = ("model", "concepts", "prompt_templates", "precision")
+    __slots__ = ("model", "concepts", "prompt_templates", "precision", "model_file")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     concepts: _containers.RepeatedScalarFieldContainer[str]
     prompt_templates: _containers.RepeatedScalarFieldContainer[str]
     precision: str
-    def __init__(self, model: _Optional[str] = ..., concepts: _Optional[_Iterable[str]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ...) -> None: ...
+    model_file: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[str] = ..., concepts: _Optional[_Iterable[str]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., model_file: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "reused", "skipped_images", "skipped_names")
@@ -44,26 +48,30 @@ class EmbedResponse(_message.Message):
     def __init__(self, embeddings: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., reused: _Optional[bool] = ..., skipped_images: _Optional[int] = ..., skipped_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EmbedTextsRequest(_message.Message):
-    __slots__ = ("model", "texts", "prompt_templates", "normalize")
+    __slots__ = ("model", "texts", "prompt_templates", "normalize", "model_file")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     prompt_templates: _containers.RepeatedScalarFieldContainer[str]
     normalize: bool
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+    model_file: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., prompt_templates: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., model_file: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class EmbedImagesRequest(_message.Message):
-    __slots__ = ("model", "images", "normalize")
+    __slots__ = ("model", "images", "normalize", "model_file")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
     normalize: bool
-    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+    model_file: _common_pb2.ArtifactRef
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., normalize: _Optional[bool] = ..., model_file: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)

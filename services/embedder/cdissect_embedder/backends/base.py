@@ -125,7 +125,7 @@ class ClipBackend(ABC):
             raise ValueError(f"encode_images expects preprocessed images [B, 3, H, W]; got {shape}")
         parts = []
         for start in range(0, images.shape[0], self.image_batch_size):
-            batch = images[start:start + self.image_batch_size].to(self.device, self.torch_dtype)
+            batch = images[start:start + self.image_batch_size].to(self.device, self.torch_dtype, non_blocking=True)
             parts.append(_l2(self._encode_image_batch(batch).float()).cpu())
         return torch.cat(parts) if parts else torch.zeros(0, self.embed_dim)
 

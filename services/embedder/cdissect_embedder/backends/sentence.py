@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cdissect_common.downloads import DownloadError, host_reachable, sha256_dir
+from cdissect_common.model_specs import looks_like_path
 
 from .base import ClipBackend, TextOnlyModelError, resolve_device, resolve_precision
 
@@ -64,11 +65,11 @@ def resolve_model_dir(name: str) -> Path:
     """The local folder holding sentence model `name` (bundled, a path, or the HF cache/hub)."""
     if name in (BUNDLED, f"sentence-transformers/{BUNDLED}"):
         return bundled_model_dir()
-    path = Path(name).expanduser()
-    if path.is_dir():
+    if looks_like_path(name):  # the one rule: a name is never looked up on disk
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"sentence model folder {path} does not exist; check the path")
         return path
-    if name.startswith(("/", "./", "../", "~")):
-        raise FileNotFoundError(f"sentence model folder {path} does not exist; check the path")
     return _hub_model_dir(name)
 
 
