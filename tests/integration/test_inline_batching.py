@@ -34,7 +34,8 @@ def _encode_count(metrics: str) -> int:
 
 def test_concurrent_inline_calls(start_service, tiny_clip_checkpoint: Path, tmp_path: Path) -> None:
     embedder: ServiceHandle = start_service("embedder", {"CDISSECT_STORE": f"file://{tmp_path}/store",
-                                                         "CDISSECT_INLINE_BATCH_WAIT_SECONDS": "0.2"})
+                                                         "CDISSECT_INLINE_BATCH_WAIT_SECONDS": "0.2",
+                                                         "CDISSECT_MODEL_DIRS": str(tiny_clip_checkpoint.parent)})
     model = str(tiny_clip_checkpoint)
     stubs = [embedder.stub() for _ in range(CLIENTS)]  # one channel each, as separate clients
     requests = [embedder_pb2.EmbedImagesRequest(model=model, images=[_png(i)]) for i in range(CLIENTS)]

@@ -43,7 +43,8 @@ class SharedServices:
 
 def _start(store_env: dict[str, str], logs: Path) -> Iterator[SharedServices]:
     conftest = integration_conftest()
-    env = {**store_env, "CDISSECT_AUTH_TOKEN": TOKEN, "CDISSECT_MAX_WORKERS": "8"}
+    env = {**store_env, "CDISSECT_AUTH_TOKEN": TOKEN, "CDISSECT_MAX_WORKERS": "8",
+           "CDISSECT_MAX_INFLIGHT_INLINE": "2"}
     handles = {name: conftest.launch_service(name, env, logs, wait=False) for name in conftest.SERVICES}
     try:
         for handle in handles.values():

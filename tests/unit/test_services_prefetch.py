@@ -64,7 +64,7 @@ def _serial_batches(items: list[tuple[str, bytes]], preprocess) -> list[torch.Te
 
 
 def test_embedder_equals_the_serial_path(tmp_path: Path, tiny_clip_checkpoint: Path) -> None:
-    servicer = EmbedderServicer(_runtime("embedder", tmp_path))
+    servicer = EmbedderServicer(_runtime("embedder", tmp_path, CDISSECT_MODEL_DIRS=str(tiny_clip_checkpoint.parent)))
     backend = servicer.backend(str(tiny_clip_checkpoint), "float32")
     items = _jpegs(19)
     emb = servicer._embed_images(backend, items, where="shard 0")
@@ -84,7 +84,7 @@ def test_activations_equal_the_serial_path(tmp_path: Path) -> None:
     items = _jpegs(11)
     shard = _shard(servicer.runtime, items)
     target = servicer.target("resnet18", "none")
-    computed = servicer._compute(target, ["layer1", "fc"], "avg", "cls", shard)
+    computed = servicer._compute(target, ["layer1", "fc"], "avg", "cls", shard, {})
     recorder = LayerRecorder(target.model, ["layer1", "fc"], "avg", "cls", model_name=target.name)
     serial = [recorder.record(b) for b in _serial_batches(items, target.preprocess)]
     for layer in ("layer1", "fc"):
@@ -132,7 +132,8 @@ def _inline(servicer: EmbedderServicer, calls: list, method: str) -> list:
 
 def test_inline_calls_are_batched_and_errors_stay_apart(tmp_path: Path, tiny_clip_checkpoint: Path) -> None:
     servicer = EmbedderServicer(_runtime("embedder", tmp_path, CDISSECT_INLINE_BATCH_WAIT_SECONDS="0.2",
-                                         CDISSECT_INLINE_BATCH_MAX="16"))
+                                         CDISSECT_INLINE_BATCH_MAX="16",
+                                         CDISSECT_MODEL_DIRS=str(tiny_clip_checkpoint.parent)))
     model = str(tiny_clip_checkpoint)
     backend = servicer.backend(model)
     images = _jpegs(12, seed=3)
