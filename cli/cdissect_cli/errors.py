@@ -3,8 +3,8 @@
 Exit codes (README "Exit codes", docs/CONTRACTS.md):
 - 2, `InputError`: the input is wrong — a flag, an argument, a file or setting it names, a job
   spec, an image or checkpoint that cannot be used, or a request a service refuses as
-  INVALID_ARGUMENT. Nothing was done that the fixed command will not redo; the message says what
-  to change. (Typer's own usage errors — an unknown option, a missing argument — exit 2 as well.)
+  INVALID_ARGUMENT or PERMISSION_DENIED. Nothing is lost: the corrected command reuses whatever
+  was done; the message says what to change. (Typer's own usage errors — an unknown option, a missing argument — exit 2 as well.)
 - 1, `CliError`: the input was fine but the work failed — a service, the store or a download is
   unreachable or failed, stored data is damaged, a service is not SERVING. Rerunning the same
   command once that is fixed resumes the work.
