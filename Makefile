@@ -10,10 +10,10 @@ APT_PACKAGES := prometheus chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install test test-fast demo bench bench-labeler bench-pipeline bench-inline bench-memory bench-sae \
-	device-wheels gpu-check shapes-models shapes-sae protos rehearse up down lint clean help
+	device-wheels gpu-check shapes-models shapes-sae protos rehearse up down clean help
 
 help:
-	@echo "make install | test | demo | bench | bench-labeler | bench-pipeline | bench-inline | bench-memory |" \
+	@echo "make install | test | test-fast | demo | bench | bench-labeler | bench-pipeline | bench-inline | bench-memory |" \
 	      "bench-sae | device-wheels | gpu-check | shapes-models | shapes-sae | protos | rehearse | up | down | clean"
 
 install: $(STAMP)

@@ -3,6 +3,7 @@ against recording stand-ins for docker, kind and kubectl (no daemon exists on CI
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -125,3 +126,14 @@ def test_down_deletes_only_an_existing_cluster(tmp_path: Path) -> None:
     proc = run_script("down.sh", bin_dir, tmp_path)
     assert proc.returncode == 0 and "nothing to delete" in proc.stdout
     assert "delete" not in (tmp_path / "calls.log").read_text()
+
+
+def test_every_phony_make_target_has_a_rule_and_is_in_help() -> None:
+    """A name in .PHONY without a rule makes `make NAME` a silent no-op ("Nothing to be done")."""
+    text = (REPO_ROOT / "Makefile").read_text().replace("\\\n", " ")
+    phony = set(re.search(r"^\.PHONY:(.*)$", text, re.MULTILINE).group(1).split())
+    rules = set(re.findall(r"^([\w-]+):(?!=)", text, re.MULTILINE))
+    assert phony - rules == set(), f"Makefile: .PHONY names targets with no rule: {sorted(phony - rules)}"
+    help_text = re.search(r"^help:\n((?:\t.*\n)+)", text, re.MULTILINE).group(1)
+    listed = set(re.findall(r"[\w-]+", help_text))
+    assert phony - {"help"} - listed == set(), f"`make help` does not list {sorted(phony - {'help'} - listed)}"
