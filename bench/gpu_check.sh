@@ -19,7 +19,7 @@
 # Everything it prints goes to $OUT/gpu_check.log too; each step's output to its own file in
 # $OUT; the figures, as one JSON object, to $OUT/summary.json (and the last line printed).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-/tmp/cdissect-gpu-check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
@@ -38,7 +38,7 @@ if [[ $MODE == cpu ]]; then
   export CDISSECT_DEVICE=cpu
   PIPELINE_ARGS="--json --quick"
   LABELER_ARGS="--json --threads 1 --n 2000 --c 2000 --k 256"
-  RUN_ARGS="--images 128 --concepts imagenet"
+  RUN_ARGS=(--images 128 --concepts imagenet)
   T_TESTS=600 T_PIPELINE=1200 T_LABELER=600
 else
   step "setup: .venv over $(command -v python3) with .whl/ installed"
@@ -56,7 +56,7 @@ else
   PIPELINE_ARGS="--json --images 2048 --batch-size 256 --shard-size 1024 --repeats 2 --clip-arch ViT-B/16 \
     --clip-precision float16"
   LABELER_ARGS="--json --device cuda --n 63000 --c 20000 --k 2048"
-  RUN_ARGS="--images 63305"
+  RUN_ARGS=(--images 63305)
   T_TESTS=120 T_PIPELINE=240 T_LABELER=120
 fi
 
@@ -89,8 +89,8 @@ fi
 if [[ " $STEPS " != *" run "* ]]; then
   step "bench/bench_run.py not asked for (GPU_CHECK_STEPS)"
 elif (( $(left) > 60 )); then
-  step "bench/bench_run.py $RUN_ARGS (limit $(left) s)"
-  timeout "$(left)" $PY bench/bench_run.py --json $RUN_ARGS 2>&1 | tee "$OUT/bench_run.txt"
+  step "bench/bench_run.py ${RUN_ARGS[*]} (limit $(left) s)"
+  timeout "$(left)" $PY bench/bench_run.py --json "${RUN_ARGS[@]}" 2>&1 | tee "$OUT/bench_run.txt"
 else
   step "skipped bench/bench_run.py: $(left) s left"
 fi

@@ -34,5 +34,5 @@ mkdir -p "$OUT"
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$OUT" "${pins[@]}"
 "$PIP" wheel -q --no-deps --no-build-isolation -w "$OUT" "${OURS[@]}"
 rm -rf build ./*/build ./*/*/build
-echo "device_wheels: $(ls "$OUT" | wc -l) wheels, $(du -sh "$OUT" | cut -f1) in $OUT/:"
+echo "device_wheels: $(find "$OUT" -name '*.whl' | wc -l) wheels, $(du -sh "$OUT" | cut -f1) in $OUT/:"
 ls "$OUT"

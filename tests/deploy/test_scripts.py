@@ -1,5 +1,6 @@
-"""deploy/kind scripts: syntax, shellcheck, early failures, and the whole `make up` flow run
-against recording stand-ins for docker, kind and kubectl (no daemon exists on CI machines)."""
+"""The shell scripts: syntax and shellcheck of every one (deploy/kind, bench, scripts); for
+deploy/kind early failures and the whole `make up` flow run against recording stand-ins for
+docker, kind and kubectl (no daemon exists on CI machines)."""
 from __future__ import annotations
 
 import os
@@ -14,12 +15,14 @@ import yaml
 from deploy_helpers import REPO_ROOT, tool
 
 KIND_DIR = REPO_ROOT / "deploy" / "kind"
-SCRIPTS = sorted(KIND_DIR.glob("*.sh"))
+KIND_SCRIPTS = sorted(KIND_DIR.glob("*.sh"))
+SCRIPTS = KIND_SCRIPTS + sorted((REPO_ROOT / "bench").glob("*.sh")) + sorted((REPO_ROOT / "scripts").glob("*.sh"))
 BASH = shutil.which("bash")
 
 
 def test_scripts_parse_and_pass_shellcheck() -> None:
-    assert {p.name for p in SCRIPTS} >= {"up.sh", "down.sh", "port-forward.sh", "common.sh"}
+    assert {p.name for p in KIND_SCRIPTS} >= {"up.sh", "down.sh", "port-forward.sh", "common.sh"}
+    assert {p.name for p in SCRIPTS} >= {"gpu_check.sh", "device_wheels.sh", "install_system_packages.sh"}
     for script in SCRIPTS:
         proc = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
