@@ -1,12 +1,16 @@
 """The shell scripts: syntax and shellcheck of every one (deploy/kind, bench, scripts); for
 deploy/kind early failures and the whole `make up` flow run against recording stand-ins for
-docker, kind and kubectl (no daemon exists on CI machines)."""
+docker, kind and kubectl (no daemon exists on CI machines); bench/gpu_check.sh's time budget and
+summary run against stand-ins for its steps."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from deploy_helpers import REPO_ROOT, tool
 KIND_DIR = REPO_ROOT / "deploy" / "kind"
 KIND_SCRIPTS = sorted(KIND_DIR.glob("*.sh"))
 SCRIPTS = KIND_SCRIPTS + sorted((REPO_ROOT / "bench").glob("*.sh")) + sorted((REPO_ROOT / "scripts").glob("*.sh"))
+GPU_CHECK = REPO_ROOT / "bench" / "gpu_check.sh"
 BASH = shutil.which("bash")
 
 
@@ -140,3 +145,60 @@ def test_every_phony_make_target_has_a_rule_and_is_in_help() -> None:
     help_text = re.search(r"^help:\n((?:\t.*\n)+)", text, re.MULTILINE).group(1)
     listed = set(re.findall(r"[\w-]+", help_text))
     assert phony - {"help"} - listed == set(), f"`make help` does not list {sorted(phony - {'help'} - listed)}"
+
+
+def fake_gpu_check_repo(tmp_path: Path, steps: dict[str, str]) -> Path:
+    """A copy of bench/gpu_check.sh in a folder with a .venv/bin/python and a `make` whose steps
+    (cuda_tests, bench_pipeline, bench_labeler, bench_run) run the given shell snippets; the
+    script's `python -` calls (environment, summary) reach the real interpreter."""
+    root = tmp_path / "repo"
+    (root / "bench").mkdir(parents=True)
+    shutil.copy(GPU_CHECK, root / "bench" / "gpu_check.sh")
+    venv_bin = root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    python = venv_bin / "python"
+    python.write_text(f"""#!{BASH}
+case "$1 $2" in
+  "-m pytest") {steps.get("cuda_tests", "echo '1 passed'")};;
+  "bench/bench_run.py --json") {steps.get("bench_run", "echo '{{}}'")};;
+  "- ") echo "environment (stand-in)";;
+  *) exec {sys.executable} "$@";;
+esac
+""")
+    make = tmp_path / "bin" / "make"
+    make.parent.mkdir()
+    make.write_text(f"""#!{BASH}
+case "$2" in
+  bench-pipeline) {steps.get("bench_pipeline", "echo '{{}}'")};;
+  bench-labeler) {steps.get("bench_labeler", "echo '{{}}'")};;
+esac
+""")
+    for path in (python, make):
+        path.chmod(0o755)
+    return root
+
+
+def test_gpu_check_stays_in_its_budget(tmp_path: Path) -> None:
+    """A step that would run past the budget is cut at the time left less the summary's reserve,
+    and the steps after it are skipped."""
+    figures = {"embedder": {"path_img_s": 2100.0, "forward_img_s": 2200.0, "vs_forward": 0.95}}
+    root = fake_gpu_check_repo(tmp_path, {
+        "bench_pipeline": f"echo 'timing...'; echo '{json.dumps(figures)}'",
+        "bench_labeler": "sleep 60",
+    })
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "OUT": str(out),
+           "GPU_CHECK_MODE": "cpu", "GPU_CHECK_BUDGET_S": "9", "GPU_CHECK_RESERVE_S": "3",
+           "GPU_CHECK_MIN_STEP_S": "2"}
+    started = time.monotonic()
+    proc = subprocess.run([BASH, str(root / "bench" / "gpu_check.sh")], capture_output=True, text=True, env=env,
+                          timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert took < 9, f"the script took {took:.1f} s with a budget of 9 s:\n{proc.stdout}"
+    assert re.search(r"bench_labeler \(limit [2-6] s\)", proc.stdout), proc.stdout
+    assert "skipped bench_run" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text().strip().splitlines()[-1])
+    assert summary["bench_pipeline"] == figures
+    assert summary["bench_labeler"] is None and summary["bench_run"] is None
+    assert summary["cuda_tests_rc"] == 0 and summary["cuda_tests"] == "1 passed"
