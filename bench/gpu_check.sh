@@ -110,14 +110,24 @@ step "summary"
 "$PY" - "$OUT" "$tests_rc" <<'EOF' | tee "$OUT/summary.json"
 import json, sys
 from pathlib import Path
+
+
+def last_json(lines):
+    """The last line that is a JSON object: a failing make prints `make: *** ... Error 1` after it."""
+    for line in reversed(lines):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None  # did not finish: see its .txt
+
+
 out, summary = Path(sys.argv[1]), {"cuda_tests_rc": int(sys.argv[2])}
 for name in ("bench_pipeline", "bench_labeler", "bench_run"):
     path = out / f"{name}.txt"
-    lines = path.read_text().strip().splitlines() if path.exists() else []
-    try:
-        summary[name] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        summary[name] = None  # did not finish: see its .txt
+    summary[name] = last_json(path.read_text().strip().splitlines() if path.exists() else [])
 tests = (out / "cuda_tests.txt").read_text().strip().splitlines() if (out / "cuda_tests.txt").exists() else []
 summary["cuda_tests"] = tests[-1] if tests else None
 for stage in ("embedder", "activations"):

@@ -178,12 +178,14 @@ esac
     return root
 
 
-def test_gpu_check_stays_in_its_budget(tmp_path: Path) -> None:
+def test_gpu_check_stays_in_its_budget_and_reads_the_figures_of_a_failed_step(tmp_path: Path) -> None:
     """A step that would run past the budget is cut at the time left less the summary's reserve,
-    and the steps after it are skipped."""
+    the steps after it are skipped, and a step that printed its JSON before make's error line
+    still has its figures in the summary."""
     figures = {"embedder": {"path_img_s": 2100.0, "forward_img_s": 2200.0, "vs_forward": 0.95}}
     root = fake_gpu_check_repo(tmp_path, {
-        "bench_pipeline": f"echo 'timing...'; echo '{json.dumps(figures)}'",
+        "bench_pipeline": f"echo 'timing...'; echo '{json.dumps(figures)}'; "
+                          "echo 'make: *** [Makefile:46: bench-pipeline] Error 1' >&2; exit 2",
         "bench_labeler": "sleep 60",
     })
     out = tmp_path / "out"
