@@ -402,6 +402,8 @@ class Planner:
                 raise ManifestProblem(self.where(pod, "containers", ci, "image"),
                                       f"image {image}: no {self.m.rel(dockerfile)} builds it")
             found = image_config(dockerfile)
+            self.ledger.not_honoured("that the images build and contain what this venv has (it stands in for each "
+                                     "image's build stage; only `make up` builds them)", self.m.rel(dockerfile))
         else:
             raise ManifestProblem(self.where(pod, "containers", ci, "image"),
                                   f"image {image}: not built from docker/ and no stand-in runs it here "
@@ -653,6 +655,11 @@ class Planner:
 
     # ------------------------------------------------------------------ what is not honoured
     def _note_unhonoured(self) -> None:
+        for overlay in sorted(p for p in (self.m.k8s / "overlays").iterdir() if (p / "kustomization.yaml").is_file()):
+            if overlay.resolve() != self.m.overlay.resolve():
+                self.ledger.not_honoured(f"other overlays, the GPU overlay among them: not rehearsed (this run "
+                                         f"rehearsed {self.m.rel(self.m.overlay)})",
+                                         self.m.rel(overlay))
         for doc in self.m.docs:
             if doc["kind"] not in HONOURED_KINDS:
                 self.ledger.not_honoured(f"{doc['kind']} resources", self.m.where(doc, []))
@@ -660,9 +667,11 @@ class Planner:
             for key in pod.doc["spec"]:
                 if key not in HONOURED_WORKLOAD:
                     self.ledger.not_honoured(f"{pod.kind} spec.{key}", self.m.where(pod.doc, ["spec", key]))
-            if int(pod.doc["spec"].get("replicas", 1)) > 1:
-                self.ledger.not_honoured("replicas > 1 (one process per workload)",
-                                         self.m.where(pod.doc, ["spec", "replicas"]))
+            if pod.kind in ("Deployment", "StatefulSet"):
+                replicas = int(pod.doc["spec"].get("replicas", 1))
+                self.ledger.not_honoured("replicas: one replica of each Deployment and StatefulSet ran (several "
+                                         "pods behind a headless Service's DNS are not rehearsed)",
+                                         f"{self.m.where(pod.doc, ['spec', 'replicas'])} = {replicas}")
             for key in pod.spec:
                 if key not in HONOURED_POD:
                     self.ledger.not_honoured(f"pod {key}", self.where(pod, key))

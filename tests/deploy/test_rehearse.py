@@ -159,3 +159,24 @@ def test_image_config_reads_the_final_stage_as_docker_runs_it(tmp_path: Path) ->
     image = image_config(dockerfile)
     assert image.entrypoint == ["tool", "run"] and image.cmd == ["/bin/sh", "-c", "echo shell form"]
     assert image.env == {"B": "x", "C": "x/y", "PATH": BASE_PATH}
+
+
+def test_the_plan_lists_what_only_a_cluster_proves(tmp_path: Path) -> None:
+    """The ledger names the images' contents (this venv stands in), the single replica of every
+    Deployment, and the overlays not rehearsed (the GPU overlay), as README's Deployment says."""
+    from deploy.rehearse.ledger import Ledger
+    from deploy.rehearse.manifests import Manifests
+    from deploy.rehearse.pods import Planner
+    from deploy.rehearse.rehearsal import EXAMPLE_JOBS
+
+    ledger = Ledger()
+    Planner(Manifests(REPO_ROOT, "kind-cpu", EXAMPLE_JOBS), tmp_path, ledger, EXAMPLE_JOBS).plan()
+    unhonoured = ledger.as_dict()["not_honoured"]
+    images = next(places for what, places in unhonoured.items() if what.startswith("that the images build"))
+    assert {f"docker/{name}.Dockerfile" for name in ("embedder", "activations", "labeler", "cli")} <= set(images)
+    replicas = next(places for what, places in unhonoured.items() if what.startswith("replicas: one replica"))
+    for name in ("embedder", "activations", "labeler", "prometheus"):
+        assert any(f"Deployment/{name} spec.replicas = " in place for place in replicas), replicas
+    overlays = next(places for what, places in unhonoured.items() if "GPU overlay" in what)
+    assert overlays == ["deploy/k8s/overlays/gpu"]
+    assert "NOT honoured" in "\n".join(ledger.lines())
