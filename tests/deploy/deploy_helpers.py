@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import subprocess
 import sys
+from types import ModuleType
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,16 @@ K8S = REPO_ROOT / "deploy" / "k8s"
 OVERLAYS = ("kind-cpu", "gpu")
 TREES = ("base",) + tuple(f"overlays/{name}" for name in OVERLAYS)
 VENV_BIN = Path(sys.executable).parent
+
+
+@functools.cache
+def docker_module(name: str) -> ModuleType:
+    """docker/<name>.py (not a package: the Dockerfiles run these files directly), imported once."""
+    spec = importlib.util.spec_from_file_location(f"cdissect_docker_{name}", REPO_ROOT / "docker" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tool(name: str) -> str:

@@ -4,7 +4,6 @@ call it) and the HEALTHCHECK command (docker/healthcheck.py with the Dockerfile'
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -20,7 +19,7 @@ from cdissect_common.config import SERVICE_DEFAULTS
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from deploy.rehearse.dockerfile import instructions as parse_instructions
-from deploy_helpers import REPO_ROOT
+from deploy_helpers import REPO_ROOT, docker_module
 
 DOCKER = REPO_ROOT / "docker"
 LOCK = REPO_ROOT / "requirements.lock"
@@ -28,15 +27,7 @@ IMAGES = ("embedder", "activations", "labeler", "cli")
 DIGEST = re.compile(r"^[\w.\-/:]+:[\w.\-]+@sha256:[0-9a-f]{64}$")
 
 
-def load_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"cdissect_docker_{name}", DOCKER / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-lockdeps = load_module("lockdeps")
+lockdeps = docker_module("lockdeps")
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
