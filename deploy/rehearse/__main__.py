@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from deploy.rehearse.rehearsal import EXAMPLE_JOBS, Options, Rehearsal
+from deploy.rehearse.rehearsal import DEFAULT_IMAGES, EXAMPLE_JOBS, Options, Rehearsal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", action="append", dest="jobs",
                         help="Job manifest to run once the services are ready (repeatable; default: "
                              f"{', '.join(EXAMPLE_JOBS)})")
-    parser.add_argument("--images", type=int, default=1200,
-                        help="shapes-world probe images for the CLI Job (default: 1200, the demo's CI size)")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
+                        help=f"shapes-world probe images for the CLI Job (default: {DEFAULT_IMAGES}, the demo's "
+                             f"CI size)")
     parser.add_argument("--work", type=Path, help="folder for volumes, logs and data (default: a new temp folder, "
                                                   "removed when the rehearsal passes)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder after a pass")

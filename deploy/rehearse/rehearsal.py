@@ -30,6 +30,7 @@ from deploy.rehearse.prometheus import api, loopback_config, target_health
 from deploy.rehearse.seaweedfs import SeaweedFS
 
 EXAMPLE_JOBS = ("deploy/k8s/examples/cli-run-job.yaml",)
+DEFAULT_IMAGES = 1200   # shapes-world probe images for the CLI Job: the demo's CI size
 # `cdissect run` flags (with aliases) the shapes world substitutes, by cdissect_shapes.demo.DEMO key.
 SHAPES_FLAGS = {"model": ("--model", "-m"), "weights": ("--weights",), "layers": ("--layers",),
                 "probe_set": ("--probe-set", "--dataset"), "concept_set": ("--concept-set", "--concepts"),
@@ -57,8 +58,7 @@ class Options:
     root: Path
     overlay: str = "kind-cpu"
     example_jobs: tuple[str, ...] = EXAMPLE_JOBS
-    images: int = 300
-    seed: int | None = None
+    images: int = DEFAULT_IMAGES
     work: Path | None = None
     keep: bool = False
     job_timeout: float = 1800.0
@@ -198,7 +198,7 @@ class Rehearsal:
         from cdissect_shapes.demo import DEMO
         from cdissect_shapes.generator import write_probe_folder
 
-        seed = int(DEMO["seed"] if self.o.seed is None else self.o.seed)
+        seed = int(DEMO["seed"])
         folder = self.work / "shapes-world" / f"shapes-{self.o.images}-seed{seed}"
         if not (folder / "attributes.csv").is_file():
             write_probe_folder(folder, self.o.images, seed)
@@ -352,15 +352,15 @@ class Rehearsal:
     def _score(self, container: ContainerPlan) -> None:
         """The Job's run folder scored against the shapes truth with the demo's scoring."""
         from cdissect_cli.demo_command import score_run_folder
-        from cdissect_common.config import load_settings
+        from cdissect_common.config import ENV_VARS, load_settings
         from cdissect_common.store import open_store
         from cdissect_shapes.scores import score_run
 
-        runs = Path(container.env.get("CDISSECT_RUNS_DIR", container.cwd / "runs"))
+        settings = load_settings(None, env=container.env, config_file=os.devnull)
+        runs = container.cwd / settings.runs_dir          # an absolute runs_dir stays as it is
         folders = sorted((p for p in runs.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
         if not folders:
-            raise RehearsalFailure(f"{container.label} wrote no run folder under {runs} (CDISSECT_RUNS_DIR)")
-        settings = load_settings(None, env=container.env, config_file=os.devnull)
+            raise RehearsalFailure(f"{container.label} wrote no run folder under {runs} ({ENV_VARS['runs_dir']})")
         store = open_store(settings.store, settings)
         try:
             scores = score_run_folder(folders[-1].parent, store, self.cli_settings, score_run)
