@@ -160,7 +160,8 @@ def _common_modules_used(path: Path) -> set[Path]:
             if node.level == 0 and node.module and node.module.split(".")[0] == "cdissect_common":
                 base = node.module
             elif node.level == 1 and inside:
-                base = ".".join(["cdissect_common", *path.parent.relative_to(COMMON).parts, *filter(None, [node.module])])
+                package = ["cdissect_common", *path.parent.relative_to(COMMON).parts]
+                base = ".".join(package + ([node.module] if node.module else []))
             else:
                 continue
             dotted.add(base)
