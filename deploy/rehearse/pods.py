@@ -642,6 +642,9 @@ class Planner:
                       period=float(spec.get("periodSeconds", 10)), timeout=float(spec.get("timeoutSeconds", 1)),
                       failure_threshold=int(spec.get("failureThreshold", 3)),
                       success_threshold=int(spec.get("successThreshold", 1)))
+        if probe.success_threshold > 1:
+            self.ledger.not_honoured("probe successThreshold > 1 (here one success counts)",
+                                     self.where(pod, "containers", ci, kind, "successThreshold"))
         if handler == "grpc":
             probe.service = spec["grpc"].get("service", "")
             probe.service_where = self.where(pod, "containers", ci, kind, "grpc", "service")

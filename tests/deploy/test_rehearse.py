@@ -180,3 +180,18 @@ def test_the_plan_lists_what_only_a_cluster_proves(tmp_path: Path) -> None:
     overlays = next(places for what, places in unhonoured.items() if "GPU overlay" in what)
     assert overlays == ["deploy/k8s/overlays/gpu"]
     assert "NOT honoured" in "\n".join(ledger.lines())
+
+
+def test_a_readiness_success_threshold_above_one_is_listed_as_not_honoured(tmp_path: Path) -> None:
+    from deploy.rehearse.ledger import Ledger
+    from deploy.rehearse.manifests import Manifests
+    from deploy.rehearse.pods import Planner
+
+    before = "            failureThreshold: 3\n          livenessProbe:"
+    after = "            failureThreshold: 3\n            successThreshold: 2\n          livenessProbe:"
+    root = broken_copy(tmp_path, "deploy/k8s/base/labeler.yaml", before, after)
+    ledger = Ledger()
+    Planner(Manifests(root, "kind-cpu"), tmp_path / "work", ledger).plan()
+    places = ledger.as_dict()["not_honoured"]["probe successThreshold > 1 (here one success counts)"]
+    assert places == ["deploy/k8s/base/labeler.yaml: Deployment/labeler "
+                      "spec.template.spec.containers[labeler].readinessProbe.successThreshold"]
