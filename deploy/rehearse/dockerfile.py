@@ -3,6 +3,11 @@
 Only the final stage counts (that is the image); shell-form ENTRYPOINT/CMD become
 ``["/bin/sh", "-c", ...]`` as Docker does. ``$VAR``/``${VAR}`` in ENV values expand from the
 variables set before them (and the base image's PATH), as Docker expands them at build time.
+COPY as Docker copies: a relative destination is under the WORKDIR; with several sources or a
+destination ending in ``/``, a file lands in the destination folder under its own name and a
+folder's contents land in the destination folder (a ``--from`` source counts as a file there:
+the build stage's tree is not known here). The build context is the repository root, the
+folder above ``docker/``.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 # PATH of the Debian-based python base images (what `$PATH` means in an ENV line).
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -56,6 +61,23 @@ def _env_pairs(rest: str) -> list[tuple[str, str]]:
     return [tuple(token.split("=", 1)) for token in shlex.split(rest)]  # type: ignore[misc]
 
 
+def _copies(rest: str, workdir: str, context: Path) -> dict[str, str]:
+    """{image path: source} of one COPY instruction (see the module docstring)."""
+    parts = shlex.split(rest)
+    stage = next((p.split("=", 1)[1] for p in parts if p.startswith("--from=")), "")
+    paths = [p for p in parts if not p.startswith("--")]
+    sources, dest = paths[:-1], paths[-1]
+    target = str(PurePosixPath(workdir) / dest)          # an absolute dest replaces the WORKDIR
+    into_folder = len(sources) > 1 or dest.endswith("/")
+    out = {}
+    for source in sources:
+        named = f"--from={stage} {source}" if stage else source
+        is_folder = not stage and (context / source).is_dir()
+        landing = PurePosixPath(target) / PurePosixPath(source).name if into_folder and not is_folder else target
+        out[str(landing)] = named
+    return out
+
+
 def image_config(dockerfile: Path) -> ImageConfig:
     """Parse the final stage of ``dockerfile`` (see the module docstring)."""
     steps = instructions(dockerfile.read_text())
@@ -76,13 +98,8 @@ def image_config(dockerfile: Path) -> ImageConfig:
             config.cmd = _exec_form(rest)
             cmd_in_stage = True
         elif word == "WORKDIR":
-            config.workdir = str(Path(config.workdir) / _expand(rest, env))
+            config.workdir = str(PurePosixPath(config.workdir) / _expand(rest, env))
         elif word == "COPY":
-            parts = shlex.split(rest)
-            flags = [p for p in parts if p.startswith("--")]
-            paths = [p for p in parts if not p.startswith("--")]
-            stage = next((f.split("=", 1)[1] for f in flags if f.startswith("--from=")), "")
-            for source in paths[:-1]:
-                config.copies[paths[-1]] = f"--from={stage} {source}" if stage else source
+            config.copies.update(_copies(rest, config.workdir, dockerfile.resolve().parent.parent))
     config.env.setdefault("PATH", BASE_PATH)
     return config

@@ -161,6 +161,21 @@ def test_image_config_reads_the_final_stage_as_docker_runs_it(tmp_path: Path) ->
     assert image.env == {"B": "x", "C": "x/y", "PATH": BASE_PATH}
 
 
+def test_image_config_copies_several_sources_and_relative_destinations_as_docker_does(tmp_path: Path) -> None:
+    from deploy.rehearse.dockerfile import image_config
+
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "conf").mkdir()
+    for name in ("a.txt", "b.txt", "conf/c.yaml"):
+        (tmp_path / name).write_text(name)
+    dockerfile = tmp_path / "docker" / "x.Dockerfile"
+    dockerfile.write_text("FROM b\nWORKDIR /app\nCOPY a.txt b.txt etc/\nCOPY conf ./conf\nCOPY a.txt /opt/one.txt\n"
+                          "COPY conf /srv/\nCOPY --from=build /opt/venv /opt/venv\n")
+    copies = image_config(dockerfile).copies
+    assert copies == {"/app/etc/a.txt": "a.txt", "/app/etc/b.txt": "b.txt", "/app/conf": "conf",
+                      "/opt/one.txt": "a.txt", "/srv": "conf", "/opt/venv": "--from=build /opt/venv"}
+
+
 def test_the_plan_lists_what_only_a_cluster_proves(tmp_path: Path) -> None:
     """The ledger names the images' contents (this venv stands in), the single replica of every
     Deployment, and the overlays not rehearsed (the GPU overlay), as README's Deployment says."""
