@@ -33,19 +33,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_pipeline import clip_checkpoints, make_probe_folder  # noqa: E402
+from deploy.rehearse.loopback import free_port, wait_serving  # noqa: E402
 
 GOAL = 0.8
 CLIENTS = 32
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Embedder:
@@ -64,23 +57,7 @@ class Embedder:
                                      stderr=subprocess.STDOUT)
 
     def wait_serving(self, timeout: float = 600) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"the embedder exited ({self.proc.returncode}); see {self.log.name}")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.5)
-        raise SystemExit(f"the embedder did not report SERVING within {timeout:.0f} s; see {self.log.name}")
+        wait_serving(self.proc, self.port, "", timeout, "the embedder", lambda: Path(self.log.name).read_text())
 
     def stop(self) -> None:
         self.proc.kill()

@@ -1,8 +1,12 @@
-"""Loopback ports: a free one to hand out, and the ones a process is listening on (Linux /proc)."""
+"""Loopback ports: a free one to hand out, the ones a process is listening on (Linux /proc), and
+waiting for a started gRPC server on one to report SERVING (shared with the tests and benchmarks)."""
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
@@ -48,3 +52,29 @@ def listening_ports(pid: int) -> set[int]:
             if port is not None:
                 ports.add(port)
     return ports
+
+
+def wait_serving(proc: subprocess.Popen, port: int, health_name: str = "", timeout: float = 90.0,
+                 name: str = "the service", log: Callable[[], str] = lambda: "") -> None:
+    """Block until the gRPC server that ``proc`` started on 127.0.0.1:``port`` reports SERVING for
+    ``health_name`` (grpc.health.v1; "" is the whole server). RuntimeError as soon as the process
+    exits, TimeoutError (with the last answer) after ``timeout`` s; both end with the tail of ``log()``."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    last = "not started"
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log()[-4000:]}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=health_name), timeout=2).status
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.1)
+    raise TimeoutError(f"{name} not SERVING after {timeout}s (last {last}):\n{log()[-4000:]}")

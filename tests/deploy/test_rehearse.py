@@ -210,3 +210,29 @@ def test_a_readiness_success_threshold_above_one_is_listed_as_not_honoured(tmp_p
     places = ledger.as_dict()["not_honoured"]["probe successThreshold > 1 (here one success counts)"]
     assert places == ["deploy/k8s/base/labeler.yaml: Deployment/labeler "
                       "spec.template.spec.containers[labeler].readinessProbe.successThreshold"]
+
+
+def test_wait_serving_returns_on_serving_and_fails_at_once_when_the_process_exits() -> None:
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    from deploy.rehearse.loopback import free_port, wait_serving
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        wait_serving(alive, port, "", timeout=10)                     # the whole server is SERVING
+        with pytest.raises(TimeoutError, match="x not SERVING after 0.5s"):
+            wait_serving(alive, free_port(), "", timeout=0.5, name="x")
+    finally:
+        alive.kill()
+        server.stop(None)
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(RuntimeError, match=r"(?s)the embedder exited with 3:\nboom"):
+        wait_serving(dead, free_port(), "", timeout=30, name="the embedder", log=lambda: "boom")

@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import pytest
 from cdissect.v1 import activations_pb2, common_pb2, embedder_pb2, labeler_pb2
 from cdissect_common.manifest import ImageSource, register_dataset
 from cdissect_common.store import ObjectStore, sha256_hex
+from deploy.rehearse.loopback import wait_serving
 from tests.conftest import SeaweedFS, free_port, make_probe_images  # noqa: F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,19 +107,9 @@ class ServiceHandle:
 
     def wait_serving(self, timeout: float = 90.0) -> None:
         """Block until health says SERVING; fail with the process log if it dies or times out."""
-        deadline = time.monotonic() + timeout
-        last = "not started"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                last = self.health_status()
-                if last == "SERVING":
-                    return
-            except grpc.RpcError as exc:
-                last = exc.code().name
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not SERVING after {timeout}s (last {last}):\n{self.log()[-4000:]}")
+        from cdissect_common.config import SERVICE_DEFAULTS
+
+        wait_serving(self.proc, self.port, SERVICE_DEFAULTS[self.name].health_name, timeout, self.name, self.log)
 
     def metrics_text(self) -> str:
         """The Prometheus exposition text from /metrics."""
