@@ -93,27 +93,49 @@ CDISSECT = str(Path(sys.executable).with_name("cdissect"))
 
 
 # ----------------------------------------------------------------------------- inputs
+def draw_probe_image(i: int, rng, size: int = 224):
+    """Probe image number i: a coloured square or circle (by i) on dark noise; (class name, PIL image)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    name = list(COLOURS)[i % len(COLOURS)]
+    img = Image.fromarray(rng.integers(0, 90, (size, size, 3), dtype=np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    a, b = sorted(int(v) for v in rng.integers(8, size - 8, 2))
+    box = (a, a, max(b, a + 16), max(b, a + 16))
+    (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[name])
+    return name, img
+
+
 def make_probe_folder(root: Path, n: int, size: int = 224, seed: int = 0, start: int = 0) -> list[Path]:
     """n JPEGs of coloured squares/circles on noise, in class subfolders (ImageFolder layout),
     numbered from ``start`` (so several calls can fill one folder in parallel)."""
     import numpy as np
-    from PIL import Image, ImageDraw
 
     rng = np.random.default_rng([seed, start])
     paths = []
     for i in range(start, start + n):
-        name = list(COLOURS)[i % len(COLOURS)]
-        pixels = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
-        img = Image.fromarray(pixels, "RGB")
-        draw = ImageDraw.Draw(img)
-        a, b = sorted(int(v) for v in rng.integers(8, size - 8, 2))
-        box = (a, a, max(b, a + 16), max(b, a + 16))
-        (draw.ellipse if i % 2 else draw.rectangle)(box, fill=COLOURS[name])
+        name, img = draw_probe_image(i, rng, size)
         path = root / name / f"img_{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path, format="JPEG", quality=90)
         paths.append(path)
     return paths
+
+
+def probe_jpegs(n: int, size: int = 224, seed: int = 0) -> list[bytes]:
+    """n probe images (as make_probe_folder draws them) as JPEG bytes, ~10-20 kB each at 224 pixels."""
+    import io
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        draw_probe_image(i, rng, size)[1].save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
 
 
 def clip_checkpoints(tmp: Path, shapes_clip: bool, arch: str = "RN50") -> tuple[Path, Path, str]:

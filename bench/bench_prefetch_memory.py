@@ -19,7 +19,6 @@ prints the figures as one JSON object on the last line.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -35,23 +34,6 @@ LAYERS = ["features.0", "classifier.3"]
 DISTINCT = 400  # distinct images generated; larger shards repeat them under other names
 
 
-def jpegs(n: int) -> list[bytes]:
-    """n 224×224 JPEGs of coloured shapes on noise (~10-20 kB each)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        img = Image.fromarray(rng.integers(0, 90, (224, 224, 3), dtype=np.uint8), "RGB")
-        a, b = sorted(int(v) for v in rng.integers(8, 216, 2))
-        ImageDraw.Draw(img).ellipse((a, a, max(b, a + 16), max(b, a + 16)), fill=(220, 30 * (i % 8), 30))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
 def register(store_dir: Path, sizes: list[int]) -> dict[int, tuple[str, int]]:
     """One dataset per size, a single shard each; returns {size: (manifest JSON path, shard bytes)}."""
     from google.protobuf import json_format
@@ -59,8 +41,11 @@ def register(store_dir: Path, sizes: list[int]) -> dict[int, tuple[str, int]]:
     from cdissect_common.manifest import ImageSource, register_dataset
     from cdissect_common.store import open_store
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_pipeline import probe_jpegs
+
     store = open_store(f"file://{store_dir}")
-    pool = jpegs(DISTINCT)
+    pool = probe_jpegs(DISTINCT)
     out = {}
     for n in sizes:
         images = [ImageSource(name=f"img_{i:06d}.jpg", data=pool[i % DISTINCT]) for i in range(n)]
