@@ -41,11 +41,11 @@ def _settings(tmp_path: Path, **extra: str) -> Settings:
     return load_settings("labeler", env=env, config_file=None)
 
 
-def _start(settings: Settings) -> ServiceServer:
+def _start(settings: Settings, inline_methods: tuple[str, ...] = ()) -> ServiceServer:
     runtime = ServiceRuntime("labeler", settings)
     full = labeler_pb2.DESCRIPTOR.services_by_name["Labeler"].full_name
     return ServiceServer(runtime, [Registration(RaisingLabeler(), labeler_pb2_grpc.add_LabelerServicer_to_server,
-                                                full)])
+                                                full, inline_methods)])
 
 
 @pytest.fixture
@@ -120,6 +120,19 @@ def test_stop_reports_not_serving_and_closes(tmp_path: Path) -> None:
     with pytest.raises(grpc.RpcError) as info:
         labeler_pb2_grpc.LabelerStub(channel).LabelLayer(labeler_pb2.LabelLayerRequest(), timeout=2)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_inline_cap_counts_against_the_threads_only_in_a_server_with_inline_methods(tmp_path: Path) -> None:
+    """8 threads: enough for 4 shard calls and the health checks (a labeler starts), not for 4
+    shard calls plus 48 inline ones (an embedder-like server is refused, naming the settings)."""
+    from cdissect_common.config import ConfigError
+
+    settings = _settings(tmp_path, CDISSECT_MAX_WORKERS="8")
+    _start(settings).stop(grace=0)
+    with pytest.raises(ConfigError, match=r"CDISSECT_MAX_INFLIGHT_RPCS=4 plus CDISSECT_MAX_INFLIGHT_INLINE=48 "
+                                          r".*must be below CDISSECT_MAX_WORKERS=8.*raise CDISSECT_MAX_WORKERS"):
+        _start(settings, inline_methods=("LabelLayer",))
+    _start(settings.replace(max_inflight_inline=3), inline_methods=("LabelLayer",)).stop(grace=0)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")

@@ -10,7 +10,8 @@
 - message-size limits from ``max_message_bytes`` (larger requests get RESOURCE_EXHAUSTED);
 - at most ``max_inflight_rpcs`` shard (work) RPCs and ``max_inflight_inline`` inline RPCs (the
   methods a registration names as inline: they wait for batch-mates) at once, together fewer
-  than the ``max_workers`` threads, so a thread is always free for health checks: a call over its
+  than the ``max_workers`` threads (the inline cap counts only where a registration has inline
+  methods; ``check_thread_budget``), so a thread is always free for health checks: a call over its
   cap is answered at once with RESOURCE_EXHAUSTED and the trailing metadata
   ``cdissect-cause: busy`` (clients wait and retry);
 - TLS when certificate files are configured;
@@ -227,6 +228,21 @@ class Registration:
     inline_methods: tuple[str, ...] = ()   # short calls that batch together (own cap: max_inflight_inline)
 
 
+def check_thread_budget(settings: Settings, has_inline: bool) -> None:
+    """ConfigError unless the capped calls leave a handler thread free for health checks:
+    ``max_inflight_rpcs`` (plus ``max_inflight_inline`` when the server has inline methods, which
+    only the embedder has) must be below ``max_workers``."""
+    capped = settings.max_inflight_rpcs + (settings.max_inflight_inline if has_inline else 0)
+    if capped < settings.max_workers:
+        return
+    names = f"{ENV_VARS['max_inflight_rpcs']}={settings.max_inflight_rpcs}"
+    if has_inline:
+        names += f" plus {ENV_VARS['max_inflight_inline']}={settings.max_inflight_inline} (this service's inline calls)"
+    raise ConfigError(f"{names} must be below {ENV_VARS['max_workers']}={settings.max_workers}: the threads left "
+                      f"over answer health checks while every work slot is busy; raise {ENV_VARS['max_workers']} "
+                      f"or lower the cap{'s' if has_inline else ''}")
+
+
 class ServiceServer:
     """A started gRPC server plus metrics endpoint; ``stop`` drains it gracefully."""
 
@@ -234,6 +250,8 @@ class ServiceServer:
         settings = runtime.settings
         self.runtime = runtime
         registrations = list(registrations)
+        inline = [f"/{reg.full_name}/{name}" for reg in registrations for name in reg.inline_methods]
+        check_thread_budget(settings, has_inline=bool(inline))
         known = method_paths([reg.full_name for reg in registrations]
                              + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(runtime.metrics, known)]
@@ -242,7 +260,6 @@ class ServiceServer:
             interceptors.append(BearerTokenInterceptor(token))
         self.gate = WorkGate(settings.max_inflight_rpcs)
         self.inline_gate = WorkGate(settings.max_inflight_inline, "max_inflight_inline")
-        inline = [f"/{reg.full_name}/{name}" for reg in registrations for name in reg.inline_methods]
         interceptors.append(WorkGateInterceptor(self.gate, runtime.service, self.inline_gate, inline))
         options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                    ("grpc.max_send_message_length", settings.max_message_bytes),
