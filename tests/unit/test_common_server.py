@@ -122,6 +122,34 @@ def test_stop_reports_not_serving_and_closes(tmp_path: Path) -> None:
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_stop_counts_inline_calls_still_running_after_the_grace(tmp_path: Path) -> None:
+    """An inline call still running when the grace is over is abandoned like a shard call: stop()
+    counts it, so run_service exits at once instead of waiting for its thread (before, only
+    shard calls were counted and the process waited)."""
+    import threading
+
+    release, entered = threading.Event(), threading.Event()
+
+    class SlowLabeler(labeler_pb2_grpc.LabelerServicer):
+        def LabelLayer(self, request, context):
+            entered.set()
+            release.wait(30)
+            return labeler_pb2.LabelLayerResponse()
+
+    runtime = ServiceRuntime("labeler", _settings(tmp_path))
+    full = labeler_pb2.DESCRIPTOR.services_by_name["Labeler"].full_name
+    srv = ServiceServer(runtime, [Registration(SlowLabeler(), labeler_pb2_grpc.add_LabelerServicer_to_server, full,
+                                               ("LabelLayer",))])
+    stub = labeler_pb2_grpc.LabelerStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}"))
+    call = stub.LabelLayer.future(labeler_pb2.LabelLayerRequest(), timeout=30)
+    try:
+        assert entered.wait(10)
+        assert srv.stop(grace=0.2) == 1
+    finally:
+        release.set()
+        call.exception()
+
+
 def test_the_inline_cap_counts_against_the_threads_only_in_a_server_with_inline_methods(tmp_path: Path) -> None:
     """8 threads: enough for 4 shard calls and the health checks (a labeler starts), not for 4
     shard calls plus 48 inline ones (an embedder-like server is refused, naming the settings)."""

@@ -297,14 +297,14 @@ class ServiceServer:
     def stop(self, grace: float | None = None) -> int:
         """NOT_SERVING, refuse new RPCs, wait for in-flight ones (up to ``grace`` s), close metrics.
 
-        Returns how many work RPCs are still running after the grace (their threads cannot be
-        stopped from Python; ``run_service`` then exits without waiting for them).
+        Returns how many work RPCs, shard and inline, are still running after the grace (their
+        threads cannot be stopped from Python; ``run_service`` then exits without waiting for them).
         """
         grace = self.runtime.settings.shutdown_grace_seconds if grace is None else grace
         self.runtime.health.enter_graceful_shutdown()
         self.server.stop(grace).wait(grace + 5.0)
         self.runtime.metrics.close()
-        return self.gate.in_flight
+        return self.gate.in_flight + self.inline_gate.in_flight
 
 
 def configure_logging() -> None:
