@@ -23,9 +23,9 @@ EMBEDDER = "services/embedder/cdissect_embedder/**/*.py"
 COMMON = "services/common/cdissect_common/"
 # The code whose output each artifact kind stores (its service package, plus the common modules
 # that shape the values or the keys). __main__.py starts a process.
-# Images reach the models through images.py (decoding), prefetch.py (order, batches) and
-# devices.py (stacking, the copy to the device).
-IMAGE_PATH = (f"{COMMON}images.py", f"{COMMON}prefetch.py", f"{COMMON}devices.py")
+# Images reach the models through images.py (decoding), prefetch.py and parallel.py (order,
+# batches) and devices.py (stacking, the copy to the device).
+IMAGE_PATH = (f"{COMMON}images.py", f"{COMMON}prefetch.py", f"{COMMON}parallel.py", f"{COMMON}devices.py")
 # CLIP models are named, loaded and given their preprocessing by clip_checkpoints.py (the embedder's
 # CLIP and the activations service's clip: targets); model_specs.py splits model strings into the
 # model and its checkpoint (the model_id of every key).
