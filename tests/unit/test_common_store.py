@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,25 @@ def test_open_store_errors() -> None:
 
     with pytest.raises(StoreConfigError, match="needs an endpoint"):
         open_store("s3://bucket", load_settings(env={}, config_file=None))
+
+
+def test_open_store_retries_s3_for_the_retry_timeout_setting() -> None:
+    """open_store(settings=...) builds the one retry policy from retry_timeout (before: the 90 s
+    default unless each caller built a policy by hand; the report's thumbnails did not)."""
+    import time
+
+    from cdissect_common.config import load_settings
+    from cdissect_common.store import StoreUnavailableError
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: every call is refused
+    settings = load_settings(env={"CDISSECT_S3_ENDPOINT": endpoint, "CDISSECT_RETRY_TIMEOUT": "0.5"}, config_file=None)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match=r"did not answer for 0.5s \(CDISSECT_RETRY_TIMEOUT\)"):
+        open_store("s3://bucket", settings)
+    assert time.monotonic() - started < 30
 
 
 def test_content_key_covers_fields_and_version(monkeypatch: pytest.MonkeyPatch) -> None:

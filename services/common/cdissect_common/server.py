@@ -44,7 +44,7 @@ from .config import ENV_VARS, ConfigError, Settings, load_settings, service_defa
 from .errors import ServiceError, status_for, trailing_metadata_for
 from .lifetime import bind_to_parent
 from .metrics import ServiceMetrics
-from .retry import CAUSE_BUSY, CAUSE_METADATA_KEY, RetryPolicy
+from .retry import CAUSE_BUSY, CAUSE_METADATA_KEY
 from .store import ObjectStore, StoreConfigError, open_store
 
 log = logging.getLogger("cdissect.server")
@@ -58,8 +58,7 @@ class ServiceRuntime:
         self.settings = settings
         self.health_name = service_defaults(service).health_name
         self.metrics = ServiceMetrics(service)
-        self.store = store if store is not None else open_store(
-            settings.store, settings, policy=RetryPolicy(max_total_seconds=settings.retry_timeout))
+        self.store = store if store is not None else open_store(settings.store, settings)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         # Serialises device work (forward passes) across concurrent RPCs; decoding and store
         # I/O happen outside it, so one request prepares while another computes.

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 from cdissect.v1 import common_pb2
 
 from .config import ENV_VARS, Settings
-from .retry import DEFAULT_POLICY, RetryPolicy, is_retryable_store
+from .retry import DEFAULT_POLICY, RetryPolicy, is_retryable_store, policy_from_settings
 
 T = TypeVar("T")
 _KEY_RE = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
@@ -492,12 +492,13 @@ class S3Store(ObjectStore):
         self._retry(lambda: self.client.remove_object(self.bucket, name), f"delete {key}")
 
 
-def open_store(url: str | None = None, settings: Settings | None = None,
-               policy: RetryPolicy = DEFAULT_POLICY) -> ObjectStore:
+def open_store(url: str | None = None, settings: Settings | None = None) -> ObjectStore:
     """Open the store named by ``url`` (default: the configured ``store`` setting).
 
     ``file:///abs/path`` (or ``file://~/path``) is the filesystem store; ``s3://bucket[/prefix]``
-    is S3/MinIO with endpoint and keys from the settings (``CDISSECT_S3_*``).
+    is S3/MinIO with endpoint and keys from the settings (``CDISSECT_S3_*``), its calls retried
+    for the ``retry_timeout`` setting (``retry.policy_from_settings``). ``settings`` default to
+    the process's (``load_settings()``).
     """
     if settings is None:
         from .config import load_settings
@@ -514,6 +515,7 @@ def open_store(url: str | None = None, settings: Settings | None = None,
         if not parsed.netloc:
             raise StoreConfigError(f"store URL {url!r} has no bucket; use s3://bucket or s3://bucket/prefix")
         return S3Store(parsed.netloc, settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                       secure=settings.s3_secure, region=settings.s3_region, prefix=parsed.path, policy=policy)
+                       secure=settings.s3_secure, region=settings.s3_region, prefix=parsed.path,
+                       policy=policy_from_settings(settings))
     raise StoreConfigError(f"unsupported store URL {url!r} ({ENV_VARS['store']}): use file:///path for a local "
                            f"folder or s3://bucket with {ENV_VARS['s3_endpoint']} set")
