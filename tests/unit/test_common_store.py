@@ -171,6 +171,36 @@ def test_put_if_absent_keeps_the_first_object(store: FilesystemStore) -> None:
     assert list((store.root / ".objects").glob("*/*")) == [] and not store.exists("k/content.bin")
 
 
+def test_a_delete_racing_a_replacing_put_leaves_no_unreferenced_object(store: FilesystemStore,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delete reads the key's link, then a replacing put links the key to its new object
+    (removing the old one), then the delete unlinks the key: before, the put's new object folder
+    was left behind with nothing pointing at it. Deletes and replacing puts now take turns."""
+    import threading
+    import time
+
+    store.put("k/x.bin", b"old")
+    read_link = threading.Event()
+    resolve = FilesystemStore._object_folder
+
+    def slow_in_delete(path: Path):
+        folder = resolve(path)
+        if threading.current_thread().name == "deleter":
+            read_link.set()
+            time.sleep(0.5)  # the window between reading the link and unlinking it
+        return folder
+
+    monkeypatch.setattr(FilesystemStore, "_object_folder", staticmethod(slow_in_delete))
+    deleter = threading.Thread(target=store.delete, args=("k/x.bin",), name="deleter")
+    deleter.start()
+    assert read_link.wait(10)
+    store.put("k/x.bin", b"new")
+    deleter.join(10)
+    folders = list((store.root / ".objects").glob("*/*"))
+    linked = [FilesystemStore._object_folder(store.root / "k/x.bin")] if (store.root / "k/x.bin").is_symlink() else []
+    assert folders == linked and store.get("k/x.bin") == b"new"
+
+
 def test_put_arrays_of_an_existing_content_key_returns_the_stored_ref(store: FilesystemStore) -> None:
     key = "activations/same.safetensors"
     first = artifacts.put_arrays(store, key, {"activations": np.ones((2, 2), np.float32)}, {"device": "cpu"})

@@ -8,6 +8,7 @@ one retry policy, so a store that is unreachable for a few seconds only delays c
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -17,7 +18,7 @@ import re
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -213,6 +214,15 @@ class FilesystemStore(ObjectStore):
         if folder is not None and folder.parent.parent == self.root / self.OBJECTS:
             shutil.rmtree(folder, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def _relinking(self) -> Iterator[None]:
+        """Held while a key's link is read and replaced or removed (replacing puts, deletes; readers
+        never wait): each one then removes exactly the object it unlinked and no folder is left
+        unreferenced. A lock file, so processes sharing the store take turns too."""
+        with open(self.root / self.OBJECTS / "replace.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
             if_absent: bool = False) -> common_pb2.ArtifactRef:
         """Write an object folder, then link the key to it in one atomic step (see the class doc)."""
@@ -235,10 +245,7 @@ class FilesystemStore(ObjectStore):
             else:
                 link = self.root / ".tmp" / f"link-{uuid.uuid4().hex}"
                 os.symlink(target, link)
-                # Replacing puts take turns (readers never wait), so each one removes exactly the
-                # object it replaced and no folder is left unreferenced.
-                with open(self.root / self.OBJECTS / "replace.lock", "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
+                with self._relinking():
                     replaced = self._object_folder(path)
                     try:
                         os.replace(link, path)
@@ -309,8 +316,9 @@ class FilesystemStore(ObjectStore):
     def delete(self, key: str) -> None:
         """Unlink the key, then remove its object folder (or the earlier layout's side file)."""
         path = self._path(key)
-        folder = self._object_folder(path)
-        path.unlink(missing_ok=True)
+        with self._relinking():
+            folder = self._object_folder(path)
+            path.unlink(missing_ok=True)
         self._drop_object(folder)
         self._legacy_meta_path(key).unlink(missing_ok=True)
 
