@@ -201,6 +201,21 @@ def test_a_delete_racing_a_replacing_put_leaves_no_unreferenced_object(store: Fi
     assert folders == linked and store.get("k/x.bin") == b"new"
 
 
+def test_put_if_absent_says_whether_it_wrote_after_one_stat(store: FilesystemStore,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A content-key put over an existing object costs one stat (before: exists() then ref(), two;
+    on S3 two HEADs), and put_if_absent tells the caller whether its bytes were written."""
+    first, written = store.put_if_absent("k/c.bin", b"first", {"writer": "a"})
+    assert written and first.sha256 == sha256_hex(b"first")
+    stats: list[str] = []
+    stat = FilesystemStore.stat
+    monkeypatch.setattr(FilesystemStore, "stat", lambda self, key: stats.append(key) or stat(self, key))
+    again, written = store.put_if_absent("k/c.bin", b"second", {"writer": "b"})
+    assert not written and again == first and stats == ["k/c.bin"]
+    assert store.put("k/c.bin", b"third", if_absent=True) == first and len(stats) == 2
+    assert store.get("k/c.bin") == b"first"
+
+
 def test_put_arrays_of_an_existing_content_key_returns_the_stored_ref(store: FilesystemStore) -> None:
     key = "activations/same.safetensors"
     first = artifacts.put_arrays(store, key, {"activations": np.ones((2, 2), np.float32)}, {"device": "cpu"})

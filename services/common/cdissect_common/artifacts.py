@@ -18,7 +18,7 @@ from safetensors.numpy import save as _st_save
 
 from cdissect.v1 import common_pb2
 
-from .store import ObjectInfo, ObjectStore, sha256_hex
+from .store import ObjectInfo, ObjectStore
 
 # The version of the code that computes each kind, part of every content key: bump it whenever
 # that code can change its output, so artifacts of the old code are not reused.
@@ -134,8 +134,8 @@ def put_arrays(store: ObjectStore, key: str, arrays: Mapping[str, np.ndarray],
         dtype, shape = str(main.dtype), [int(s) for s in main.shape]
     data = encode_arrays(arrays, metadata=producer)
     info = json.dumps({"dtype": dtype, "shape": shape, "producer": producer}, sort_keys=True, ensure_ascii=True)
-    ref = store.put(key, data, metadata={REF_META: info}, if_absent=True)
-    if ref.sha256 != sha256_hex(data):
+    ref, written = store.put_if_absent(key, data, metadata={REF_META: info})
+    if not written:
         # Another writer stored this content key first (e.g. a run of another project, or the
         # same shard retried on a second replica): its object stands, and the ref says so.
         return ref_from_info(store, store.stat(key))
