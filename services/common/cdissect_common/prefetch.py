@@ -41,7 +41,6 @@ from .parallel import available_cores, ordered_map
 T = TypeVar("T")
 R = TypeVar("R")
 B = TypeVar("B")
-DEFAULT_DEPTH = 2
 
 
 class PrefetchCrash(ServiceError):
@@ -140,7 +139,7 @@ class PreparedBatch(Generic[B]):
 def prefetched_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prepare: Callable[[Any], R],
                        collate: Callable[[list[R]], B], *, where: str = "",
                        max_pixels: int = DEFAULTS["max_image_pixels"], fix: str = DEFAULT_FIX,
-                       workers: int | None = None, depth: int = DEFAULT_DEPTH,
+                       workers: int | None = None, depth: int = DEFAULTS["prefetch_depth"],
                        thread_init: Callable[[], None] | None = None) -> Iterator[PreparedBatch[B]]:
     """Decode and ``prepare`` every image of ``items`` (``prepare_image``, one image per task) on
     ``workers`` threads (default: the available cores), group them into batches of ``batch_size``
@@ -192,5 +191,5 @@ def prefetched_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prep
     return in_background(batches(), depth, initializer=thread_init)
 
 
-__all__ = ["DEFAULT_DEPTH", "PrefetchCrash", "PreparedBatch", "available_cores", "in_background", "ordered_map",
+__all__ = ["PrefetchCrash", "PreparedBatch", "available_cores", "in_background", "ordered_map",
            "prefetched_batches", "prepare_image"]

@@ -93,12 +93,12 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     that the auth layer refuses cannot add series to /metrics without limit.
     """
 
-    def __init__(self, metrics: ServiceMetrics, known_methods: Iterable[str] | None = None) -> None:
+    def __init__(self, metrics: ServiceMetrics, known_methods: Iterable[str]) -> None:
         self.metrics = metrics
-        self.known_methods = frozenset(known_methods) if known_methods is not None else None
+        self.known_methods = frozenset(known_methods)
 
     def _method_name(self, full: str) -> str:
-        if self.known_methods is not None and full not in self.known_methods:
+        if full not in self.known_methods:
             return UNKNOWN_METHOD
         return full.rsplit("/", 1)[-1] or full
 
@@ -177,15 +177,15 @@ class WorkGate:
 
 
 class WorkGateInterceptor(grpc.ServerInterceptor):
-    """Admits unary work RPCs through a ``WorkGate``; health checks and reflection pass ungated.
+    """Admits unary work RPCs through a ``WorkGate`` (``inline_methods`` through ``inline_gate``);
+    health checks and reflection pass ungated.
 
     A call over the cap is answered at once (RESOURCE_EXHAUSTED, trailing metadata
     ``cdissect-cause: busy``) instead of waiting for a thread, so the pool never fills with shard
     work and a liveness probe always finds a free thread.
     """
 
-    def __init__(self, gate: WorkGate, service: str, inline_gate: WorkGate | None = None,
-                 inline_methods: Iterable[str] = ()) -> None:
+    def __init__(self, gate: WorkGate, service: str, inline_gate: WorkGate, inline_methods: Iterable[str]) -> None:
         self.gate = gate
         self.service = service
         self.inline_gate = inline_gate
@@ -200,7 +200,7 @@ class WorkGateInterceptor(grpc.ServerInterceptor):
                 or method.startswith(UNGATED_PREFIXES)):
             return handler
         inner, service = handler.unary_unary, self.service
-        gate = self.inline_gate if self.inline_gate is not None and method in self.inline_methods else self.gate
+        gate = self.inline_gate if method in self.inline_methods else self.gate
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             if not gate.enter():
