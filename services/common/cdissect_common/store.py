@@ -246,11 +246,10 @@ class FilesystemStore(ObjectStore):
         """Write an object folder, then link the key to it in one atomic step (see the class doc)."""
         path = self._path(key)
         meta = _check_metadata(metadata)
-        digest = sha256_hex(data)
-        meta[SHA256_META] = digest
         stored = self._stored_ref(key) if if_absent else None
         if stored is not None:
             return stored, False
+        digest = meta[SHA256_META] = sha256_hex(data)
         folder = self._write_object(key, data, meta)
         target = os.path.relpath(folder / "data", path.parent)
         try:
@@ -417,11 +416,10 @@ class S3Store(ObjectStore):
 
         name = self._name(key)
         meta = _check_metadata(metadata)
-        digest = sha256_hex(data)
-        meta[SHA256_META] = digest
         stored_ref = self._stored_ref(key) if if_absent else None
         if stored_ref is not None:
             return stored_ref, False
+        digest = meta[SHA256_META] = sha256_hex(data)
         tmp = self.prefix + TMP_PREFIX + uuid.uuid4().hex
 
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
