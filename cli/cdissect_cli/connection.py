@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from cdissect_common.clients import EndpointError, make_channel, make_stub, replica_count
 from cdissect_common.config import Settings
-from cdissect_common.retry import RetryPolicy
+from cdissect_common.retry import policy_from_settings
 from cdissect_common.store import ObjectStore, StoreConfigError, StoreError, StoreUnavailableError, open_store
 from rich.console import Console
 
@@ -62,7 +62,7 @@ class Connection:
         self.console = console or Console(stderr=True)
         self.need = need
         self.open_object_store = open_object_store
-        self.policy = RetryPolicy(max_total_seconds=settings.retry_timeout)
+        self.policy = policy_from_settings(settings)  # of the shard calls (open_store makes the store's)
         self.endpoints: dict[str, list[str]] = {}
         self.mode: dict[str, str] = {}
         self.store_url = settings.store
@@ -139,7 +139,7 @@ class Connection:
 
     def _open_store(self) -> ObjectStore:
         try:
-            return open_store(self.store_url, self.settings, policy=self.policy)
+            return open_store(self.store_url, self.settings)
         except StoreUnavailableError as err:  # its message names the store, endpoint and budget
             raise CliError(str(err)) from err
         except (StoreConfigError, ValueError) as err:

@@ -56,6 +56,26 @@ def test_artifacts_and_manifest_on_s3(s3: S3Store) -> None:
     assert [e.name for s in manifest.shards for e, _ in read_shard(s3, s)] == [i.name for i in images]
 
 
+def test_the_conditional_copy_keeps_an_existing_object(s3: S3Store) -> None:
+    """The content-key put relies on S3Store._copy_if_absent, which goes through minio's private
+    request method (minio has no parameter for If-None-Match on a copy; it is pinned in
+    requirements.lock). This fails loudly if a minio upgrade changes that method or drops the
+    header, or if the server ignores the condition."""
+    from minio.error import S3Error
+
+    first, written = s3.put_if_absent("c/first.bin", b"first", {"writer": "a"})
+    assert written
+    s3.put("c/other.bin", b"other")
+    with pytest.raises(S3Error) as info:
+        s3._copy_if_absent(s3._name("c/other.bin"), s3._name("c/first.bin"))
+    assert info.value.code in {"PreconditionFailed", "ConditionalRequestConflict"}
+    assert s3.get("c/first.bin", sha256=first.sha256) == b"first" and s3.stat("c/first.bin").metadata["writer"] == "a"
+    s3._copy_if_absent(s3._name("c/other.bin"), s3._name("c/copy.bin"))
+    assert s3.get("c/copy.bin") == b"other"
+    again, written = s3.put_if_absent("c/first.bin", b"second")
+    assert not written and again == first
+
+
 def test_calls_wait_out_a_server_outage(seaweedfs, s3: S3Store) -> None:
     s3.policy = RetryPolicy(max_attempts=100, max_backoff=1.0, max_total_seconds=60)
     s3.put("before.bin", b"x")

@@ -43,9 +43,12 @@ class SharedServices:
 
 def _start(store_env: dict[str, str], logs: Path) -> Iterator[SharedServices]:
     conftest = integration_conftest()
-    env = {**store_env, "CDISSECT_AUTH_TOKEN": TOKEN, "CDISSECT_MAX_WORKERS": "8",
-           "CDISSECT_MAX_INFLIGHT_INLINE": "2"}
-    handles = {name: conftest.launch_service(name, env, logs, wait=False) for name in conftest.SERVICES}
+    env = {**store_env, "CDISSECT_AUTH_TOKEN": TOKEN}
+    # Small pools where only shard calls are capped (4 of 8 threads); the embedder's inline calls
+    # (48 at once by default) need its default pool.
+    threads = {"activations": {"CDISSECT_MAX_WORKERS": "8"}, "labeler": {"CDISSECT_MAX_WORKERS": "8"}}
+    handles = {name: conftest.launch_service(name, {**env, **threads.get(name, {})}, logs, wait=False)
+               for name in conftest.SERVICES}
     try:
         for handle in handles.values():
             handle.wait_serving(240)

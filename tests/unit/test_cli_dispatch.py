@@ -158,3 +158,25 @@ def test_a_service_reporting_the_store_down_is_not_retried_and_the_store_is_name
     text = str(info.value)
     assert text.endswith(f"a says store-unavailable (reported by the embedder service at {address})"), text
     assert "is the service running" not in text
+
+
+def test_a_name_that_does_not_resolve_is_retried_not_refused_as_bad_input() -> None:
+    """A DNS failure when the run starts (cluster DNS restarting, a Service with no ready pod yet)
+    is an outage: the connection still builds its dispatcher (before: `replica_count` raised, and
+    the run exited 2 as bad input) and the calls fail UNAVAILABLE, retried for the retry budget,
+    then exit 1."""
+    import os
+
+    from cdissect_cli.connection import Connection
+    from cdissect_cli.options import ConnectionFlags
+    from cdissect_common.config import load_settings
+
+    endpoint = "no-such-host.invalid:50051"
+    settings = load_settings(None, overrides={"embedder": endpoint, "retry_timeout": 1.0},
+                             env={"CDISSECT_CONFIG": os.devnull}, config_file=None)
+    flags = ConnectionFlags(embedder=endpoint, deadline_s=5.0, retry_s=1.0)
+    with Connection(settings, flags, need=("embedder",), open_object_store=False) as connection:
+        dispatcher = connection.dispatcher("embedder")
+        with pytest.raises(ShardFailure) as info:
+            dispatcher.run(_tasks(1))
+    assert info.value.exit_code == 1 and "UNAVAILABLE" in str(info.value)

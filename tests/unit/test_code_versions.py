@@ -20,17 +20,28 @@ from cdissect_common import artifacts
 
 REPO = Path(__file__).resolve().parents[2]
 EMBEDDER = "services/embedder/cdissect_embedder/**/*.py"
+COMMON = "services/common/cdissect_common/"
 # The code whose output each artifact kind stores (its service package, plus the common modules
-# that shape the values: the image path, the labeler's defaults). __main__.py starts a process.
-# Images reach the models through images.py (decoding), prefetch.py (order, batches) and
-# devices.py (stacking, the copy to the device).
-IMAGE_PATH = ("services/common/cdissect_common/images.py", "services/common/cdissect_common/prefetch.py",
-              "services/common/cdissect_common/devices.py")
+# that shape the values or the keys). __main__.py starts a process.
+# Images reach the models through images.py (decoding), prefetch.py and parallel.py (order,
+# batches) and devices.py (stacking, the copy to the device).
+IMAGE_PATH = (f"{COMMON}images.py", f"{COMMON}prefetch.py", f"{COMMON}parallel.py", f"{COMMON}devices.py")
+# CLIP models are named, loaded and given their preprocessing by clip_checkpoints.py (the embedder's
+# CLIP and the activations service's clip: targets); model_specs.py splits model strings into the
+# model and its checkpoint (the model_id of every key).
+CLIP_MODELS = (f"{COMMON}clip_checkpoints.py", f"{COMMON}model_specs.py")
+# Not listed, because they cannot change a value under an unchanged key: manifest.py (read_shard
+# refuses a shard whose images differ from the manifest's names and digests), userfiles.py and
+# downloads.py (files are verified by the sha256 that keys carry), model_cache.py, batching.py
+# (inline calls, which store nothing).
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "embeddings/image": (EMBEDDER, *IMAGE_PATH),
-    "embeddings/text": (EMBEDDER,),
-    "activations": ("services/activations/cdissect_activations/**/*.py", *IMAGE_PATH),
-    "labels": ("services/labeler/cdissect_labeler/**/*.py", "services/common/cdissect_common/vocabulary.py"),
+    "embeddings/image": (EMBEDDER, *IMAGE_PATH, *CLIP_MODELS),
+    "embeddings/text": (EMBEDDER, *CLIP_MODELS),
+    # checkpoint_format.py picks the loader of a checkpoint file.
+    "activations": ("services/activations/cdissect_activations/**/*.py", *IMAGE_PATH, *CLIP_MODELS,
+                    f"{COMMON}checkpoint_format.py"),
+    # evaluation.py: the held-out split (heldout_mask) and the selection defaults.
+    "labels": ("services/labeler/cdissect_labeler/**/*.py", f"{COMMON}vocabulary.py", f"{COMMON}evaluation.py"),
 }
 
 

@@ -33,8 +33,18 @@ def test_replica_counts_size_the_concurrency() -> None:
     assert replica_count("localhost:1") == 1
     assert replica_count(f"{socket.gethostname()}:5") >= 1
     assert replica_count("dns://127.0.0.1:53/anything.test:5") == 1
-    with pytest.raises(EndpointError, match="cannot resolve"):
-        replica_count("no-such-host.invalid:1")
+
+
+def test_a_name_that_does_not_resolve_now_counts_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sizing must not turn a DNS failure into bad input (exit 2): the channel resolves the name
+    itself and its UNAVAILABLE is retried, so a transient failure only delays the run."""
+    assert replica_count("no-such-host.invalid:1") == 1
+
+    def dns_down(*_args, **_kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns_down)
+    assert replica_count("labeler.cdissect.svc:50053") == 1
 
 
 def test_channel_and_stub() -> None:

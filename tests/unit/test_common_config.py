@@ -55,11 +55,20 @@ def test_config_file_from_env_var_and_comma_lists(tmp_path: Path) -> None:
     ({"CDISSECT_TLS_CERT": "/c.pem"}, "TLS needs both"),
     ({"CDISSECT_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
     ({"CDISSECT_MAX_INFLIGHT_RPCS": "8", "CDISSECT_MAX_WORKERS": "8"},
-     "CDISSECT_MAX_INFLIGHT_RPCS=8 plus CDISSECT_MAX_INFLIGHT_INLINE=48 must be below CDISSECT_MAX_WORKERS=8"),
+     "CDISSECT_MAX_INFLIGHT_RPCS=8 must be below CDISSECT_MAX_WORKERS=8.*raise CDISSECT_MAX_WORKERS"),
 ])
 def test_bad_values_name_the_setting(env: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         load_settings("embedder", env=env, config_file=None)
+
+
+@pytest.mark.parametrize("service", ["labeler", "activations", "embedder", None])
+def test_few_workers_are_fine_where_only_shard_calls_are_capped(service: str | None) -> None:
+    """load_settings checks only max_inflight_rpcs < max_workers: the inline cap counts only in a
+    server with inline methods (cdissect_common.server checks that). Before, 8 threads stopped the
+    labeler because of the embedder's 48 inline slots."""
+    s = load_settings(service, env={"CDISSECT_MAX_WORKERS": "8"}, config_file=None)
+    assert (s.max_workers, s.max_inflight_rpcs, s.max_inflight_inline) == (8, 4, 48)
 
 
 def test_unknown_file_key_and_service_rejected(tmp_path: Path) -> None:
@@ -92,8 +101,6 @@ def test_every_setting_reads_its_env_var_with_the_field_type(name: str) -> None:
     raw, expected = _SAMPLE_BY_TYPE[kind]
     assert ENV_VARS[name] == "CDISSECT_" + name.upper()
     env = {ENV_VARS["tls_cert"]: "x", ENV_VARS["tls_key"]: "x"} if name.startswith("tls_") else {}
-    if name == "max_workers":   # 5 threads leave room only for 1 + 1 capped calls
-        env = {ENV_VARS["max_inflight_rpcs"]: "1", ENV_VARS["max_inflight_inline"]: "1"}
     s = load_settings(None, env={**env, ENV_VARS[name]: raw}, config_file="/dev/null")
     assert getattr(s, name) == expected and s.sources[name] == "env"
     assert DEFAULTS[name] == getattr(Settings(), name)

@@ -76,6 +76,33 @@ def test_images_over_the_pixel_limit_are_refused_by_name_before_decoding() -> No
     assert "'huge.png' in shard 0" in info.value.message and "register" not in info.value.message
 
 
+def test_pillows_own_bomb_limit_does_not_override_max_image_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our header check is the limit: Pillow's (which refuses over 2 x MAX_IMAGE_PIXELS, about 179M
+    pixels, shrunk here to 20,000 so that a small image crosses it) must not refuse what
+    max_image_pixels allows, 0 ("no limit") included."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    data = _encoded(Image.new("L", (300, 200), 7), "PNG")
+    assert decode_image("big.png", data, max_pixels=0).size == (300, 200)
+    assert decode_image("big.png", data, max_pixels=100_000).size == (300, 200)
+    with pytest.raises(UnreadableImageError) as info:
+        decode_image("big.png", data, max_pixels=59_999)
+    assert info.value.over_limit and "max_image_pixels" in str(info.value)
+
+
+def test_an_image_over_pillows_limit_decodes_when_max_image_pixels_allows_it() -> None:
+    """The reported case: a 13,400 x 13,400 PNG (179.6M pixels, just over Pillow's 178,956,970) with
+    the limit raised or off. 1-bit, so the file is ~20 KB; the decode holds ~0.9 GB for a moment."""
+    big = Image.new("1", (13_400, 13_400), 0)
+    data = _encoded(big, "PNG")
+    del big
+    with pytest.raises(UnreadableImageError) as info:  # under the default: refused by our header check
+        decode_image("big.png", data)
+    assert info.value.over_limit and "13400x13400" in str(info.value)
+    image = decode_image("big.png", data, max_pixels=0)
+    assert image.size == (13_400, 13_400) and image.mode == "RGB"
+    del image
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_one_full_resolution_image_per_worker_is_held_while_preparing(workers: int) -> None:
     """Each image is prepared as soon as it is decoded (a batch of huge images used to be held whole)."""

@@ -100,6 +100,30 @@ def test_many_images_validated_in_order(store: FilesystemStore) -> None:
     assert manifest.info["skipped_names"] == ",".join(f"bad{i}.png" for i in sorted(bad))
 
 
+def test_validation_threads_follow_the_cores_this_process_may_use(store: FilesystemStore,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoding pool is sized from the affinity mask (a container's cpuset), as the services'
+    prefetch is, not from os.cpu_count() (the host's cores), and keeps the dataset order."""
+    import threading
+
+    from cdissect_common import manifest as manifest_module
+
+    threads: set[str] = set()
+    decode = manifest_module.decode_image
+
+    def recording(name: str, data: bytes, max_pixels: int):
+        threads.add(threading.current_thread().name)
+        return decode(name, data, max_pixels)
+
+    monkeypatch.setattr(manifest_module, "decode_image", recording)
+    monkeypatch.setattr(manifest_module, "available_cores", lambda: 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    images = _sources(12)
+    manifest = register_dataset(store, "one-core", images, shard_size=5)
+    assert [e.name for s in manifest.shards for e in s.images] == [i.name for i in images]
+    assert len(threads) == 1 and next(iter(threads)).startswith("validate")
+
+
 def test_unknown_dataset_lists_known(store: FilesystemStore) -> None:
     register_dataset(store, "known-one", _sources(1))
     with pytest.raises(DatasetNotFoundError, match="registered: known-one"):

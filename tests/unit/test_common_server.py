@@ -41,11 +41,11 @@ def _settings(tmp_path: Path, **extra: str) -> Settings:
     return load_settings("labeler", env=env, config_file=None)
 
 
-def _start(settings: Settings) -> ServiceServer:
+def _start(settings: Settings, inline_methods: tuple[str, ...] = ()) -> ServiceServer:
     runtime = ServiceRuntime("labeler", settings)
     full = labeler_pb2.DESCRIPTOR.services_by_name["Labeler"].full_name
     return ServiceServer(runtime, [Registration(RaisingLabeler(), labeler_pb2_grpc.add_LabelerServicer_to_server,
-                                                full)])
+                                                full, inline_methods)])
 
 
 @pytest.fixture
@@ -120,6 +120,47 @@ def test_stop_reports_not_serving_and_closes(tmp_path: Path) -> None:
     with pytest.raises(grpc.RpcError) as info:
         labeler_pb2_grpc.LabelerStub(channel).LabelLayer(labeler_pb2.LabelLayerRequest(), timeout=2)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_stop_counts_inline_calls_still_running_after_the_grace(tmp_path: Path) -> None:
+    """An inline call still running when the grace is over is abandoned like a shard call: stop()
+    counts it, so run_service exits at once instead of waiting for its thread (before, only
+    shard calls were counted and the process waited)."""
+    import threading
+
+    release, entered = threading.Event(), threading.Event()
+
+    class SlowLabeler(labeler_pb2_grpc.LabelerServicer):
+        def LabelLayer(self, request, context):
+            entered.set()
+            release.wait(30)
+            return labeler_pb2.LabelLayerResponse()
+
+    runtime = ServiceRuntime("labeler", _settings(tmp_path))
+    full = labeler_pb2.DESCRIPTOR.services_by_name["Labeler"].full_name
+    srv = ServiceServer(runtime, [Registration(SlowLabeler(), labeler_pb2_grpc.add_LabelerServicer_to_server, full,
+                                               ("LabelLayer",))])
+    stub = labeler_pb2_grpc.LabelerStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}"))
+    call = stub.LabelLayer.future(labeler_pb2.LabelLayerRequest(), timeout=30)
+    try:
+        assert entered.wait(10)
+        assert srv.stop(grace=0.2) == 1
+    finally:
+        release.set()
+        call.exception()
+
+
+def test_the_inline_cap_counts_against_the_threads_only_in_a_server_with_inline_methods(tmp_path: Path) -> None:
+    """8 threads: enough for 4 shard calls and the health checks (a labeler starts), not for 4
+    shard calls plus 48 inline ones (an embedder-like server is refused, naming the settings)."""
+    from cdissect_common.config import ConfigError
+
+    settings = _settings(tmp_path, CDISSECT_MAX_WORKERS="8")
+    _start(settings).stop(grace=0)
+    with pytest.raises(ConfigError, match=r"CDISSECT_MAX_INFLIGHT_RPCS=4 plus CDISSECT_MAX_INFLIGHT_INLINE=48 "
+                                          r".*must be below CDISSECT_MAX_WORKERS=8.*raise CDISSECT_MAX_WORKERS"):
+        _start(settings, inline_methods=("LabelLayer",))
+    _start(settings.replace(max_inflight_inline=3), inline_methods=("LabelLayer",)).stop(grace=0)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")

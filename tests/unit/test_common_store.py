@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,25 @@ def test_open_store_errors() -> None:
         open_store("s3://bucket", load_settings(env={}, config_file=None))
 
 
+def test_open_store_retries_s3_for_the_retry_timeout_setting() -> None:
+    """open_store(settings=...) builds the one retry policy from retry_timeout (before: the 90 s
+    default unless each caller built a policy by hand; the report's thumbnails did not)."""
+    import time
+
+    from cdissect_common.config import load_settings
+    from cdissect_common.store import StoreUnavailableError
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there: every call is refused
+    settings = load_settings(env={"CDISSECT_S3_ENDPOINT": endpoint, "CDISSECT_RETRY_TIMEOUT": "0.5"}, config_file=None)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match=r"did not answer for 0.5s \(CDISSECT_RETRY_TIMEOUT\)"):
+        open_store("s3://bucket", settings)
+    assert time.monotonic() - started < 30
+
+
 def test_content_key_covers_fields_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
     k1 = artifacts.content_key("activations", model_id="resnet18", layer="layer1", shard="ab")
     assert k1 == artifacts.content_key("activations", shard="ab", layer="layer1", model_id="resnet18")
@@ -149,6 +169,51 @@ def test_put_if_absent_keeps_the_first_object(store: FilesystemStore) -> None:
     assert len(list((store.root / ".objects").glob("*/*"))) == 1
     store.delete("k/content.bin")
     assert list((store.root / ".objects").glob("*/*")) == [] and not store.exists("k/content.bin")
+
+
+def test_a_delete_racing_a_replacing_put_leaves_no_unreferenced_object(store: FilesystemStore,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delete reads the key's link, then a replacing put links the key to its new object
+    (removing the old one), then the delete unlinks the key: before, the put's new object folder
+    was left behind with nothing pointing at it. Deletes and replacing puts now take turns."""
+    import threading
+    import time
+
+    store.put("k/x.bin", b"old")
+    read_link = threading.Event()
+    resolve = FilesystemStore._object_folder
+
+    def slow_in_delete(path: Path):
+        folder = resolve(path)
+        if threading.current_thread().name == "deleter":
+            read_link.set()
+            time.sleep(0.5)  # the window between reading the link and unlinking it
+        return folder
+
+    monkeypatch.setattr(FilesystemStore, "_object_folder", staticmethod(slow_in_delete))
+    deleter = threading.Thread(target=store.delete, args=("k/x.bin",), name="deleter")
+    deleter.start()
+    assert read_link.wait(10)
+    store.put("k/x.bin", b"new")
+    deleter.join(10)
+    folders = list((store.root / ".objects").glob("*/*"))
+    linked = [FilesystemStore._object_folder(store.root / "k/x.bin")] if (store.root / "k/x.bin").is_symlink() else []
+    assert folders == linked and store.get("k/x.bin") == b"new"
+
+
+def test_put_if_absent_says_whether_it_wrote_after_one_stat(store: FilesystemStore,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A content-key put over an existing object costs one stat (before: exists() then ref(), two;
+    on S3 two HEADs), and put_if_absent tells the caller whether its bytes were written."""
+    first, written = store.put_if_absent("k/c.bin", b"first", {"writer": "a"})
+    assert written and first.sha256 == sha256_hex(b"first")
+    stats: list[str] = []
+    stat = FilesystemStore.stat
+    monkeypatch.setattr(FilesystemStore, "stat", lambda self, key: stats.append(key) or stat(self, key))
+    again, written = store.put_if_absent("k/c.bin", b"second", {"writer": "b"})
+    assert not written and again == first and stats == ["k/c.bin"]
+    assert store.put("k/c.bin", b"third", if_absent=True) == first and len(stats) == 2
+    assert store.get("k/c.bin") == b"first"
 
 
 def test_put_arrays_of_an_existing_content_key_returns_the_stored_ref(store: FilesystemStore) -> None:

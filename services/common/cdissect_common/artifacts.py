@@ -18,7 +18,7 @@ from safetensors.numpy import save as _st_save
 
 from cdissect.v1 import common_pb2
 
-from .store import ObjectInfo, ObjectStore, sha256_hex
+from .store import ObjectInfo, ObjectStore
 
 # The version of the code that computes each kind, part of every content key: bump it whenever
 # that code can change its output, so artifacts of the old code are not reused.
@@ -32,10 +32,10 @@ CODE_VERSION: dict[str, str] = {
 # checked. tests/unit/test_code_versions.py recomputes it and fails, naming the stage, when the
 # code changed and this record did not; its message says whether to bump and what to record.
 CODE_SOURCE_DIGEST: dict[str, str] = {
-    "embeddings/image": "6a9336c9c30416f02e55bd4c37b99b77a900781b94256420f1c970a1c8f70556",
-    "embeddings/text": "26722e08bb00104eadd6f7dc85a4c9144d6daed998f60d6ff731b2f3b84ea8ce",
-    "activations": "e271acbe221caf7d65ec9147108c5cd50c067887e4b5eba5d58c105cd46a3618",
-    "labels": "abd9e3c334a1a7f7718cd89b7cf3cb7604bc5aac7a72faec4c7c59d6042213b3",
+    "embeddings/image": "9e3f5ca282a1f4787a32dda146c90c6f591692a04ec22644bbbeb847e0840c8a",
+    "embeddings/text": "7b2b2cd4762c97ea1e55756af1fbb887e77abf1a1a2d5feb35baea604637c175",
+    "activations": "66421f09af750f0a063be9bf33edb1caec712e094e89d4e19e4b2936a85a236b",
+    "labels": "ad23e48347f64368988c2890c0d80fb6ef23b09cbefe47250c598ba34da218aa",
 }
 # Array names inside single-array artifacts.
 EMBEDDINGS = "embeddings"
@@ -134,8 +134,8 @@ def put_arrays(store: ObjectStore, key: str, arrays: Mapping[str, np.ndarray],
         dtype, shape = str(main.dtype), [int(s) for s in main.shape]
     data = encode_arrays(arrays, metadata=producer)
     info = json.dumps({"dtype": dtype, "shape": shape, "producer": producer}, sort_keys=True, ensure_ascii=True)
-    ref = store.put(key, data, metadata={REF_META: info}, if_absent=True)
-    if ref.sha256 != sha256_hex(data):
+    ref, written = store.put_if_absent(key, data, metadata={REF_META: info})
+    if not written:
         # Another writer stored this content key first (e.g. a run of another project, or the
         # same shard retried on a second replica): its object stands, and the ref says so.
         return ref_from_info(store, store.stat(key))

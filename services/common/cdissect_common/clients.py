@@ -72,8 +72,10 @@ def grpc_target(endpoint: str) -> str:
 def replica_count(endpoint: str) -> int:
     """How many addresses ``endpoint`` has now (at least 1), to size how many calls to send at once.
 
-    Only for sizing: the channel resolves the name itself and follows later changes. An
-    unresolvable plain name raises EndpointError naming it.
+    Only for sizing: the channel resolves the name itself and follows later changes. A name that
+    does not resolve now counts as 1: a DNS failure may be transient (a cluster DNS restarting, a
+    headless Service before its first pod is ready), and the channel's calls then fail UNAVAILABLE
+    naming the resolution error, which the one retry policy waits out for ``retry_timeout``.
     """
     text = endpoint.strip()
     if text.startswith(TARGET_SCHEMES) and not text.startswith("dns:///"):
@@ -88,9 +90,8 @@ def replica_count(endpoint: str) -> int:
         return 1
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise EndpointError(f"cannot resolve {host!r} of endpoint {endpoint!r}: {exc.strerror}; check the name "
-                            f"or the cluster DNS") from None
+    except socket.gaierror:
+        return 1
     return max(1, len({info[4][0] for info in infos}))
 
 

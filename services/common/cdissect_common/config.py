@@ -91,10 +91,10 @@ class Settings:
     download_timeout: float = _setting(20.0, positive=True)
     shutdown_grace_seconds: float = _setting(120.0)
     # gRPC handler threads: enough for max_inflight_rpcs shard calls, max_inflight_inline inline
-    # calls (which wait for batch-mates) and the health checks.
+    # calls (which wait for batch-mates; the embedder only) and the health checks.
     max_workers: int = _setting(64, positive=True)
-    # Shard (work) RPCs a service runs at once (more are answered "busy"); with max_inflight_inline
-    # below max_workers, so threads stay free for health checks.
+    # Shard (work) RPCs a service runs at once (more are answered "busy"); below max_workers (with
+    # max_inflight_inline, in a service with inline methods), so threads stay free for health checks.
     max_inflight_rpcs: int = _setting(4, positive=True)
     # Inline RPCs (EmbedTexts/EmbedImages) a service holds at once, batched together (more: "busy").
     max_inflight_inline: int = _setting(48, positive=True)
@@ -263,11 +263,12 @@ def load_settings(service: str | None = None, overrides: Mapping[str, Any] | Non
             values["port"] = fixed.port
         if sources["metrics_port"] == "default":
             values["metrics_port"] = fixed.metrics_port
-    if values["max_inflight_rpcs"] + values["max_inflight_inline"] >= values["max_workers"]:
-        raise ConfigError(f"{ENV_VARS['max_inflight_rpcs']}={values['max_inflight_rpcs']} plus "
-                          f"{ENV_VARS['max_inflight_inline']}={values['max_inflight_inline']} must be below "
+    # Inline calls have their own cap, counted against the threads only where a service has inline
+    # methods: cdissect_common.server checks that, once its registrations are known.
+    if values["max_inflight_rpcs"] >= values["max_workers"]:
+        raise ConfigError(f"{ENV_VARS['max_inflight_rpcs']}={values['max_inflight_rpcs']} must be below "
                           f"{ENV_VARS['max_workers']}={values['max_workers']}: the threads left over answer health "
-                          f"checks while every work slot is busy")
+                          f"checks while every work slot is busy; raise {ENV_VARS['max_workers']} or lower the cap")
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise ConfigError(f"TLS needs both {ENV_VARS['tls_cert']} and {ENV_VARS['tls_key']}; set both or neither")
     return Settings(service=service, config_file=str(path) if path.exists() else "", sources=sources, **values)

@@ -11,7 +11,10 @@ Memory is bounded from outside: an image over ``max_image_pixels`` (a setting) i
 its header, before any pixel is decoded, and ``prefetch.prefetched_batches`` prepares (resizes)
 each image as soon as it is decoded, so each decoding thread holds at most one full-resolution
 image, never a batch of them. The pixels are those of a plain full decode (no JPEG ``draft``/``reduce``, which
-would change them), so results do not depend on the memory path taken.
+would change them), so results do not depend on the memory path taken. That header check replaces
+Pillow's own decompression-bomb limit, which is switched off where images are opened here
+(``PIL.Image.MAX_IMAGE_PIXELS = None``): otherwise Pillow would still refuse images over about 179M
+pixels whatever ``max_image_pixels`` says (0, "no limit", included).
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ def decode_image(name: str, data: bytes, max_pixels: int = DEFAULTS["max_image_p
     """
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # the limit is ours (max_pixels, checked below); see the module doc
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import tarfile
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from cdissect.v1 import common_pb2
 
 from .config import DEFAULTS
 from .images import UnreadableImageError, decode_image
+from .parallel import available_cores, ordered_map
 from .store import ObjectNotFoundError, ObjectStore, sha256_hex
 from .vocabulary import BAD_IMAGE_POLICIES
 
@@ -126,19 +125,13 @@ def _validated(images: Iterable[Any], max_pixels: int) -> Iterator[tuple[str, by
         except BadImageError as exc:
             return exc.reason
 
-    workers = max(1, min(4, os.cpu_count() or 1))
-    window: deque[tuple[str, bytes, Any, Future]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="validate") as pool:
-        for image in images:
-            name = str(image.name)
-            data = _image_bytes(image)
-            window.append((name, data, image, pool.submit(problem, name, data)))
-            if len(window) >= 4 * workers:
-                name, data, image, future = window.popleft()
-                yield name, data, image, future.result()
-        while window:
-            name, data, image, future = window.popleft()
-            yield name, data, image, future.result()
+    def checked(image: Any) -> tuple[str, bytes, Any, str | None]:
+        name = str(image.name)
+        data = _image_bytes(image)
+        return name, data, image, problem(name, data)
+
+    workers = min(4, available_cores())
+    return ordered_map(checked, images, workers, ahead=4 * workers, name="validate")
 
 
 def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
@@ -201,17 +194,18 @@ def register_dataset(store: ObjectStore, name: str, images: Iterable[Any], shard
             seen.add(str(image.name))
             yield image
 
-    for img_name, data, image, problem in _validated(unique(images), max_pixels):
-        if problem is not None:
-            if on_bad_image == "error":
-                raise BadImageError(img_name, problem)
-            skipped.append(img_name)
-            continue
-        labels = {str(k): str(v) for k, v in (getattr(image, "labels", None) or {}).items()}
-        chunk.append((img_name, data, labels))
-        if len(chunk) == shard_size:
-            _write_shard(store, manifest, chunk, digests)
-            chunk = []
+    with closing(_validated(unique(images), max_pixels)) as validated:
+        for img_name, data, image, problem in validated:
+            if problem is not None:
+                if on_bad_image == "error":
+                    raise BadImageError(img_name, problem)
+                skipped.append(img_name)
+                continue
+            labels = {str(k): str(v) for k, v in (getattr(image, "labels", None) or {}).items()}
+            chunk.append((img_name, data, labels))
+            if len(chunk) == shard_size:
+                _write_shard(store, manifest, chunk, digests)
+                chunk = []
     if chunk:
         _write_shard(store, manifest, chunk, digests)
     if not digests:

@@ -25,12 +25,9 @@ torch-free: the services pass their own ``collate`` (stacking, pinned memory, de
 """
 from __future__ import annotations
 
-import collections
-import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -39,11 +36,11 @@ import grpc
 from .errors import ServiceError
 from .config import DEFAULTS
 from .images import DEFAULT_FIX, decode_or_refuse
+from .parallel import available_cores, ordered_map
 
 T = TypeVar("T")
 R = TypeVar("R")
 B = TypeVar("B")
-DEFAULT_DEPTH = 2
 
 
 class PrefetchCrash(ServiceError):
@@ -51,42 +48,6 @@ class PrefetchCrash(ServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(grpc.StatusCode.INTERNAL, message)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def ordered_map(work: Callable[[T], R], items: Iterable[T], workers: int, ahead: int,
-                initializer: Callable[[], None] | None = None) -> Iterator[R]:
-    """``work(item)`` for every item on ``workers`` threads, yielded in item order.
-
-    ``initializer`` runs once on each worker thread before its first item.
-    At most ``ahead`` items are submitted and not yet yielded. An exception raised by
-    ``work`` is re-raised when its item's turn comes (so the first failure in item order wins);
-    then, or when the caller stops iterating, queued work is cancelled and the running tasks
-    are waited for, so no worker outlives the iterator.
-    """
-    if workers < 1 or ahead < 1:
-        raise ValueError(f"workers and ahead must be >= 1, got {workers} and {ahead}")
-    source = iter(items)
-    pending: collections.deque[Future] = collections.deque()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch", initializer=initializer)
-    try:
-        for item in source:
-            pending.append(pool.submit(work, item))
-            if len(pending) >= ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _DONE = object()
@@ -178,7 +139,7 @@ class PreparedBatch(Generic[B]):
 def prefetched_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prepare: Callable[[Any], R],
                        collate: Callable[[list[R]], B], *, where: str = "",
                        max_pixels: int = DEFAULTS["max_image_pixels"], fix: str = DEFAULT_FIX,
-                       workers: int | None = None, depth: int = DEFAULT_DEPTH,
+                       workers: int | None = None, depth: int = DEFAULTS["prefetch_depth"],
                        thread_init: Callable[[], None] | None = None) -> Iterator[PreparedBatch[B]]:
     """Decode and ``prepare`` every image of ``items`` (``prepare_image``, one image per task) on
     ``workers`` threads (default: the available cores), group them into batches of ``batch_size``
@@ -230,5 +191,5 @@ def prefetched_batches(items: Sequence[tuple[str, bytes]], batch_size: int, prep
     return in_background(batches(), depth, initializer=thread_init)
 
 
-__all__ = ["DEFAULT_DEPTH", "PrefetchCrash", "PreparedBatch", "available_cores", "in_background", "ordered_map",
+__all__ = ["PrefetchCrash", "PreparedBatch", "available_cores", "in_background", "ordered_map",
            "prefetched_batches", "prepare_image"]

@@ -11,9 +11,12 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,3 +164,9 @@ def is_retryable_store(exc: BaseException) -> bool:
 
 
 DEFAULT_POLICY = RetryPolicy()
+
+
+def policy_from_settings(settings: "Settings") -> RetryPolicy:
+    """The retry policy of a process: the defaults, with the ``retry_timeout`` setting as the budget
+    (the object store's, from ``store.open_store``, and the CLI's shard calls)."""
+    return RetryPolicy(max_total_seconds=settings.retry_timeout)

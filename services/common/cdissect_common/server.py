@@ -10,7 +10,8 @@
 - message-size limits from ``max_message_bytes`` (larger requests get RESOURCE_EXHAUSTED);
 - at most ``max_inflight_rpcs`` shard (work) RPCs and ``max_inflight_inline`` inline RPCs (the
   methods a registration names as inline: they wait for batch-mates) at once, together fewer
-  than the ``max_workers`` threads, so a thread is always free for health checks: a call over its
+  than the ``max_workers`` threads (the inline cap counts only where a registration has inline
+  methods; ``check_thread_budget``), so a thread is always free for health checks: a call over its
   cap is answered at once with RESOURCE_EXHAUSTED and the trailing metadata
   ``cdissect-cause: busy`` (clients wait and retry);
 - TLS when certificate files are configured;
@@ -43,7 +44,7 @@ from .config import ENV_VARS, ConfigError, Settings, load_settings, service_defa
 from .errors import ServiceError, status_for, trailing_metadata_for
 from .lifetime import bind_to_parent
 from .metrics import ServiceMetrics
-from .retry import CAUSE_BUSY, CAUSE_METADATA_KEY, RetryPolicy
+from .retry import CAUSE_BUSY, CAUSE_METADATA_KEY
 from .store import ObjectStore, StoreConfigError, open_store
 
 log = logging.getLogger("cdissect.server")
@@ -57,8 +58,7 @@ class ServiceRuntime:
         self.settings = settings
         self.health_name = service_defaults(service).health_name
         self.metrics = ServiceMetrics(service)
-        self.store = store if store is not None else open_store(
-            settings.store, settings, policy=RetryPolicy(max_total_seconds=settings.retry_timeout))
+        self.store = store if store is not None else open_store(settings.store, settings)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         # Serialises device work (forward passes) across concurrent RPCs; decoding and store
         # I/O happen outside it, so one request prepares while another computes.
@@ -93,12 +93,12 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     that the auth layer refuses cannot add series to /metrics without limit.
     """
 
-    def __init__(self, metrics: ServiceMetrics, known_methods: Iterable[str] | None = None) -> None:
+    def __init__(self, metrics: ServiceMetrics, known_methods: Iterable[str]) -> None:
         self.metrics = metrics
-        self.known_methods = frozenset(known_methods) if known_methods is not None else None
+        self.known_methods = frozenset(known_methods)
 
     def _method_name(self, full: str) -> str:
-        if self.known_methods is not None and full not in self.known_methods:
+        if full not in self.known_methods:
             return UNKNOWN_METHOD
         return full.rsplit("/", 1)[-1] or full
 
@@ -177,15 +177,15 @@ class WorkGate:
 
 
 class WorkGateInterceptor(grpc.ServerInterceptor):
-    """Admits unary work RPCs through a ``WorkGate``; health checks and reflection pass ungated.
+    """Admits unary work RPCs through a ``WorkGate`` (``inline_methods`` through ``inline_gate``);
+    health checks and reflection pass ungated.
 
     A call over the cap is answered at once (RESOURCE_EXHAUSTED, trailing metadata
     ``cdissect-cause: busy``) instead of waiting for a thread, so the pool never fills with shard
     work and a liveness probe always finds a free thread.
     """
 
-    def __init__(self, gate: WorkGate, service: str, inline_gate: WorkGate | None = None,
-                 inline_methods: Iterable[str] = ()) -> None:
+    def __init__(self, gate: WorkGate, service: str, inline_gate: WorkGate, inline_methods: Iterable[str]) -> None:
         self.gate = gate
         self.service = service
         self.inline_gate = inline_gate
@@ -200,7 +200,7 @@ class WorkGateInterceptor(grpc.ServerInterceptor):
                 or method.startswith(UNGATED_PREFIXES)):
             return handler
         inner, service = handler.unary_unary, self.service
-        gate = self.inline_gate if self.inline_gate is not None and method in self.inline_methods else self.gate
+        gate = self.inline_gate if method in self.inline_methods else self.gate
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             if not gate.enter():
@@ -227,6 +227,21 @@ class Registration:
     inline_methods: tuple[str, ...] = ()   # short calls that batch together (own cap: max_inflight_inline)
 
 
+def check_thread_budget(settings: Settings, has_inline: bool) -> None:
+    """ConfigError unless the capped calls leave a handler thread free for health checks:
+    ``max_inflight_rpcs`` (plus ``max_inflight_inline`` when the server has inline methods, which
+    only the embedder has) must be below ``max_workers``."""
+    capped = settings.max_inflight_rpcs + (settings.max_inflight_inline if has_inline else 0)
+    if capped < settings.max_workers:
+        return
+    names = f"{ENV_VARS['max_inflight_rpcs']}={settings.max_inflight_rpcs}"
+    if has_inline:
+        names += f" plus {ENV_VARS['max_inflight_inline']}={settings.max_inflight_inline} (this service's inline calls)"
+    raise ConfigError(f"{names} must be below {ENV_VARS['max_workers']}={settings.max_workers}: the threads left "
+                      f"over answer health checks while every work slot is busy; raise {ENV_VARS['max_workers']} "
+                      f"or lower the cap{'s' if has_inline else ''}")
+
+
 class ServiceServer:
     """A started gRPC server plus metrics endpoint; ``stop`` drains it gracefully."""
 
@@ -234,6 +249,8 @@ class ServiceServer:
         settings = runtime.settings
         self.runtime = runtime
         registrations = list(registrations)
+        inline = [f"/{reg.full_name}/{name}" for reg in registrations for name in reg.inline_methods]
+        check_thread_budget(settings, has_inline=bool(inline))
         known = method_paths([reg.full_name for reg in registrations]
                              + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(runtime.metrics, known)]
@@ -242,7 +259,6 @@ class ServiceServer:
             interceptors.append(BearerTokenInterceptor(token))
         self.gate = WorkGate(settings.max_inflight_rpcs)
         self.inline_gate = WorkGate(settings.max_inflight_inline, "max_inflight_inline")
-        inline = [f"/{reg.full_name}/{name}" for reg in registrations for name in reg.inline_methods]
         interceptors.append(WorkGateInterceptor(self.gate, runtime.service, self.inline_gate, inline))
         options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                    ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -280,14 +296,14 @@ class ServiceServer:
     def stop(self, grace: float | None = None) -> int:
         """NOT_SERVING, refuse new RPCs, wait for in-flight ones (up to ``grace`` s), close metrics.
 
-        Returns how many work RPCs are still running after the grace (their threads cannot be
-        stopped from Python; ``run_service`` then exits without waiting for them).
+        Returns how many work RPCs, shard and inline, are still running after the grace (their
+        threads cannot be stopped from Python; ``run_service`` then exits without waiting for them).
         """
         grace = self.runtime.settings.shutdown_grace_seconds if grace is None else grace
         self.runtime.health.enter_graceful_shutdown()
         self.server.stop(grace).wait(grace + 5.0)
         self.runtime.metrics.close()
-        return self.gate.in_flight
+        return self.gate.in_flight + self.inline_gate.in_flight
 
 
 def configure_logging() -> None:

@@ -8,6 +8,7 @@ one retry policy, so a store that is unreachable for a few seconds only delays c
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -17,7 +18,7 @@ import re
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -26,7 +27,7 @@ from urllib.parse import urlparse
 from cdissect.v1 import common_pb2
 
 from .config import ENV_VARS, Settings
-from .retry import DEFAULT_POLICY, RetryPolicy, is_retryable_store
+from .retry import DEFAULT_POLICY, RetryPolicy, is_retryable_store, policy_from_settings
 
 T = TypeVar("T")
 _KEY_RE = re.compile(r"^[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
@@ -100,7 +101,6 @@ class ObjectStore(ABC):
     bucket: str = ""
     url: str = ""
 
-    @abstractmethod
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
             if_absent: bool = False) -> common_pb2.ArtifactRef:
         """Store ``data`` and its metadata atomically under ``key``; return the reference (bucket, key, sha256).
@@ -110,6 +110,18 @@ class ObjectStore(ABC):
         the stored object is returned, so concurrent writers of one key all end up pointing at
         the same bytes (the first to publish wins).
         """
+        return self._put(key, data, metadata, if_absent)[0]
+
+    def put_if_absent(self, key: str, data: bytes,
+                      metadata: Mapping[str, str] | None = None) -> tuple[common_pb2.ArtifactRef, bool]:
+        """``put(..., if_absent=True)`` that also says whether it wrote: (the ref, True) when ``data``
+        was published under ``key``; (the ref of the stored object, False) when one was there first."""
+        return self._put(key, data, metadata, True)
+
+    @abstractmethod
+    def _put(self, key: str, data: bytes, metadata: Mapping[str, str] | None,
+             if_absent: bool) -> tuple[common_pb2.ArtifactRef, bool]:
+        """The put of ``put`` and ``put_if_absent``: the ref and whether ``data`` was written."""
 
     @abstractmethod
     def get(self, key: str, sha256: str | None = None) -> bytes:
@@ -139,6 +151,13 @@ class ObjectStore(ABC):
         """A reference to an existing object (bucket, key, sha256)."""
         info = self.stat(key)
         return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=info.sha256)
+
+    def _stored_ref(self, key: str) -> common_pb2.ArtifactRef | None:
+        """``ref(key)``, or None when nothing is stored under ``key`` (one stat either way)."""
+        try:
+            return self.ref(key)
+        except ObjectNotFoundError:
+            return None
 
     def _verify(self, key: str, data: bytes, sha256: str | None) -> bytes:
         if sha256 and sha256_hex(data) != sha256:
@@ -213,15 +232,24 @@ class FilesystemStore(ObjectStore):
         if folder is not None and folder.parent.parent == self.root / self.OBJECTS:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
-            if_absent: bool = False) -> common_pb2.ArtifactRef:
+    @contextlib.contextmanager
+    def _relinking(self) -> Iterator[None]:
+        """Held while a key's link is read and replaced or removed (replacing puts, deletes; readers
+        never wait): each one then removes exactly the object it unlinked and no folder is left
+        unreferenced. A lock file, so processes sharing the store take turns too."""
+        with open(self.root / self.OBJECTS / "replace.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _put(self, key: str, data: bytes, metadata: Mapping[str, str] | None,
+             if_absent: bool) -> tuple[common_pb2.ArtifactRef, bool]:
         """Write an object folder, then link the key to it in one atomic step (see the class doc)."""
         path = self._path(key)
         meta = _check_metadata(metadata)
-        digest = sha256_hex(data)
-        meta[SHA256_META] = digest
-        if if_absent and self.exists(key):
-            return self.ref(key)
+        stored = self._stored_ref(key) if if_absent else None
+        if stored is not None:
+            return stored, False
+        digest = meta[SHA256_META] = sha256_hex(data)
         folder = self._write_object(key, data, meta)
         target = os.path.relpath(folder / "data", path.parent)
         try:
@@ -231,14 +259,11 @@ class FilesystemStore(ObjectStore):
                     os.symlink(target, path)
                 except FileExistsError:  # another writer published first: theirs stands
                     shutil.rmtree(folder, ignore_errors=True)
-                    return self.ref(key)
+                    return self.ref(key), False
             else:
                 link = self.root / ".tmp" / f"link-{uuid.uuid4().hex}"
                 os.symlink(target, link)
-                # Replacing puts take turns (readers never wait), so each one removes exactly the
-                # object it replaced and no folder is left unreferenced.
-                with open(self.root / self.OBJECTS / "replace.lock", "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
+                with self._relinking():
                     replaced = self._object_folder(path)
                     try:
                         os.replace(link, path)
@@ -249,7 +274,7 @@ class FilesystemStore(ObjectStore):
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=digest)
+        return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=digest), True
 
     def _read(self, key: str, read: Callable[[Path, Path], T]) -> T:
         """``read(data file, metadata file)`` of the object under ``key`` (for a plain file of the
@@ -309,8 +334,9 @@ class FilesystemStore(ObjectStore):
     def delete(self, key: str) -> None:
         """Unlink the key, then remove its object folder (or the earlier layout's side file)."""
         path = self._path(key)
-        folder = self._object_folder(path)
-        path.unlink(missing_ok=True)
+        with self._relinking():
+            folder = self._object_folder(path)
+            path.unlink(missing_ok=True)
         self._drop_object(folder)
         self._legacy_meta_path(key).unlink(missing_ok=True)
 
@@ -375,8 +401,8 @@ class S3Store(ObjectStore):
 
         return isinstance(exc, S3Error) and exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 
-    def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None, *,
-            if_absent: bool = False) -> common_pb2.ArtifactRef:
+    def _put(self, key: str, data: bytes, metadata: Mapping[str, str] | None,
+             if_absent: bool) -> tuple[common_pb2.ArtifactRef, bool]:
         """Upload to a temporary key, verify it (server MD5 or read-back), server-side copy to the key, drop the temp.
 
         An S3 object carries its bytes and metadata together, so the copy publishes both at once.
@@ -390,15 +416,15 @@ class S3Store(ObjectStore):
 
         name = self._name(key)
         meta = _check_metadata(metadata)
-        digest = sha256_hex(data)
-        meta[SHA256_META] = digest
-        if if_absent and self.exists(key):
-            return self.ref(key)
+        stored_ref = self._stored_ref(key) if if_absent else None
+        if stored_ref is not None:
+            return stored_ref, False
+        digest = meta[SHA256_META] = sha256_hex(data)
         tmp = self.prefix + TMP_PREFIX + uuid.uuid4().hex
 
         md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
 
-        def upload() -> str:
+        def upload() -> tuple[str, bool]:
             result = self.client.put_object(self.bucket, tmp, io.BytesIO(data), len(data), metadata=meta)
             # A single-part upload's ETag is the MD5 the server computed of what it stored;
             # anything else (multipart ETags) is verified by reading the bytes back.
@@ -406,28 +432,33 @@ class S3Store(ObjectStore):
                 self._verify(tmp, self._read(tmp), digest)
             if not if_absent:
                 self.client.copy_object(self.bucket, name, CopySource(self.bucket, tmp))
-                return digest
+                return digest, True
             try:
                 self._copy_if_absent(tmp, name)
+                copied = True
             except S3Error as exc:
                 if exc.code not in {"PreconditionFailed", "ConditionalRequestConflict"}:
                     raise
-            return self._stat_raw(name).sha256
+                copied = False
+            stored = self._stat_raw(name).sha256
+            return stored, copied and stored == digest
 
         try:
-            stored = self._retry(upload, f"put {key}")
+            stored, written = self._retry(upload, f"put {key}")
         finally:
             try:  # one try, not the retry budget: a store outage must not be waited out twice
                 self.client.remove_object(self.bucket, tmp)
             except Exception:  # noqa: BLE001 - a leaked temp object is harmless, never fatal
                 pass
-        return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=stored)
+        return common_pb2.ArtifactRef(bucket=self.bucket, key=key, sha256=stored), written
 
     def _copy_if_absent(self, source: str, name: str) -> None:
         """Server-side copy of ``source`` (metadata included) to ``name`` unless ``name`` exists.
 
         The minio client has no parameter for the ``If-None-Match`` header of a copy, so this one
-        request goes through its request method directly (signed, retried like any other call).
+        request goes through its private request method directly (signed, retried like any other
+        call). minio is pinned in requirements.lock; tests/integration/test_services_s3_store.py
+        (the conditional copy) and tests/reliability/test_store_races.py fail if an upgrade breaks this.
         """
         self.client._execute("PUT", self.bucket, name,  # noqa: SLF001 - see the docstring
                              headers={"x-amz-copy-source": f"/{self.bucket}/{source}", "If-None-Match": "*"})
@@ -492,12 +523,13 @@ class S3Store(ObjectStore):
         self._retry(lambda: self.client.remove_object(self.bucket, name), f"delete {key}")
 
 
-def open_store(url: str | None = None, settings: Settings | None = None,
-               policy: RetryPolicy = DEFAULT_POLICY) -> ObjectStore:
+def open_store(url: str | None = None, settings: Settings | None = None) -> ObjectStore:
     """Open the store named by ``url`` (default: the configured ``store`` setting).
 
     ``file:///abs/path`` (or ``file://~/path``) is the filesystem store; ``s3://bucket[/prefix]``
-    is S3/MinIO with endpoint and keys from the settings (``CDISSECT_S3_*``).
+    is S3/MinIO with endpoint and keys from the settings (``CDISSECT_S3_*``), its calls retried
+    for the ``retry_timeout`` setting (``retry.policy_from_settings``). ``settings`` default to
+    the process's (``load_settings()``).
     """
     if settings is None:
         from .config import load_settings
@@ -514,6 +546,7 @@ def open_store(url: str | None = None, settings: Settings | None = None,
         if not parsed.netloc:
             raise StoreConfigError(f"store URL {url!r} has no bucket; use s3://bucket or s3://bucket/prefix")
         return S3Store(parsed.netloc, settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                       secure=settings.s3_secure, region=settings.s3_region, prefix=parsed.path, policy=policy)
+                       secure=settings.s3_secure, region=settings.s3_region, prefix=parsed.path,
+                       policy=policy_from_settings(settings))
     raise StoreConfigError(f"unsupported store URL {url!r} ({ENV_VARS['store']}): use file:///path for a local "
                            f"folder or s3://bucket with {ENV_VARS['s3_endpoint']} set")
