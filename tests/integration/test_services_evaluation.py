@@ -88,7 +88,7 @@ def test_evaluate_labels_scores_texts_outside_the_concept_set(run: dict) -> None
     assert [u.labelled for u in scored.units] == [k < 10 for k in range(K)]
     for u in scored.units[:10]:
         assert -1 <= u.correlation_low <= u.correlation <= u.correlation_high <= 1
-        assert 0 <= u.auprc <= 1 and u.auprc_base == pytest.approx(scored.positives / scored.heldout_images)
+        assert 0 <= u.auprc <= 1 and 0 < u.auprc_base <= scored.positives / scored.heldout_images + 1e-6
         assert 0 <= u.auc <= 1 and 0 <= u.p_value <= 1
 
 

@@ -19,7 +19,7 @@ from cdissect_common.evaluation import check_eval_fraction, heldout_mask
 from cdissect_labeler.budget import SCRATCH_BYTES
 from cdissect_labeler.intake import normalise_embeddings
 from cdissect_labeler.quality import label_quality
-from cdissect_labeler.simulation import HeldOutScores, heldout_scores, top_rows
+from cdissect_labeler.simulation import HeldOutScores, heldout_scores, positive_rows
 
 
 class HeldOutRows:
@@ -73,7 +73,8 @@ class HeldOutRows:
     def score(self, text: torch.Tensor, label_ids: np.ndarray, n_positives: int,
               with_auc: bool = False) -> tuple[HeldOutScores, np.ndarray | None, np.ndarray | None]:
         """Scores of each unit's label on the held-out rows: (scores, auc, p) — auc and p only
-        with ``with_auc`` (positives: the unit's top n_positives held-out images).
+        with ``with_auc`` (positives: the unit's top n_positives held-out images above its minimum,
+        as for the AUPRC).
 
         text [L, d]: normalised label embeddings on the device; label_ids [K]: unit k's row of
         text, -1 for a unit without a label (scored as constant)."""
@@ -100,8 +101,8 @@ class HeldOutRows:
         auc, pval = np.full(column.shape, 0.5), np.ones(column.shape)
         live = np.flatnonzero((column >= 0) & ~scores.constant)
         if live.size:
-            positives = top_rows(acts[:, live], n_positives).T
-            auc[live], pval[live] = label_quality(label_scores, column[live], positives)
+            positives, counts = positive_rows(acts[:, live], n_positives)
+            auc[live], pval[live] = label_quality(label_scores, column[live], positives.T, counts)
         return scores, auc, pval
 
 
