@@ -39,17 +39,22 @@ class HeldOutRows:
         """Held-out rows kept so far."""
         return sum(int(a.shape[0]) for a in self._acts)
 
-    def add_shard(self, images: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-        """Route the next shard's rows (checked tensors [n, d] and [n, K]); keep the held-out ones.
+    def next_mask(self, n: int) -> torch.Tensor:
+        """bool [n] on the CPU: which of the next n rows (global indices seen .. seen+n-1) are held out."""
+        return torch.from_numpy(heldout_mask(self.seen, n, self.fraction, self.seed))
 
-        Returns the held-out mask [n] (bool tensor on the CPU), so the caller can route the rest."""
-        n = int(acts.shape[0])
-        mask = torch.from_numpy(heldout_mask(self.seen, n, self.fraction, self.seed))
-        self.seen += n
-        if bool(mask.any()):
-            self._images.append(normalise_embeddings(images[mask], self.device, self.precision))
-            self._acts.append(acts[mask].detach().to("cpu", torch.float32))
-        return mask
+    def add_rows(self, mask: torch.Tensor, images: torch.Tensor, acts: torch.Tensor) -> None:
+        """Move past the len(mask) rows that ``next_mask`` routed, keeping the held-out ones:
+        images [h, d] already normalised (on the device) and acts [h, K], h = mask.sum()."""
+        self.seen += int(mask.shape[0])
+        if images.shape[0]:
+            self._images.append(images)
+            self._acts.append(acts.detach().to("cpu", torch.float32))
+
+    def add_shard(self, images: torch.Tensor, acts: torch.Tensor) -> None:
+        """Route the next shard's rows (checked tensors [n, d] and [n, K]); keep the held-out ones."""
+        mask = self.next_mask(int(acts.shape[0]))
+        self.add_rows(mask, normalise_embeddings(images[mask], self.device, self.precision), acts[mask])
 
     def activations(self) -> torch.Tensor:
         """[n, K] held-out activations on the host (concatenated once, then kept so)."""

@@ -68,6 +68,11 @@ class ShardIntake:
 
     def add(self, image_embeddings: Any, activations: Any) -> None:
         """Add the next shard: CLIP image embeddings [n, d] and activations [n, K]."""
+        self.add_checked(*self.checked(image_embeddings, activations))
+
+    def checked(self, image_embeddings: Any, activations: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shard as checked tensors (I [n, d], A [n, K]): finite, of this layer's d and K, one row
+        per image in both; the first shard fixes K."""
         I = checked_tensor(image_embeddings, "image_embeddings", 2)
         A = checked_tensor(activations, "activations", 2)
         d = self.embedding_dim
@@ -84,6 +89,10 @@ class ShardIntake:
         elif A.shape[1] != self.K:
             raise ValueError(f"shard has {A.shape[1]} neurons but earlier shards had {self.K}; "
                              "feed one layer per StreamingLabeler.")
+        return I, A
+
+    def add_checked(self, I: torch.Tensor, A: torch.Tensor) -> None:
+        """Add rows that ``checked`` returned (or a row subset of them)."""
         n = int(A.shape[0])
         if n == 0:
             return
