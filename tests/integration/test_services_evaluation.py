@@ -61,6 +61,9 @@ def test_both_selections_store_heldout_scores_and_evaluate_labels_reproduces_the
     reference = _label(run)
     simulation = _label(run, selection=labeler_pb2.LabelSelection(mode="simulation", candidates=4))
     assert reference.labels.key != simulation.labels.key
+    # candidates and rank_penalty mean nothing to the reference selection: its labels are reused
+    same = _label(run, selection=labeler_pb2.LabelSelection(mode="similarity", candidates=9, rank_penalty=0.3))
+    assert same.reused and same.labels.key == reference.labels.key
     assert reference.heldout_images == simulation.heldout_images >= 20
     for response in (reference, simulation):
         labels = LayerLabels.from_arrays(artifacts.get_arrays(run["store"], response.labels))

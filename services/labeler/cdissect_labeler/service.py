@@ -45,7 +45,9 @@ def _array(arrays: dict[str, np.ndarray], name: str, ref: common_pb2.ArtifactRef
 
 
 def _selection(message: labeler_pb2.LabelSelection) -> dict:
-    """select, candidates, rank_penalty from the request (unset: the defaults); bad values: INVALID_ARGUMENT."""
+    """select, and for simulation its candidates and rank_penalty, from the request (unset: the defaults);
+    bad values: INVALID_ARGUMENT. The similarity selection uses neither, so they are not part of its
+    labels key."""
     mode = message.mode or SELECTIONS[0]
     if mode not in SELECTIONS:
         raise invalid_argument(f"unknown selection {mode!r}; use one of {', '.join(SELECTIONS)}")
@@ -56,6 +58,8 @@ def _selection(message: labeler_pb2.LabelSelection) -> dict:
             message.rank_penalty if message.HasField("rank_penalty") else evaluation.SIMULATION_RANK_PENALTY)
     except ValueError as exc:
         raise invalid_argument(str(exc)) from None
+    if mode != "simulation":
+        return {"select": mode}
     return {"select": mode, "candidates": candidates, "rank_penalty": round(penalty, 7)}
 
 
