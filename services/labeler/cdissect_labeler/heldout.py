@@ -19,7 +19,7 @@ from cdissect_common.evaluation import check_eval_fraction, heldout_mask
 from cdissect_labeler.budget import SCRATCH_BYTES
 from cdissect_labeler.intake import normalise_embeddings
 from cdissect_labeler.quality import label_quality
-from cdissect_labeler.simulation import HeldOutScores, heldout_scores, positive_rows
+from cdissect_labeler.simulation import HeldOutScores, heldout_scores
 
 
 class HeldOutRows:
@@ -68,18 +68,11 @@ class HeldOutRows:
             self._images = [torch.cat(self._images, dim=0)]
         return self._images[0]
 
-    def value_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per unit (min, max) over the held-out rows, or None when there are none."""
-        if not self._acts:
-            return None
-        acts = self.activations()
-        return acts.amin(dim=0), acts.amax(dim=0)
-
     def score(self, text: torch.Tensor, label_ids: np.ndarray, n_positives: int,
               with_auc: bool = False) -> tuple[HeldOutScores, np.ndarray | None, np.ndarray | None]:
         """Scores of each unit's label on the held-out rows: (scores, auc, p) — auc and p only
-        with ``with_auc`` (positives: the unit's top n_positives held-out images above its minimum,
-        as for the AUPRC).
+        with ``with_auc`` (for the positives the AUPRC used: the unit's top n_positives held-out
+        images above its minimum).
 
         text [L, d]: normalised label embeddings on the device; label_ids [K]: unit k's row of
         text, -1 for a unit without a label (scored as constant)."""
@@ -106,8 +99,8 @@ class HeldOutRows:
         auc, pval = np.full(column.shape, 0.5), np.ones(column.shape)
         live = np.flatnonzero((column >= 0) & ~scores.constant)
         if live.size:
-            positives, counts = positive_rows(acts[:, live], n_positives)
-            auc[live], pval[live] = label_quality(label_scores, column[live], positives.T, counts)
+            auc[live], pval[live] = label_quality(label_scores, column[live], scores.positives[:, live].T,
+                                                  scores.positive_counts[live])
         return scores, auc, pval
 
 

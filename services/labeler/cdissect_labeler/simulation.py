@@ -38,7 +38,9 @@ _BLOCK_BYTES = 64 * 2**20
 
 @dataclass
 class HeldOutScores:
-    """Per unit [K]: correlation with its 95% interval, AUPRC with its base rate, constant flag."""
+    """Per unit [K]: correlation with its 95% interval, AUPRC with its base rate, constant flag;
+    and the positives the AUPRC used (``positive_rows``: [n_positives, K] rows, the first
+    positive_counts[k] of column k; count 0 for constant units), so an AUC can use the same."""
 
     correlation: np.ndarray
     correlation_low: np.ndarray
@@ -46,6 +48,8 @@ class HeldOutScores:
     auprc: np.ndarray
     auprc_base: np.ndarray
     constant: np.ndarray
+    positives: np.ndarray | None = None
+    positive_counts: np.ndarray | None = None
 
 
 def fisher_interval(r: np.ndarray, n: int, z: float = Z_95) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +120,8 @@ def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarra
         raise ValueError(f"n_positives must be between 1 and the {n} held-out images, got {n_positives}")
     base = np.full(K, n_positives / n)            # constant units: the requested share
     corr, auprc = np.zeros(K), np.zeros(K)
+    positives = np.zeros((n_positives, K), dtype=np.int32)
+    positive_counts = np.zeros(K, dtype=np.int64)
     constant = acts.max(axis=0) == acts.min(axis=0)
     score_mean = label_scores.mean(axis=0, dtype=np.float64)
     score_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", label_scores, label_scores, dtype=np.float64)
@@ -136,6 +142,8 @@ def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarra
         if varies.any():
             tops, counts = positive_rows(block[:, varies], n_positives)      # [n_pos, varies], [varies]
             base[k0:k1][varies] = counts / n
+            positives[:, k0:k1][:, varies] = tops
+            positive_counts[k0:k1][varies] = counts
             mask = np.zeros(n, dtype=bool)
             for j, k in enumerate(np.flatnonzero(varies)):
                 if cols[k] < 0:
@@ -148,7 +156,7 @@ def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarra
     low[dead], high[dead] = -1.0, 1.0
     auprc = np.where(dead, base, auprc)
     return HeldOutScores(correlation=corr, correlation_low=low, correlation_high=high, auprc=auprc,
-                         auprc_base=base, constant=constant)
+                         auprc_base=base, constant=constant, positives=positives, positive_counts=positive_counts)
 
 
 def rerank(candidate_correlation: torch.Tensor | np.ndarray, rank_penalty: float) -> np.ndarray:

@@ -41,7 +41,7 @@ from cdissect_labeler import similarity as sim
 from cdissect_labeler.budget import SCRATCH_BYTES
 from cdissect_labeler.cosine import cos_cubed_top_concepts, cos_top_concepts
 from cdissect_labeler.heldout import HeldOutRows
-from cdissect_labeler.intake import ShardIntake, checked_tensor, normalise_embeddings
+from cdissect_labeler.intake import RunningRange, ShardIntake, checked_tensor, normalise_embeddings
 from cdissect_labeler.labels import LayerLabels
 from cdissect_labeler.pmi import pmi_top_concepts
 from cdissect_labeler.quality import label_quality, quality_positive_count
@@ -121,6 +121,7 @@ class StreamingLabeler:
                                    keep_activations, moments=function == "cos_similarity")
         self._moments = SplitMoments(self.device) if self.simulation else None
         self._selection_index: list[np.ndarray] = []   # simulation: global index of each function row
+        self._range = RunningRange()                   # simulation: both splits (the intake sees one)
 
     def _top_needed(self, num_images: int | None) -> int:
         """Top images to keep per neuron: the function's top set, the quality positives, and
@@ -155,6 +156,7 @@ class StreamingLabeler:
             self._intake.add_checked(I, A)
             held_images = self._intake.images[-1][held.to(self.device)] if bool(held.any()) else I[:0]
         else:
+            self._range.add(A)
             keep = ~held
             before = self._intake.n
             self._intake.add_checked(I[keep], A[keep])         # the function's rows
@@ -215,13 +217,7 @@ class StreamingLabeler:
 
     def _dead(self) -> torch.Tensor:
         """bool [K]: constant over every image added (with simulation, both splits together)."""
-        dead = self._intake.dead()
-        value_range = self._heldout.value_range() if self.simulation else None
-        if value_range is None:
-            return dead
-        lo = torch.minimum(self._intake.amin, value_range[0].to(self._intake.amin.device))
-        hi = torch.maximum(self._intake.amax, value_range[1].to(self._intake.amax.device))
-        return lo == hi
+        return self._range.dead() if self.simulation else self._intake.dead()
 
     def _rerank(self, ids: torch.Tensor, scores: torch.Tensor,
                 ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
