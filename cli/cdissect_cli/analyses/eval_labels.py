@@ -41,11 +41,13 @@ class ScoredUnit:
     layer: str
     description: str
     scores: labeler_pb2.UnitScores
+    heldout_images: int
 
     @property
     def low(self) -> bool:
         """The report's low rule (dead units are not "low", they are dead)."""
-        return not self.scores.dead and is_low_correlation(self.scores.correlation, self.scores.correlation_low)
+        return not self.scores.dead and is_low_correlation(self.scores.correlation, self.scores.correlation_low,
+                                                           self.heldout_images)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: layer, description and every score field."""
@@ -114,7 +116,8 @@ def score_labels(run: RunResults, labels: dict[tuple[str, int], str], store: Any
             reply = labeler.EvaluateLabels(request, timeout=deadline_s)
         except grpc.RpcError as err:
             raise rpc_error(f"EvaluateLabels on layer {layer_name!r}", err) from err
-        rows = [ScoredUnit(layer=layer_name, description=texts[ids[u.unit]], scores=u)
+        rows = [ScoredUnit(layer=layer_name, description=texts[ids[u.unit]], scores=u,
+                           heldout_images=reply.heldout_images)
                 for u in reply.units if u.labelled]
         scored += rows
         live = [r for r in rows if not r.scores.dead]
