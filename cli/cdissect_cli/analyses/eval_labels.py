@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 from cdissect.v1 import labeler_pb2
-from cdissect_common import evaluation
 from google.protobuf import json_format
 
 from cdissect_cli.analyses.compare import unit_records
@@ -30,8 +29,10 @@ from cdissect_cli.analyses.run_results import RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (embed_concepts, layer_artifact_refs, rpc_error,
                                                  similarity_params)
 from cdissect_cli.errors import InputError
+from cdissect_cli.jobspec import resolve_spec
 
 LABEL_COLUMNS = ("layer", "unit", "description")
+EVALUATION_KEYS = ("eval_fraction", "eval_seed", "auprc_alpha")
 
 
 @dataclass(frozen=True)
@@ -89,19 +90,12 @@ def plan(run: RunResults, labels: dict[tuple[str, int], str]) -> tuple[list[str]
     return texts, per_layer
 
 
-def evaluation_proto(run: RunResults) -> labeler_pb2.HeldOutEvaluation:
-    """The run's held-out split (its job's eval fraction, seed, AUPRC share; defaults for older runs)."""
-    job = run.job
-    return labeler_pb2.HeldOutEvaluation(
-        fraction=float(job.get("eval_fraction", evaluation.EVAL_FRACTION)),
-        seed=int(job.get("eval_seed", evaluation.EVAL_SEED)),
-        alpha=float(job.get("auprc_alpha", evaluation.AUPRC_ALPHA)))
-
-
 def score_labels(run: RunResults, labels: dict[tuple[str, int], str], store: Any, embedder: Any,
                  labeler: Any, deadline_s: float = 900.0) -> tuple[list[ScoredUnit], dict[str, Any]]:
     """Embed the descriptions and score them layer by layer; (scored units, per-layer summary)."""
     texts, per_layer = plan(run, labels)
+    # the run's held-out split (its job's eval fraction, seed, AUPRC share; the defaults for older runs)
+    split = resolve_spec(overrides={key: run.job.get(key) for key in EVALUATION_KEYS}).evaluation_proto()
     text_ref = embed_concepts(embedder, run, texts)
     scored: list[ScoredUnit] = []
     summary: dict[str, Any] = {}
@@ -110,7 +104,7 @@ def score_labels(run: RunResults, labels: dict[tuple[str, int], str], store: Any
         images, activations = layer_artifact_refs(store, layer)
         request = labeler_pb2.EvaluateLabelsRequest(
             layer=layer_name, image_embeddings=images, activations=activations, text_embeddings=text_ref,
-            label_ids=ids, evaluation=evaluation_proto(run), precision=str(run.job.get("clip_precision") or ""),
+            label_ids=ids, evaluation=split, precision=str(run.job.get("clip_precision") or ""),
             similarity=similarity_params(run))
         try:
             reply = labeler.EvaluateLabels(request, timeout=deadline_s)
