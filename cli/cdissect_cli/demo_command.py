@@ -34,6 +34,7 @@ from cdissect_common.store import ObjectStore
 from rich.console import Console
 from rich.table import Table
 
+from cdissect_cli.analyses.quality import live_summary
 from cdissect_cli.analyses.run_results import load_run
 from cdissect_cli.cli_settings import cdissect_home
 from cdissect_cli.errors import CliError, InputError
@@ -153,12 +154,8 @@ def _fmt(value: Any) -> str:
 
 def heldout_correlation(result: RunResult) -> dict[str, float | None]:
     """Per layer: mean held-out correlation of the live units' labels (None without scores)."""
-    out: dict[str, float | None] = {}
-    for layer in result.layers:
-        live = ~np.asarray(layer.dead, dtype=bool)
-        out[layer.name] = (float(np.mean(layer.heldout.correlation[live]))
-                           if layer.heldout is not None and live.any() else None)
-    return out
+    return {layer.name: (live_summary(layer.dead, correlation=layer.heldout.correlation)["correlation_mean"]
+                         if layer.heldout is not None else None) for layer in result.layers}
 
 
 def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: ConnectionFlags, runs_dir: str | None,

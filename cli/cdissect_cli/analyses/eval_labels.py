@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from cdissect.v1 import labeler_pb2
 from google.protobuf import json_format
 
 from cdissect_cli.analyses.compare import unit_records
-from cdissect_cli.analyses.quality import is_low_correlation
+from cdissect_cli.analyses.quality import is_low_correlation, live_summary
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (embed_concepts, layer_artifact_refs, rpc_error,
                                                  similarity_params)
@@ -114,15 +113,12 @@ def score_labels(run: RunResults, labels: dict[tuple[str, int], str], store: Any
                            heldout_images=reply.heldout_images)
                 for u in reply.units if u.labelled]
         scored += rows
-        live = [r for r in rows if not r.scores.dead]
-        correlations, auprcs = [r.scores.correlation for r in live], [r.scores.auprc for r in live]
+        dead = [r.scores.dead for r in rows]
         summary[layer_name] = {
-            "units_scored": len(live), "heldout_images": reply.heldout_images, "positives": reply.positives,
-            "correlation_mean": statistics.fmean(correlations) if live else None,
-            "correlation_median": statistics.median(correlations) if live else None,
-            "auprc_mean": statistics.fmean(auprcs) if live else None,
-            "auprc_median": statistics.median(auprcs) if live else None,
-            "low": sum(r.low for r in live), "dead": len(rows) - len(live)}
+            "units_scored": dead.count(False), "heldout_images": reply.heldout_images, "positives": reply.positives,
+            **live_summary(dead, correlation=[r.scores.correlation for r in rows],
+                           auprc=[r.scores.auprc for r in rows]),
+            "low": sum(r.low for r in rows), "dead": dead.count(True)}
     return scored, summary
 
 

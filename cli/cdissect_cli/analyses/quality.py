@@ -21,6 +21,9 @@ p > 0.01) still applies, so their reports keep working.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from cdissect_common.evaluation import MIN_EVAL_IMAGES
 
 from cdissect_cli.analyses.run_results import UnitResult
@@ -88,3 +91,19 @@ def flag_reason(unit: UnitResult) -> str:
             return f"held-out correlation {unit.correlation:.3f} < {LOW_CORRELATION}"
         return f"95% interval of the correlation reaches 0 (lower end {low:.3f})"
     return ""
+
+
+def live_summary(dead: Sequence[bool], **scores: Sequence[float | None]) -> dict[str, float | None]:
+    """Per layer, for each named score: "<name>_mean" and "<name>_median" over the live (not dead)
+    units that have a value, None when none has. The one per-layer summary: results.json's layer
+    `scores`, `compare`, `eval labels`, the report's layer table and the demo use it, so a dead
+    unit's r = 0 never pulls a layer's figure down."""
+    dead = [bool(d) for d in dead]
+    out: dict[str, float | None] = {}
+    for name, values in scores.items():
+        if len(values) != len(dead):
+            raise ValueError(f"{name} has {len(values)} values for {len(dead)} units")
+        live = np.asarray([float(v) for v, d in zip(values, dead) if not d and v is not None], dtype=np.float64)
+        out[f"{name}_mean"] = float(np.mean(live)) if live.size else None
+        out[f"{name}_median"] = float(np.median(live)) if live.size else None
+    return out

@@ -58,7 +58,6 @@ class LayerResult:
     activation_keys: tuple[str, ...] = ()
     image_embedding_keys: tuple[str, ...] = ()
     text_embedding_key: str = ""
-    scores: dict[str, Any] = field(default_factory=dict)   # per-layer correlation/AUPRC mean, median, low
 
     def unit(self, index: int) -> UnitResult:
         """The unit with this index; a clear error when the layer has no such unit."""
@@ -181,7 +180,6 @@ def _parse_layer(raw: dict[str, Any], where: str, heldout_images: int | None) ->
         activation_keys=tuple(raw.get("activation_keys") or ()),
         image_embedding_keys=tuple(raw.get("image_embedding_keys") or ()),
         text_embedding_key=str(raw.get("text_embedding_key", "")),
-        scores=dict(raw.get("scores") or {}),
     )
 
 
