@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cdissect_cli.analyses.quality import LEGACY_RULE_TEXT, RULE_TEXT
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.report import write_report
@@ -76,6 +78,14 @@ def test_report_index_lists_layers_with_counts(tmp_path: Path) -> None:
     assert "http://" not in html and "https://" not in html  # nothing fetched from the network
     assert (run_dir / "assets" / "report.js").is_file() and (run_dir / "assets" / "report.css").is_file()
     assert (run_dir / "assets/plots/layer-0-similarity.svg").read_text().startswith("<svg")
+
+
+def test_a_run_without_simulation_scores_states_the_rule_its_flags_follow(tmp_path: Path) -> None:
+    html = write_report(build_run(tmp_path), images=False).read_text()
+    rule = re.search(r'flagged <span class="badge low">low</span> when (.*?), and', html, flags=re.S).group(1)
+    assert rule == escape(LEGACY_RULE_TEXT) and "predates the simulation scores" in html
+    scored = write_report(build_scored_run(tmp_path / "scored"), images=False).read_text()
+    assert re.search(r'low</span> when (.*?), and\s', scored, flags=re.S).group(1) == escape(RULE_TEXT)
 
 
 def test_layer_file_carries_units_alternatives_flags_and_images(tmp_path: Path) -> None:
