@@ -156,7 +156,7 @@ class StreamingLabeler:
             self._intake.add_checked(I, A)
             held_images = self._intake.images[-1][held.to(self.device)] if bool(held.any()) else I[:0]
         else:
-            self._range.add(A)
+            self._range.add(A.float())                         # as the intake and held-out rows hold it
             keep = ~held
             before = self._intake.n
             self._intake.add_checked(I[keep], A[keep])         # the function's rows
