@@ -183,9 +183,9 @@ def compose(run_dir: RunDirArg, layer: LayerOpt,
         chosen = [int(u) for u in units.split(",") if u.strip()] if units else None
     except ValueError as err:
         raise InputError(f"--units must be comma-separated integers, got {units!r}.") from err
-    for unit in chosen or []:            # an unknown layer or unit fails before any service starts
-        run.layer(layer).unit(unit)
-    run.layer(layer)
+    layer_units = run.layer(layer)       # an unknown layer or unit fails before any service starts
+    for unit in chosen or []:
+        layer_units.unit(unit)
     flags = ConnectionFlags(config=config, store=store, embedder=embedder, labeler=labeler,
                             deadline_s=deadline, retry_s=retry_timeout)
     with _services(run, flags, ("embedder", "labeler"), console, with_store=True) as (connection, run):

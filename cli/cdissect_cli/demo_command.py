@@ -7,8 +7,9 @@ and the planted units against their by-construction concepts, conv units against
 that best separates their activations (read back from the run's activation artifacts).
 
 Both label selections run by default (`--select` picks one): the reference's `similarity` and
-`simulation`; the second run reuses every embedding and activation artifact of the first, so
-only the labeler works again. Beside the truth scores each run reports its labels' mean held-out
+`simulation`, on one connection (the local services start once); the second run reuses every
+embedding and activation artifact of the first, so only the labeler works again, and its scores
+read the same activation artifacts and manifest, which `DemoInputs` reads once per command. Beside the truth scores each run reports its labels' mean held-out
 correlation per layer and the labeler stage's seconds.
 
 Each selection also labels the latents of the shipped SAEs on one layer (`--features sae:PATH`):
@@ -34,8 +35,10 @@ from cdissect_common.store import ObjectStore
 from rich.console import Console
 from rich.table import Table
 
+from cdissect_cli.analyses.quality import live_summary
 from cdissect_cli.analyses.run_results import load_run
-from cdissect_cli.cli_settings import cdissect_home
+from cdissect_cli.cli_settings import cdissect_home, load_cli_settings
+from cdissect_cli.connection import Connection
 from cdissect_cli.errors import CliError, InputError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.options import (
@@ -96,6 +99,32 @@ def _layer_activations(store: ObjectStore, activation_keys: Sequence[str]) -> np
     return np.concatenate(parts, axis=0)
 
 
+class DemoInputs:
+    """What the demo's scores read from the store, read once per command: a layer's activations
+    per tuple of artifact keys and the probe attributes per dataset (both selections and their SAE
+    runs score the same artifacts). The cached arrays are read-only."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._activations: dict[tuple[str, ...], np.ndarray] = {}
+        self._attributes: dict[str, list[dict[str, str]]] = {}
+
+    def activations(self, keys: Sequence[str]) -> np.ndarray:
+        """[N, units] activations of a layer from its per-shard artifact keys (dataset order)."""
+        keys = tuple(keys)
+        if keys not in self._activations:
+            array = _layer_activations(self.store, keys)
+            array.setflags(write=False)
+            self._activations[keys] = array
+        return self._activations[keys]
+
+    def attributes(self, dataset: str) -> list[dict[str, str]]:
+        """The probe images' attributes in dataset order (from the dataset's manifest)."""
+        if dataset not in self._attributes:
+            self._attributes[dataset] = _attributes(self.store, dataset)
+        return self._attributes[dataset]
+
+
 def _labels_as_words(result: RunResult) -> dict[str, list[list[str]]]:
     return {layer.name: [[result.words[int(i)] for i in row if i >= 0] for row in layer.concept_ids]
             for layer in result.layers}
@@ -112,18 +141,18 @@ def _attributes(store: ObjectStore, dataset: str) -> list[dict[str, str]]:
 
 
 def score_labels(labels: dict[str, list[list[str]]], activation_keys: dict[str, Sequence[str]], dataset: str,
-                 store: ObjectStore, settings: dict, score_run: Any) -> dict:
+                 inputs: DemoInputs, settings: dict, score_run: Any) -> dict:
     """score_run over labelled layers: labels as words (best first), activations and attributes from the store."""
     special = {settings["final_layer"], settings.get("planted_layer")}
-    activations = {name: _layer_activations(store, keys) for name, keys in activation_keys.items()
-                   if name not in special}
-    return score_run(labels, activations, _attributes(store, dataset), settings["final_layer"], settings.get("planted_layer"))
+    activations = {name: inputs.activations(keys) for name, keys in activation_keys.items() if name not in special}
+    return score_run(labels, activations, inputs.attributes(dataset), settings["final_layer"],
+                     settings.get("planted_layer"))
 
 
-def score_demo_run(result: RunResult, store: ObjectStore, settings: dict, score_run: Any) -> dict:
+def score_demo_run(result: RunResult, inputs: DemoInputs, settings: dict, score_run: Any) -> dict:
     """score_run over a finished run held in memory."""
     return score_labels(_labels_as_words(result), {layer.name: layer.activation_keys for layer in result.layers},
-                        result.dataset["name"], store, settings, score_run)
+                        result.dataset["name"], inputs, settings, score_run)
 
 
 def score_run_folder(run_dir: Path, store: ObjectStore, settings: dict, score_run: Any) -> dict:
@@ -131,7 +160,7 @@ def score_run_folder(run_dir: Path, store: ObjectStore, settings: dict, score_ru
     run = load_run(run_dir)
     labels = {layer.name: [[word for word, _ in unit.top] for unit in layer.units] for layer in run.layers}
     return score_labels(labels, {layer.name: layer.activation_keys for layer in run.layers},
-                        str(run.dataset.get("name", "")), store, settings, score_run)
+                        str(run.dataset.get("name", "")), DemoInputs(store), settings, score_run)
 
 
 def _plain(value: Any) -> Any:
@@ -153,18 +182,14 @@ def _fmt(value: Any) -> str:
 
 def heldout_correlation(result: RunResult) -> dict[str, float | None]:
     """Per layer: mean held-out correlation of the live units' labels (None without scores)."""
-    out: dict[str, float | None] = {}
-    for layer in result.layers:
-        live = ~np.asarray(layer.dead, dtype=bool)
-        out[layer.name] = (float(np.mean(layer.heldout.correlation[live]))
-                           if layer.heldout is not None and live.any() else None)
-    return out
+    return {layer.name: (live_summary(layer.dead, correlation=layer.heldout.correlation)["correlation_mean"]
+                         if layer.heldout is not None else None) for layer in result.layers}
 
 
 def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: ConnectionFlags, runs_dir: str | None,
-               console: Console, show_progress: bool, connection: Any) -> tuple[dict, list[str]]:
+               console: Console, show_progress: bool, connection: Any, inputs: DemoInputs) -> tuple[dict, list[str]]:
     """Label the planted and the trained SAE's latents on the SAE layer (on the open `connection`,
-    with the base spec's selection); score them against the truth."""
+    with the base spec's selection); score them against the truth (store reads through `inputs`)."""
     from cdissect_shapes.scores import score_sae
     from cdissect_shapes.zoo import sae_path
 
@@ -173,15 +198,14 @@ def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: Connecti
     run_dirs = []
     for planted in (True, False):
         spec = dataclasses.replace(base_spec, layers=(layer,), features=f"sae:{sae_path(planted)}")
-        outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True,
+        outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress,
                               connection=connection)
         labels = _labels_as_words(outcome.result)[layer]
         if planted:
             out["planted_sae_top1"] = score_sae(labels, None, None, planted=True)["top1"]
         else:
-            acts = _layer_activations(connection.store, outcome.result.layers[0].activation_keys)
-            scores = score_sae(labels, acts, _attributes(connection.store, outcome.result.dataset["name"]),
-                               planted=False)
+            acts = inputs.activations(outcome.result.layers[0].activation_keys)
+            scores = score_sae(labels, acts, inputs.attributes(outcome.result.dataset["name"]), planted=False)
             out.update({"sae_top1": scores["top1"], "sae_top3": scores["top3"], "n_sae": scores["n"],
                         "sae_selective_top1": scores["selective_top1"], "sae_selective_top3": scores["selective_top3"],
                         "n_sae_selective": scores["n_selective"], "n_sae_dead": scores["n_dead"]})
@@ -193,15 +217,15 @@ def sae_scores(base_spec: Any, settings: dict, conv_layer: dict, flags: Connecti
 
 
 def _demo_run(spec: Any, flags: ConnectionFlags, runs_dir: str | None, console: Console, show_progress: bool,
-              settings: dict, score_run: Any, n_images: int) -> tuple[dict, Any]:
-    """One run of the demo's job, scored; (summary, outcome)."""
-    outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress, keep_connection=True)
-    try:
-        scores = score_demo_run(outcome.result, outcome.connection.store, settings, score_run)
-        sae, sae_run_dirs = sae_scores(spec, settings, scores["per_layer"].get(settings["sae_layer"], {}), flags,
-                                       runs_dir, console, show_progress=show_progress, connection=outcome.connection)
-    finally:
-        outcome.connection.close()
+              settings: dict, score_run: Any, n_images: int, connection: Connection,
+              inputs: DemoInputs) -> tuple[dict, Any]:
+    """One run of the demo's job on the open `connection`, scored; (summary, outcome)."""
+    outcome = execute_run(spec, flags, runs_dir, console, show_progress=show_progress,
+                          connection=connection)
+    scores = score_demo_run(outcome.result, inputs, settings, score_run)
+    sae, sae_run_dirs = sae_scores(spec, settings, scores["per_layer"].get(settings["sae_layer"], {}), flags,
+                                   runs_dir, console, show_progress=show_progress, connection=connection,
+                                   inputs=inputs)
     scores.update(sae)
     summary = {"run_dir": str(outcome.run_dir), "report": str(outcome.report) if outcome.report else None,
                **{k: scores[k] for k in SCORE_KEYS}, **{k: scores[k] for k in COUNT_KEYS if k in scores},
@@ -238,13 +262,16 @@ def demo(
     folder = demo_probe_folder(n_images, int(settings["seed"]), write_probe_folder)
     flags = ConnectionFlags(config=config, store=store, deadline_s=deadline, retry_s=retry_timeout)
     runs: dict[str, tuple[dict, Any]] = {}
-    for mode in selections:
-        spec = resolve_spec(None, {
-            "target_model": settings["model"], "target_weights": settings.get("weights", ""),
-            "layers": list(settings["layers"]), "probe_set": str(folder), "concept_set": settings["concept_set"],
-            "clip_model": settings["clip_model"], "select": mode})
-        runs[mode] = _demo_run(spec, flags, runs_dir, console, not no_progress and not as_json, settings,
-                               score_run, n_images)
+    cli_settings = load_cli_settings(flags.config, runs_dir=runs_dir, **flags.overrides())
+    with Connection(cli_settings, flags, console) as connection:        # one set of services for every run
+        inputs = DemoInputs(connection.store)
+        for mode in selections:
+            spec = resolve_spec(None, {
+                "target_model": settings["model"], "target_weights": settings.get("weights", ""),
+                "layers": list(settings["layers"]), "probe_set": str(folder), "concept_set": settings["concept_set"],
+                "clip_model": settings["clip_model"], "select": mode})
+            runs[mode] = _demo_run(spec, flags, runs_dir, console, not no_progress and not as_json, settings,
+                                   score_run, n_images, connection, inputs)
     default, simulation = SELECTIONS
     summary: dict[str, Any] = dict(runs[default][0]) if default in runs else {"images": n_images}
     if simulation in runs:

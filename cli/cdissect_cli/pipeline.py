@@ -128,7 +128,8 @@ def _eval_split_chosen(spec: JobSpec) -> bool:
 
 def small_split_note(spec: JobSpec, num_images: int) -> str | None:
     """The warning for a reference run (default split) on a probe set too small for a held-out split
-    of MIN_EVAL_IMAGES: it still labels as the reference does, its scores are flagged by their interval."""
+    of MIN_EVAL_IMAGES: it still labels as the reference does, and every unit is flagged low
+    (``analyses.quality``: the low rule counts the split's size)."""
     heldout = heldout_count(num_images, spec.eval_fraction, spec.eval_seed)
     if heldout >= MIN_EVAL_IMAGES:
         return None

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cdissect_cli.analyses.quality import LOW_CORRELATION, is_low_correlation
+from cdissect_cli.analyses.quality import LOW_CORRELATION, RULE_TEXT, is_low_correlation, live_summary
 from cdissect_cli.errors import InputError
 from cdissect_cli.jobspec import JobSpec
 
@@ -59,15 +59,11 @@ class HeldOutQuality:
 def score_summary(heldout: HeldOutQuality, dead: np.ndarray) -> dict[str, Any]:
     """Per-layer mean and median of correlation and AUPRC over the live units, and the low count."""
     live = ~np.asarray(dead, dtype=bool)
-    corr, auprc = heldout.correlation[live], heldout.auprc[live]
-    low = sum(is_low_correlation(r, lo) for r, lo in zip(corr, heldout.correlation_low[live]))
-
-    def stat(fn: Any, x: np.ndarray) -> float | None:
-        return float(fn(x)) if x.size else None
-
-    return {"units_scored": int(live.sum()), "correlation_mean": stat(np.mean, corr),
-            "correlation_median": stat(np.median, corr), "auprc_mean": stat(np.mean, auprc),
-            "auprc_median": stat(np.median, auprc), "low": int(low), "low_correlation": LOW_CORRELATION}
+    low = sum(is_low_correlation(r, lo, heldout.heldout_images)
+              for r, lo in zip(heldout.correlation[live], heldout.correlation_low[live]))
+    return {"units_scored": int(live.sum()),
+            **live_summary(dead, correlation=heldout.correlation, auprc=heldout.auprc),
+            "low": int(low), "low_correlation": LOW_CORRELATION}
 
 
 @dataclass
@@ -225,7 +221,7 @@ def evaluation_document(result: RunResult) -> dict[str, Any]:
     heldout = next((layer.heldout.heldout_images for layer in result.layers if layer.heldout is not None), None)
     return {"eval_fraction": spec.eval_fraction, "eval_seed": spec.eval_seed, "auprc_alpha": spec.auprc_alpha,
             "heldout_images": heldout, "in_sample": spec.select != "simulation",
-            "low_rule": f"correlation < {LOW_CORRELATION} or its 95% interval reaches 0"}
+            "low_rule": RULE_TEXT}
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -39,7 +39,6 @@ class RunOutcome:
     run_dir: Path
     report: Path | None
     result: RunResult
-    connection: Any = None
 
 
 def write_report_soft(run_dir: Path, console: Console) -> Path | None:
@@ -70,16 +69,16 @@ def reuse_table(result: RunResult) -> Table:
 
 
 def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, console: Console,
-                show_progress: bool = True, keep_connection: bool = False,
-                connection: Connection | None = None) -> RunOutcome:
+                show_progress: bool = True, connection: Connection | None = None) -> RunOutcome:
     """Run `spec` end to end and write its run folder; returns the folder and the result.
 
-    With `keep_connection`, the returned outcome holds the still-open Connection (the caller
-    closes it), so follow-up work (the demo's scores, its further runs: pass it back as
-    `connection`, and the same services serve them) can read the same store.
+    Without `connection` the run opens its own and closes it; an open `connection` passed in is
+    used and left open (its owner closes it: the demo runs all its jobs, and reads their
+    artifacts, on one set of services).
     """
     settings = load_cli_settings(flags.config, runs_dir=runs_dir, **flags.overrides())
-    if connection is None:
+    owned = connection is None
+    if owned:
         connection = Connection(settings, flags, console)
         connection.__enter__()
     try:
@@ -96,13 +95,10 @@ def execute_run(spec: JobSpec, flags: ConnectionFlags, runs_dir: str | None, con
         run_dir = new_run_dir(Path(settings.runs_dir).expanduser(), spec.target_model)
         write_run_folder(run_dir, result)
         report = write_report_soft(run_dir, console)
-    except BaseException:
-        connection.close()
-        raise
-    if not keep_connection:
-        connection.close()
-        connection = None
-    return RunOutcome(run_dir=run_dir, report=report, result=result, connection=connection)
+    finally:
+        if owned:
+            connection.close()
+    return RunOutcome(run_dir=run_dir, report=report, result=result)
 
 
 def run(

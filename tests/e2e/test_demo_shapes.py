@@ -42,7 +42,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     n_images = int(DEMO["n_images_ci"])
     proc = support.run_cli(["demo", "--json", "--images", str(n_images)], env, timeout=1500)
     return {"scores": json.loads(proc.stdout.strip().splitlines()[-1]), "env": env, "n_images": n_images,
-            "support": support, "settings": DEMO}
+            "support": support, "settings": DEMO, "stderr": proc.stderr}
 
 
 @pytest.mark.slow
@@ -58,6 +58,9 @@ def test_demo_labels_the_final_layer_and_planted_units_correctly(demo_run: dict)
     assert scores["final_top1"] >= 0.9, scores
     assert scores["final_top3"] == 1.0, scores
     assert scores["planted_top1"] == 1.0, scores
+    # both selections and their SAE runs share one connection: the local services start and stop once
+    assert demo_run["stderr"].count("starting local services") == 1, demo_run["stderr"][-3000:]
+    assert demo_run["stderr"].count("stopping local services") == 1
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["dataset"]["num_images"] == n_images
     assert [layer["name"] for layer in doc["layers"]] == list(DEMO["layers"])

@@ -82,6 +82,7 @@ def test_embedded_run_writes_the_run_folder_and_stops_its_services(reference, jo
     assert all(u["selected_by"] == "similarity" and u["quality"]["correlation"] is not None for u in layer4["units"])
     assert doc["evaluation"]["in_sample"] is True and doc["evaluation"]["heldout_images"] < 20
     assert "held out" in proc.stderr and "flagged low" in proc.stderr
+    assert all(layer["scores"]["low"] == layer["scores"]["units_scored"] for layer in doc["layers"])
     assert doc["reused"]["image embeddings"] == {"total": N_SHARDS, "reused": 0, "computed": N_SHARDS}
     assert (run_dir / "job.yaml").read_text().startswith("target_model: resnet18")
 

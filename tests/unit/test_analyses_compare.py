@@ -113,3 +113,14 @@ def test_compare_shows_the_heldout_scores_of_runs_that_have_them(tmp_path: Path)
     assert out.exit_code == 0, out.output
     assert "0.400 / 0.400" in out.output and "corr A" in out.output and "0.267 / 0.300" in out.output
     assert json.loads((tmp_path / "c.json").read_text())["layers"][0]["scores_a"]["auprc_median"] == 0.3
+
+
+def test_compare_leaves_dead_units_out_of_the_layer_scores(tmp_path: Path) -> None:
+    # a dead unit's r = 0 and AUPRC at chance would pull the layer's figures down; results.json skips them too
+    header = ["layer", "unit", "description", "similarity", "dead", "quality_auc", "correlation", "auprc"]
+    ours = _write(tmp_path / "ours.csv", header, [["conv1", "0", "red", "3.0", "false", "0.9", "0.6", "0.4"],
+                                                  ["conv1", "1", "top", "2.0", "false", "0.8", "0.2", "0.2"],
+                                                  ["conv1", "2", "blue", "0.0", "true", "", "0", "0.05"]])
+    layer = compare_files(ours, ours).layers[0]
+    assert layer.scores_a == {"correlation_mean": pytest.approx(0.4), "correlation_median": pytest.approx(0.4),
+                              "auprc_mean": pytest.approx(0.3), "auprc_median": pytest.approx(0.3)}

@@ -65,10 +65,46 @@ def test_scores_come_from_stored_activations_in_dataset_order(tmp_path: Path) ->
         spec=resolve_spec(), dataset={"name": manifest.name}, concepts_name="w", concepts_sha256="", words=words,
         layers=[_layer("conv1", conv_ids, keys), _layer("fc", fc_ids, []), _layer("planted", planted_ids, [])])
     settings = {"final_layer": "fc", "planted_layer": "planted"}
-    scores = demo_command.score_demo_run(result, store, settings, score_run)
+    scores = demo_command.score_demo_run(result, demo_command.DemoInputs(store), settings, score_run)
     assert scores["final_top1"] == 1.0 and scores["planted_top1"] == 1.0
     assert scores["n_conv"] == 2 and scores["conv_top1"] == 1.0
 
     # The same artifacts read in the wrong shard order no longer line up with the images.
     result.layers[0] = _layer("conv1", conv_ids, keys[::-1])
-    assert demo_command.score_demo_run(result, store, settings, score_run)["conv_top1"] < 1.0
+    assert demo_command.score_demo_run(result, demo_command.DemoInputs(store), settings, score_run)["conv_top1"] < 1.0
+
+
+class CountingStore(FilesystemStore):
+    """A real filesystem store that counts the reads of each key."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: dict[str, int] = {}
+
+    def get(self, key, sha256=None):
+        name = getattr(key, "key", key)
+        self.reads[name] = self.reads.get(name, 0) + 1
+        return super().get(key, sha256)
+
+
+def test_both_selections_scores_read_each_activation_artifact_and_the_manifest_once(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "store")
+    images = list(generate(12, seed=3))
+    manifest = register_dataset(store, "shapes-once", [ImageSource(name, data=data, labels=attrs)
+                                                      for name, data, attrs in images], shard_size=6)
+    acts = np.random.default_rng(0).random((12, 2)).astype(np.float32)
+    keys = [put_arrays(store, f"activations/once-{i}.safetensors", {"activations": acts[i * 6:(i + 1) * 6]}).key
+            for i in range(2)]
+    words = list(FC_WORDS)
+    result = RunResult(
+        spec=resolve_spec(), dataset={"name": manifest.name}, concepts_name="w", concepts_sha256="", words=words,
+        layers=[_layer("conv1", np.array([[0, 1], [1, 0]]), keys),
+                _layer("fc", np.array([[i, 0] for i in range(len(FC_WORDS))]), [])])
+    settings = {"final_layer": "fc", "planted_layer": None}
+    inputs = demo_command.DemoInputs(store)
+    store.reads.clear()
+    first = demo_command.score_demo_run(result, inputs, settings, score_run)
+    second = demo_command.score_demo_run(result, inputs, settings, score_run)   # the other selection's run
+    assert demo_command._plain(first) == demo_command._plain(second)     # NaN (no planted layer) as None
+    assert sorted(store.reads.values()) == [1] * len(store.reads) and set(keys) <= set(store.reads)
+    assert not inputs.activations(keys).flags.writeable

@@ -24,7 +24,7 @@ def _result(spec_overrides: dict | None = None) -> RunResult:
         heldout=HeldOutQuality(correlation=np.array([0.5, 0.0]), correlation_low=np.array([0.25, -1.0]),
                                correlation_high=np.array([0.75, 1.0]), auprc=np.array([0.625, 0.5]),
                                auprc_base=np.array([0.5, 0.5]), heldout_constant=np.array([False, True]),
-                               heldout_images=2))
+                               heldout_images=40))
     return RunResult(spec=spec, dataset={"name": "probe", "digest": "d", "num_images": 4},
                      concepts_name="words", concepts_sha256="s", words=["cat", "dog", "red"], layers=[layer],
                      timings={"labels": 1.0}, reused={"labels": {"total": 1, "reused": 0, "computed": 1}})
@@ -61,7 +61,7 @@ def test_results_json_and_job_yaml(tmp_path: Path) -> None:
     assert layer["scores"] == {"units_scored": 1, "correlation_mean": 0.5, "correlation_median": 0.5,
                                "auprc_mean": 0.625, "auprc_median": 0.625, "low": 0, "low_correlation": 0.2}
     assert doc["selection"] == {"mode": "similarity"}
-    assert doc["evaluation"]["in_sample"] is True and doc["evaluation"]["heldout_images"] == 2
+    assert doc["evaluation"]["in_sample"] is True and doc["evaluation"]["heldout_images"] == 40
     assert doc["evaluation"]["eval_fraction"] == 0.2 and doc["evaluation"]["eval_seed"] == 0
     assert "target_model: resnet18" in (tmp_path / "job.yaml").read_text()
     assert not list(tmp_path.glob(".*tmp*"))

@@ -107,3 +107,10 @@ def test_comments_and_docstrings_do_not_count_but_code_does() -> None:
         == "def f(x):\n    return x + 1"
     assert code_text(base) != code_text('def f(x):\n    """Doc."""\n    return x + 2\n')
     assert "'# not a comment'" in code_text("y = '# not a comment'  # a comment\n")
+
+
+def test_code_versions_are_small_numbers() -> None:
+    """A version is a counter bumped by hand ("1", "2", ...), never a digest pasted into the wrong
+    table (which once happened: keys then changed with no code change to explain it)."""
+    bad = {kind: v for kind, v in artifacts.CODE_VERSION.items() if not (v.isdigit() and len(v) <= 4)}
+    assert not bad, f"CODE_VERSION values must be small decimal counters; fix {bad} in cdissect_common/artifacts.py"

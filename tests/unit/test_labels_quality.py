@@ -66,6 +66,23 @@ def test_quality_equals_scipy_and_sklearn_with_ties() -> None:
     assert auc[0] > 0.8 and pval[0] < 1e-6
 
 
+def test_quality_takes_a_count_of_positives_per_unit() -> None:
+    rng = np.random.default_rng(4)
+    n = 200
+    scores = np.round(rng.normal(size=(n, 2)), 1)
+    positives = np.stack([rng.choice(n, 15, replace=False) for _ in range(3)])
+    counts = np.array([15, 4, 0])                     # unit 1: its first 4 rows only; unit 2: none
+    auc, pval = label_quality(scores, np.array([0, 1, 0]), positives, counts)
+    for k in (0, 1):
+        y = np.zeros(n, dtype=bool)
+        y[positives[k, :counts[k]]] = True
+        x = scores[:, [0, 1, 0][k]]
+        assert auc[k] == pytest.approx(roc_auc_score(y, x), abs=1e-12)
+        assert pval[k] == pytest.approx(mannwhitneyu(x[y], x[~y], alternative="greater", method="asymptotic").pvalue,
+                                        rel=1e-9)
+    assert (auc[2], pval[2]) == (0.5, 1.0)
+
+
 def test_degenerate_cases_are_defined() -> None:
     auc, pval = label_quality(np.ones((10, 1)), np.array([0]), np.array([[1, 2]]))
     assert auc[0] == 0.5 and pval[0] == 1.0

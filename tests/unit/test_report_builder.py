@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cdissect_cli.analyses.quality import LEGACY_RULE_TEXT, RULE_TEXT
 from cdissect_cli.errors import CliError
 from cdissect_cli.jobspec import resolve_spec
 from cdissect_cli.report import write_report
@@ -76,6 +78,14 @@ def test_report_index_lists_layers_with_counts(tmp_path: Path) -> None:
     assert "http://" not in html and "https://" not in html  # nothing fetched from the network
     assert (run_dir / "assets" / "report.js").is_file() and (run_dir / "assets" / "report.css").is_file()
     assert (run_dir / "assets/plots/layer-0-similarity.svg").read_text().startswith("<svg")
+
+
+def test_a_run_without_simulation_scores_states_the_rule_its_flags_follow(tmp_path: Path) -> None:
+    html = write_report(build_run(tmp_path), images=False).read_text()
+    rule = re.search(r'flagged <span class="badge low">low</span> when (.*?), and', html, flags=re.S).group(1)
+    assert rule == escape(LEGACY_RULE_TEXT) and "predates the simulation scores" in html
+    scored = write_report(build_scored_run(tmp_path / "scored"), images=False).read_text()
+    assert re.search(r'low</span> when (.*?), and\s', scored, flags=re.S).group(1) == escape(RULE_TEXT)
 
 
 def test_layer_file_carries_units_alternatives_flags_and_images(tmp_path: Path) -> None:
@@ -171,7 +181,7 @@ def test_html_stays_small_for_five_layers_of_2048_units(tmp_path: Path) -> None:
     assert len(sizes) == 5 and max(sizes) < 600_000  # one layer's data loads in well under a second
 
 
-def build_scored_run(tmp_path: Path, select: str = "similarity") -> Path:
+def build_scored_run(tmp_path: Path, select: str = "similarity", heldout_images: int = 40) -> Path:
     """A one-layer run with held-out scores: unit 0 trusted, 1 low by r, 2 low by its interval,
     3 constant on the held-out images, 4 dead."""
     store_url = f"file://{tmp_path / 'store'}"
@@ -183,7 +193,8 @@ def build_scored_run(tmp_path: Path, select: str = "similarity") -> Path:
     heldout = HeldOutQuality(
         correlation=np.array([0.6, 0.1, 0.3, 0.0, 0.0]), correlation_low=np.array([0.5, 0.0, -0.05, -1.0, -1.0]),
         correlation_high=np.array([0.7, 0.2, 0.6, 1.0, 1.0]), auprc=np.array([0.4, 0.1, 0.2, 0.05, 0.05]),
-        auprc_base=np.full(k, 0.05), heldout_constant=np.array([False, False, False, True, True]), heldout_images=40)
+        auprc_base=np.full(k, 0.05), heldout_constant=np.array([False, False, False, True, True]),
+        heldout_images=heldout_images)
     layer = LayerResult(
         name="layer4", labels_key="labels/l.safetensors", activation_keys=[], image_embedding_keys=[],
         text_embedding_key="", concept_ids=ids, scores=np.ones((k, 2)), top_images=np.zeros((k, 2), int),
@@ -213,6 +224,17 @@ def test_scored_runs_flag_by_heldout_correlation_and_show_the_scores(tmp_path: P
     cells = re.findall(r'<td class="num">([^<]*)</td>', re.search(r'<tr id="layer-0">(.*?)</tr>', html).group(1))
     assert cells[:3] == ["5", "1", "3"]                            # units, dead, low
     assert cells[4:7] == ["1.0000", "0.200", "0.150"]             # medians of similarity, correlation, AUPRC (live)
+
+
+def test_a_heldout_split_under_twenty_images_flags_every_live_unit_low(tmp_path: Path) -> None:
+    # 13 held-out images (a reference run on a small probe set): unit 0's r = 0.6 in [0.5, 0.7] would pass
+    run_dir = build_scored_run(tmp_path, heldout_images=13)
+    write_report(run_dir, images=False)
+    rows = read_layer_file(run_dir / "assets/data/layer-0.js")["units"]
+    assert [row[5] for row in rows] == ["low", "low", "low", "low", "dead"]
+    assert "only 13 held-out images" in rows[0][12]
+    scores = json.loads((run_dir / "results.json").read_text())["layers"][0]["scores"]
+    assert scores["low"] == scores["units_scored"] == 4
 
 
 def test_simulation_runs_say_held_out_and_which_rank_the_label_had(tmp_path: Path) -> None:

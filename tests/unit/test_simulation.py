@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cdissect_common import evaluation
+from cdissect_labeler.heldout import HeldOutRows
 from cdissect_labeler.simulation import (SplitMoments, average_precision, fisher_interval, heldout_scores,
                                          rerank)
 
@@ -75,6 +76,60 @@ def test_heldout_scores_define_constant_and_unlabelled_units_without_nan() -> No
     r = np.corrcoef(A[:, 0].astype(np.float64), P[:, 0].astype(np.float64))[0, 1]
     assert scores.correlation[0] == pytest.approx(r, abs=1e-9)
     assert scores.correlation_low[0] < r < scores.correlation_high[0]
+
+
+def _sparse_units(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out acts [n, 3] (unit 0 active on 4 rows, unit 1 on 12, unit 2 dense) and label scores [n, 1]."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n, 1)).astype(np.float32)
+    acts = np.zeros((n, 3), dtype=np.float32)
+    for k, active in enumerate((4, 12)):
+        rows = rng.choice(n, active, replace=False)
+        acts[rows, k] = 1.0 + np.abs(scores[rows, 0]) + rng.random(active).astype(np.float32)
+    acts[:, 2] = scores[:, 0] + rng.normal(size=n).astype(np.float32)
+    return acts, scores
+
+
+def test_auprc_of_a_sparse_unit_does_not_depend_on_the_order_of_the_images() -> None:
+    # 20 positives asked, unit 0 active on 4 images: the 16 others tied at its minimum are no positives
+    # (they used to be filled in by index, so permuting the images changed the AUPRC at fixed r).
+    acts, scores = _sparse_units()
+    column = np.zeros(3, dtype=np.int64)
+    first = heldout_scores(acts, scores, column, n_positives=20)
+    for seed in range(5):
+        perm = np.random.default_rng(seed).permutation(len(acts))
+        again = heldout_scores(acts[perm], scores[perm], column, n_positives=20)
+        assert np.allclose(again.correlation, first.correlation, atol=1e-12)
+        assert again.auprc.tolist() == pytest.approx(first.auprc.tolist(), abs=1e-12), seed
+    assert first.auprc_base.tolist() == pytest.approx([4 / 600, 12 / 600, 20 / 600])
+    positive = acts[:, 0] > 0
+    assert first.auprc[0] == pytest.approx(average_precision(scores[:, 0], positive))
+
+
+def test_heldout_auc_of_a_sparse_unit_does_not_depend_on_the_order_of_the_images() -> None:
+    # The same held-out rows in other orders (routed by the split into the held-out places of the shard).
+    total, d = 1000, 8
+    mask = evaluation.heldout_mask(0, total, 0.5, 3)
+    n_held = int(mask.sum())
+    acts, _ = _sparse_units(n=n_held)
+    rng = np.random.default_rng(1)
+    text = torch.from_numpy(rng.normal(size=(1, d)).astype(np.float32))
+    text = text / text.norm(dim=1, keepdim=True)
+    held = rng.normal(size=(n_held, d)).astype(np.float32)
+    held /= np.linalg.norm(held, axis=1, keepdims=True)
+    results = []
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(n_held)
+        images = rng.normal(size=(total, d)).astype(np.float32)
+        units = rng.random((total, 3)).astype(np.float32)
+        images[mask], units[mask] = held[perm], acts[perm]
+        rows = HeldOutRows(0.5, 3, torch.device("cpu"), "float32")
+        rows.add_shard(torch.from_numpy(images), torch.from_numpy(units))
+        scores_, auc, pval = rows.score(text, np.zeros(3, dtype=np.int64), 10, with_auc=True)
+        results.append((scores_.auprc, auc, pval))
+    for auprc, auc, pval in results[1:]:
+        assert auprc == pytest.approx(results[0][0], abs=1e-9)
+        assert auc == pytest.approx(results[0][1], abs=1e-12) and pval == pytest.approx(results[0][2], rel=1e-9)
 
 
 def test_fisher_interval_narrows_with_more_images_and_stays_in_range() -> None:

@@ -108,6 +108,33 @@ def test_dead_and_heldout_constant_units_get_defined_scores() -> None:
             assert (labels.correlation_low[k], labels.correlation_high[k]) == (-1.0, 1.0)
 
 
+@pytest.mark.parametrize("select", ["similarity", "simulation"])
+def test_each_shard_is_checked_once_and_each_row_normalised_once(select: str, monkeypatch) -> None:
+    from cdissect_labeler import heldout, intake, streaming
+
+    calls = {"checked": 0, "normalised_rows": 0}
+
+    def counting(module, name, key, rows):
+        original = getattr(module, name)
+
+        def wrapper(x, *args, **kwargs):
+            calls[key] += int(x.shape[0]) if rows else 1
+            return original(x, *args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    images, text, acts = _data()
+    labeler = StreamingLabeler("soft_wpmi", {"top_k": 40}, text, num_images=N, select=select)
+    for module in (intake, streaming):
+        counting(module, "checked_tensor", "checked", False)
+    for module in (intake, heldout, streaming):
+        counting(module, "normalise_embeddings", "normalised_rows", True)
+    shards = range(0, N, 128)
+    for s in shards:
+        labeler.add_shard(images[s:s + 128], acts[s:s + 128])
+    assert calls == {"checked": 2 * len(shards), "normalised_rows": N}
+    assert labeler.heldout_images == evaluation.heldout_count(N, evaluation.EVAL_FRACTION, evaluation.EVAL_SEED)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"eval_fraction": 0.0}, r"eval fraction must be in \(0, 0.5\]"),
     ({"eval_fraction": 0.75}, r"eval fraction must be in \(0, 0.5\]"),

@@ -4,8 +4,9 @@ Both files use the reference's columns `layer,unit,description,similarity`, so t
 runs with each other or with the authors' released results, which ship in the CLI
 (`--reference resnet50|resnet18_places`). Rows are matched by (layer, unit); rows present in only
 one file are reported, never silently dropped. When a file also has cdissect's `correlation` and
-`auprc` columns (the held-out simulation scores), each layer's mean and median of them are shown
-side by side: unlike the similarity, they are on one scale across models, CLIPs and concept sets.
+`auprc` columns (the held-out simulation scores), each layer's mean and median of them over its
+live units (rows not marked `dead`) are shown side by side: unlike the similarity, they are on
+one scale across models, CLIPs and concept sets.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+from cdissect_cli.analyses.quality import live_summary
 from cdissect_cli.errors import CliError, InputError, read_text_file
 
 REQUIRED_COLUMNS = ("layer", "unit", "description", "similarity")
@@ -31,12 +33,13 @@ REFERENCE_PACKAGE = "cdissect_cli.data.reference_results"
 
 @dataclass(frozen=True)
 class Row:
-    """One description: the label, its similarity and (cdissect runs) its held-out scores."""
+    """One description: the label, its similarity and (cdissect runs) its held-out scores and dead flag."""
 
     description: str
     similarity: float
     correlation: float | None = None
     auprc: float | None = None
+    dead: bool = False
 
 
 @dataclass
@@ -53,7 +56,7 @@ class LayerComparison:
     only_in_a: list[int] = field(default_factory=list)
     only_in_b: list[int] = field(default_factory=list)
     label_changes: list[dict[str, Any]] = field(default_factory=list)  # unit, a, b
-    scores_a: dict[str, float] | None = None  # correlation/auprc mean and median over A's rows of the layer
+    scores_a: dict[str, float] | None = None  # correlation/auprc mean and median over A's live rows of the layer
     scores_b: dict[str, float] | None = None
 
 
@@ -139,7 +142,8 @@ def read_descriptions(path: Path | str) -> dict[tuple[str, int], Row]:
                              f"Fix or remove that row.") from None
         rows[key] = Row(description=(record["description"] or "").strip(), similarity=sim,
                         correlation=_optional_number(record.get("correlation")),
-                        auprc=_optional_number(record.get("auprc")))
+                        auprc=_optional_number(record.get("auprc")),
+                        dead=(record.get("dead") or "").strip().lower() == "true")
     return rows
 
 
@@ -154,14 +158,10 @@ def _optional_number(text: str | None) -> float | None:
 
 
 def layer_scores(rows: list[Row]) -> dict[str, float] | None:
-    """Mean and median of correlation and AUPRC over rows that have them (None when none has)."""
-    out: dict[str, float] = {}
-    for name in ("correlation", "auprc"):
-        values = [getattr(r, name) for r in rows if getattr(r, name) is not None]
-        if values:
-            out[f"{name}_mean"] = statistics.fmean(values)
-            out[f"{name}_median"] = statistics.median(values)
-    return out or None
+    """Mean and median of correlation and AUPRC over the live rows that have them (None when none has)."""
+    summary = live_summary([r.dead for r in rows], correlation=[r.correlation for r in rows],
+                           auprc=[r.auprc for r in rows])
+    return {key: value for key, value in summary.items() if value is not None} or None
 
 
 def compare_rows(a: dict[tuple[str, int], Row], b: dict[tuple[str, int], Row],

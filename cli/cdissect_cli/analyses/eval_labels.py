@@ -14,24 +14,24 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cdissect.v1 import labeler_pb2
-from cdissect_common import evaluation
 from google.protobuf import json_format
 
 from cdissect_cli.analyses.compare import unit_records
-from cdissect_cli.analyses.quality import is_low_correlation
+from cdissect_cli.analyses.quality import is_low_correlation, live_summary
 from cdissect_cli.analyses.run_results import RunResults, analyses_dir
 from cdissect_cli.analyses.service_calls import (embed_concepts, layer_artifact_refs, rpc_error,
                                                  similarity_params)
 from cdissect_cli.errors import InputError
+from cdissect_cli.jobspec import resolve_spec
 
 LABEL_COLUMNS = ("layer", "unit", "description")
+EVALUATION_KEYS = ("eval_fraction", "eval_seed", "auprc_alpha")
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,13 @@ class ScoredUnit:
     layer: str
     description: str
     scores: labeler_pb2.UnitScores
+    heldout_images: int
 
     @property
     def low(self) -> bool:
         """The report's low rule (dead units are not "low", they are dead)."""
-        return not self.scores.dead and is_low_correlation(self.scores.correlation, self.scores.correlation_low)
+        return not self.scores.dead and is_low_correlation(self.scores.correlation, self.scores.correlation_low,
+                                                           self.heldout_images)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form: layer, description and every score field."""
@@ -87,19 +89,12 @@ def plan(run: RunResults, labels: dict[tuple[str, int], str]) -> tuple[list[str]
     return texts, per_layer
 
 
-def evaluation_proto(run: RunResults) -> labeler_pb2.HeldOutEvaluation:
-    """The run's held-out split (its job's eval fraction, seed, AUPRC share; defaults for older runs)."""
-    job = run.job
-    return labeler_pb2.HeldOutEvaluation(
-        fraction=float(job.get("eval_fraction", evaluation.EVAL_FRACTION)),
-        seed=int(job.get("eval_seed", evaluation.EVAL_SEED)),
-        alpha=float(job.get("auprc_alpha", evaluation.AUPRC_ALPHA)))
-
-
 def score_labels(run: RunResults, labels: dict[tuple[str, int], str], store: Any, embedder: Any,
                  labeler: Any, deadline_s: float = 900.0) -> tuple[list[ScoredUnit], dict[str, Any]]:
     """Embed the descriptions and score them layer by layer; (scored units, per-layer summary)."""
     texts, per_layer = plan(run, labels)
+    # the run's held-out split (its job's eval fraction, seed, AUPRC share; the defaults for older runs)
+    split = resolve_spec(overrides={key: run.job.get(key) for key in EVALUATION_KEYS}).evaluation_proto()
     text_ref = embed_concepts(embedder, run, texts)
     scored: list[ScoredUnit] = []
     summary: dict[str, Any] = {}
@@ -108,24 +103,22 @@ def score_labels(run: RunResults, labels: dict[tuple[str, int], str], store: Any
         images, activations = layer_artifact_refs(store, layer)
         request = labeler_pb2.EvaluateLabelsRequest(
             layer=layer_name, image_embeddings=images, activations=activations, text_embeddings=text_ref,
-            label_ids=ids, evaluation=evaluation_proto(run), precision=str(run.job.get("clip_precision") or ""),
+            label_ids=ids, evaluation=split, precision=str(run.job.get("clip_precision") or ""),
             similarity=similarity_params(run))
         try:
             reply = labeler.EvaluateLabels(request, timeout=deadline_s)
         except grpc.RpcError as err:
             raise rpc_error(f"EvaluateLabels on layer {layer_name!r}", err) from err
-        rows = [ScoredUnit(layer=layer_name, description=texts[ids[u.unit]], scores=u)
+        rows = [ScoredUnit(layer=layer_name, description=texts[ids[u.unit]], scores=u,
+                           heldout_images=reply.heldout_images)
                 for u in reply.units if u.labelled]
         scored += rows
-        live = [r for r in rows if not r.scores.dead]
-        correlations, auprcs = [r.scores.correlation for r in live], [r.scores.auprc for r in live]
+        dead = [r.scores.dead for r in rows]
         summary[layer_name] = {
-            "units_scored": len(live), "heldout_images": reply.heldout_images, "positives": reply.positives,
-            "correlation_mean": statistics.fmean(correlations) if live else None,
-            "correlation_median": statistics.median(correlations) if live else None,
-            "auprc_mean": statistics.fmean(auprcs) if live else None,
-            "auprc_median": statistics.median(auprcs) if live else None,
-            "low": sum(r.low for r in live), "dead": len(rows) - len(live)}
+            "units_scored": dead.count(False), "heldout_images": reply.heldout_images, "positives": reply.positives,
+            **live_summary(dead, correlation=[r.scores.correlation for r in rows],
+                           auprc=[r.scores.auprc for r in rows]),
+            "low": sum(r.low for r in rows), "dead": dead.count(True)}
     return scored, summary
 
 

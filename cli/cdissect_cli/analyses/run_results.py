@@ -40,6 +40,7 @@ class UnitResult:
     heldout_constant: bool = False
     selected_by: str = "similarity"
     similarity_rank: int | None = None        # place of the label in the similarity's own ranking (1 = top)
+    heldout_images: int | None = None         # the size of the split the correlation/AUPRC were computed on
 
     @property
     def alternatives(self) -> tuple[tuple[str, float], ...]:
@@ -57,7 +58,6 @@ class LayerResult:
     activation_keys: tuple[str, ...] = ()
     image_embedding_keys: tuple[str, ...] = ()
     text_embedding_key: str = ""
-    scores: dict[str, Any] = field(default_factory=dict)   # per-layer correlation/AUPRC mean, median, low
 
     def unit(self, index: int) -> UnitResult:
         """The unit with this index; a clear error when the layer has no such unit."""
@@ -136,8 +136,8 @@ def _float_or_none(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _parse_unit(raw: dict[str, Any], where: str) -> UnitResult:
-    """One unit record; the label always leads its `top` list."""
+def _parse_unit(raw: dict[str, Any], where: str, heldout_images: int | None) -> UnitResult:
+    """One unit record (scored on `heldout_images` held-out images); the label always leads its `top` list."""
     try:
         unit = int(raw["unit"])
         label = str(raw["label"])
@@ -164,22 +164,22 @@ def _parse_unit(raw: dict[str, Any], where: str) -> UnitResult:
         heldout_constant=bool(quality.get("heldout_constant", False)),
         selected_by=str(raw.get("selected_by") or "similarity"),
         similarity_rank=int(ranks[0]) if ranks else None,
+        heldout_images=heldout_images if _float_or_none(quality.get("correlation")) is not None else None,
     )
 
 
-def _parse_layer(raw: dict[str, Any], where: str) -> LayerResult:
-    """One layer record of results.json."""
+def _parse_layer(raw: dict[str, Any], where: str, heldout_images: int | None) -> LayerResult:
+    """One layer record of results.json (its units scored on `heldout_images` held-out images)."""
     if "name" not in raw:
         raise InputError(f"{where}: a layer record has no 'name'. Rerun `cdissect run` to rewrite it.")
     name = str(raw["name"])
-    units = tuple(sorted((_parse_unit(u, f"{where} layer {name}") for u in raw.get("units") or []),
+    units = tuple(sorted((_parse_unit(u, f"{where} layer {name}", heldout_images) for u in raw.get("units") or []),
                          key=lambda u: u.unit))
     return LayerResult(
         name=name, units=units, labels_key=str(raw.get("labels_key", "")),
         activation_keys=tuple(raw.get("activation_keys") or ()),
         image_embedding_keys=tuple(raw.get("image_embedding_keys") or ()),
         text_embedding_key=str(raw.get("text_embedding_key", "")),
-        scores=dict(raw.get("scores") or {}),
     )
 
 
@@ -199,12 +199,15 @@ def load_run(run_dir: Path | str) -> RunResults:
         raise InputError(f"{path} is not valid JSON ({err}). Rerun `cdissect run` to rewrite it.")
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
         raise InputError(f"{path} has no 'layers' list. Rerun `cdissect run` to rewrite it.")
-    layers = tuple(_parse_layer(layer, str(path)) for layer in data["layers"])
+    evaluation = dict(data.get("evaluation") or {})
+    heldout = evaluation.get("heldout_images")
+    heldout_images = int(heldout) if isinstance(heldout, (int, float)) and not isinstance(heldout, bool) else None
+    layers = tuple(_parse_layer(layer, str(path), heldout_images) for layer in data["layers"])
     return RunResults(
         run_dir=run_dir, job=dict(data.get("job") or {}), dataset=dict(data.get("dataset") or {}),
         concepts=dict(data.get("concepts") or {}), layers=layers,
         timings=dict(data.get("timings") or {}), selection=dict(data.get("selection") or {}),
-        evaluation=dict(data.get("evaluation") or {}), user_files=dict(data.get("user_files") or {}),
+        evaluation=evaluation, user_files=dict(data.get("user_files") or {}),
     )
 
 

@@ -134,10 +134,19 @@ def _run_info(run: RunResults) -> str:
     return " &middot; ".join(f"{k}: {escape(str(v))}" for k, v in parts if v not in (None, ""))
 
 
+def _has_scores(run: RunResults) -> bool:
+    """True when the run carries the simulation scores (runs written before them do not)."""
+    return any(u.correlation is not None for layer in run.layers for u in layer.units)
+
+
+def _quality_rule(run: RunResults) -> str:
+    """The rule the run's flags follow: the correlation rule, or the AUC/p rule of older runs."""
+    return RULE_TEXT if _has_scores(run) else LEGACY_RULE_TEXT
+
+
 def _scores_note(run: RunResults) -> str:
     """Which selection produced the labels, and whether their scores are held-out or in-sample."""
-    has_scores = any(u.correlation is not None for layer in run.layers for u in layer.units)
-    if not has_scores:
+    if not _has_scores(run):
         return (f"This run predates the simulation scores: units are flagged by its AUC and p "
                 f"({escape(LEGACY_RULE_TEXT)}).")
     ev, sel = run.evaluation, run.selection
@@ -184,7 +193,7 @@ def write_report(run_dir: Path, *, images: bool = True, top_images: int = TOP_IM
     title = str(run.job.get("target_model") or run_dir.name)
     layers_json = json.dumps(layer_index, ensure_ascii=True).replace("</", "<\\/")
     html = Template(_package_text("templates", "report.html")).substitute(
-        title=escape(title), run_info=_run_info(run), quality_rule=escape(RULE_TEXT),
+        title=escape(title), run_info=_run_info(run), quality_rule=escape(_quality_rule(run)),
         scores_note=_scores_note(run),
         layer_rows="\n".join(_layer_row(s) for s in summaries),
         analyses_section=_analyses_section(run_dir), layers_json=layers_json,

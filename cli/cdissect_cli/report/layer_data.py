@@ -15,9 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from cdissect_cli.analyses.quality import flag_reason, unit_flag
+from cdissect_cli.analyses.quality import flag_reason, live_summary, unit_flag
 from cdissect_cli.analyses.run_results import LayerResult, UnitResult
 from cdissect_cli.report.thumbnails import Thumbnail
 
@@ -50,19 +48,16 @@ def _round(value: float | None, digits: int = 5) -> float | None:
 def summarize(layer: LayerResult, index: int, data_file: str, plot_file: str) -> LayerSummary:
     """Counts of dead / low-confidence / unscored units and medians of the live units."""
     flags = [unit_flag(u) for u in layer.units]
-    live = [u for u in layer.units if not u.dead]
-    sims = [u.similarity for u in live]
-    aucs = [u.auc for u in live if u.auc is not None]
-    corrs = [u.correlation for u in live if u.correlation is not None]
-    auprcs = [u.auprc for u in live if u.auprc is not None]
+    units = layer.units
+    stats = live_summary([u.dead for u in units], similarity=[u.similarity for u in units],
+                         auc=[u.auc for u in units], correlation=[u.correlation for u in units],
+                         auprc=[u.auprc for u in units])
     return LayerSummary(
-        index=index, name=layer.name, units=len(layer.units), dead=flags.count("dead"),
+        index=index, name=layer.name, units=len(units), dead=flags.count("dead"),
         low_confidence=flags.count("low"), no_quality=flags.count("unknown"),
-        median_similarity=float(np.median(sims)) if sims else None,
-        median_auc=float(np.median(aucs)) if aucs else None,
+        median_similarity=stats["similarity_median"], median_auc=stats["auc_median"],
         data_file=data_file, plot_file=plot_file,
-        median_correlation=float(np.median(corrs)) if corrs else None,
-        median_auprc=float(np.median(auprcs)) if auprcs else None,
+        median_correlation=stats["correlation_median"], median_auprc=stats["auprc_median"],
     )
 
 

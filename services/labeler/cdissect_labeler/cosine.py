@@ -11,6 +11,8 @@ Dead neurons (constant activation) get a row of 0.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from cdissect_labeler.topk import top_concepts
@@ -22,10 +24,12 @@ def shard_moments(A: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, 
     return A64.T @ images.double(), (A64 * A64).sum(dim=0)
 
 
-def _top_by_neuron_chunks(S: torch.Tensor, t: int, neuron_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_by_neuron_chunks(chunk_scores: Callable[[int, int], torch.Tensor], K: int, t: int,
+                          neuron_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-t concepts of all K neurons, neuron_chunk at a time; chunk_scores(s, e) is S[s:e] [e − s, C]."""
     ids, out = [], []
-    for s in range(0, S.shape[0], neuron_chunk):
-        i, v = top_concepts(S[s:s + neuron_chunk], t)
+    for s in range(0, K, neuron_chunk):
+        i, v = top_concepts(chunk_scores(s, min(K, s + neuron_chunk)), t)
         ids.append(i)
         out.append(v)
     return torch.cat(ids), torch.cat(out)
@@ -40,15 +44,13 @@ def cos_top_concepts(moment_AI: torch.Tensor, moment_AA: torch.Tensor, images: t
     p_norm = torch.where(p_norm > 0, p_norm, torch.ones_like(p_norm))
     a_norm = torch.sqrt(moment_AA)
     a_norm = torch.where(a_norm > 0, a_norm, torch.ones_like(a_norm))
-    ids, out = [], []
-    for s in range(0, a_norm.shape[0], neuron_chunk):
-        e = s + neuron_chunk
+
+    def chunk_scores(s: int, e: int) -> torch.Tensor:
         S = (moment_AI[s:e] @ T64.T) / (a_norm[s:e, None] * p_norm[None, :])
         S[dead[s:e]] = 0.0
-        i, v = top_concepts(S, t)
-        ids.append(i)
-        out.append(v)
-    return torch.cat(ids), torch.cat(out)
+        return S
+
+    return _top_by_neuron_chunks(chunk_scores, a_norm.shape[0], t, neuron_chunk)
 
 
 def cos_cubed_top_concepts(A: torch.Tensor, images: torch.Tensor, text: torch.Tensor, dead: torch.Tensor,
@@ -77,7 +79,7 @@ def cos_cubed_top_concepts(A: torch.Tensor, images: torch.Tensor, text: torch.Te
     S /= torch.clamp(torch.sqrt(a_sq), min=min_norm)[:, None]
     S /= torch.clamp(torch.sqrt(p_sq), min=min_norm)[None, :]
     S[dead] = 0.0
-    return _top_by_neuron_chunks(S, t, neuron_chunk)
+    return _top_by_neuron_chunks(lambda s, e: S[s:e], K, t, neuron_chunk)
 
 
 __all__ = ["shard_moments", "cos_top_concepts", "cos_cubed_top_concepts"]

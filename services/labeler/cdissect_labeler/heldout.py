@@ -19,7 +19,7 @@ from cdissect_common.evaluation import check_eval_fraction, heldout_mask
 from cdissect_labeler.budget import SCRATCH_BYTES
 from cdissect_labeler.intake import normalise_embeddings
 from cdissect_labeler.quality import label_quality
-from cdissect_labeler.simulation import HeldOutScores, heldout_scores, top_rows
+from cdissect_labeler.simulation import HeldOutScores, heldout_scores
 
 
 class HeldOutRows:
@@ -39,17 +39,22 @@ class HeldOutRows:
         """Held-out rows kept so far."""
         return sum(int(a.shape[0]) for a in self._acts)
 
-    def add_shard(self, images: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-        """Route the next shard's rows (checked tensors [n, d] and [n, K]); keep the held-out ones.
+    def next_mask(self, n: int) -> torch.Tensor:
+        """bool [n] on the CPU: which of the next n rows (global indices seen .. seen+n-1) are held out."""
+        return torch.from_numpy(heldout_mask(self.seen, n, self.fraction, self.seed))
 
-        Returns the held-out mask [n] (bool tensor on the CPU), so the caller can route the rest."""
-        n = int(acts.shape[0])
-        mask = torch.from_numpy(heldout_mask(self.seen, n, self.fraction, self.seed))
-        self.seen += n
-        if bool(mask.any()):
-            self._images.append(normalise_embeddings(images[mask], self.device, self.precision))
-            self._acts.append(acts[mask].detach().to("cpu", torch.float32))
-        return mask
+    def add_rows(self, mask: torch.Tensor, images: torch.Tensor, acts: torch.Tensor) -> None:
+        """Move past the len(mask) rows that ``next_mask`` routed, keeping the held-out ones:
+        images [h, d] already normalised (on the device) and acts [h, K], h = mask.sum()."""
+        self.seen += int(mask.shape[0])
+        if images.shape[0]:
+            self._images.append(images)
+            self._acts.append(acts.detach().to("cpu", torch.float32))
+
+    def add_shard(self, images: torch.Tensor, acts: torch.Tensor) -> None:
+        """Route the next shard's rows (checked tensors [n, d] and [n, K]); keep the held-out ones."""
+        mask = self.next_mask(int(acts.shape[0]))
+        self.add_rows(mask, normalise_embeddings(images[mask], self.device, self.precision), acts[mask])
 
     def activations(self) -> torch.Tensor:
         """[n, K] held-out activations on the host (concatenated once, then kept so)."""
@@ -63,17 +68,11 @@ class HeldOutRows:
             self._images = [torch.cat(self._images, dim=0)]
         return self._images[0]
 
-    def value_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Per unit (min, max) over the held-out rows, or None when there are none."""
-        if not self._acts:
-            return None
-        acts = self.activations()
-        return acts.amin(dim=0), acts.amax(dim=0)
-
     def score(self, text: torch.Tensor, label_ids: np.ndarray, n_positives: int,
               with_auc: bool = False) -> tuple[HeldOutScores, np.ndarray | None, np.ndarray | None]:
         """Scores of each unit's label on the held-out rows: (scores, auc, p) — auc and p only
-        with ``with_auc`` (positives: the unit's top n_positives held-out images).
+        with ``with_auc`` (for the positives the AUPRC used: the unit's top n_positives held-out
+        images above its minimum).
 
         text [L, d]: normalised label embeddings on the device; label_ids [K]: unit k's row of
         text, -1 for a unit without a label (scored as constant)."""
@@ -100,8 +99,8 @@ class HeldOutRows:
         auc, pval = np.full(column.shape, 0.5), np.ones(column.shape)
         live = np.flatnonzero((column >= 0) & ~scores.constant)
         if live.size:
-            positives = top_rows(acts[:, live], n_positives).T
-            auc[live], pval[live] = label_quality(label_scores, column[live], positives)
+            auc[live], pval[live] = label_quality(label_scores, column[live], scores.positives[:, live].T,
+                                                  scores.positive_counts[live])
         return scores, auc, pval
 
 

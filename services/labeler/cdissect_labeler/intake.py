@@ -44,6 +44,30 @@ def normalise_embeddings(X: torch.Tensor, device: torch.device, precision: str) 
     return X / norm
 
 
+class RunningRange:
+    """Per-unit min and max of activations over every row added; a unit is *dead* when they are
+    equal (its activation was the same for every image). The one dead test of the labeler."""
+
+    def __init__(self) -> None:
+        self.amin: torch.Tensor | None = None
+        self.amax: torch.Tensor | None = None
+
+    def add(self, A: torch.Tensor) -> None:
+        """Take the rows of A [n, K] into the range (on the device of the first rows)."""
+        if A.shape[0] == 0:
+            return
+        amin, amax = A.amin(dim=0), A.amax(dim=0)
+        if self.amin is None:
+            self.amin, self.amax = amin, amax
+            return
+        self.amin = torch.minimum(self.amin, amin.to(self.amin.device))
+        self.amax = torch.maximum(self.amax, amax.to(self.amax.device))
+
+    def dead(self) -> torch.Tensor:
+        """bool [K]: units whose activation was the same for every row added."""
+        return self.amax == self.amin
+
+
 class ShardIntake:
     """Takes a layer's shards in dataset order and keeps what the scorers need (module doc)."""
 
@@ -61,13 +85,17 @@ class ShardIntake:
         self.K: int | None = None
         self.top_vals: torch.Tensor | None = None      # [K, kept] neuron-major
         self.top_idx: torch.Tensor | None = None
-        self.amin: torch.Tensor | None = None
-        self.amax: torch.Tensor | None = None
+        self.range = RunningRange()
         self.moment_AI: torch.Tensor | None = None     # cos: Σ A·Î [K, d]
         self.moment_AA: torch.Tensor | None = None     # cos: Σ A² [K]
 
     def add(self, image_embeddings: Any, activations: Any) -> None:
         """Add the next shard: CLIP image embeddings [n, d] and activations [n, K]."""
+        self.add_checked(*self.checked(image_embeddings, activations))
+
+    def checked(self, image_embeddings: Any, activations: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shard as checked tensors (I [n, d], A [n, K]): finite, of this layer's d and K, one row
+        per image in both; the first shard fixes K."""
         I = checked_tensor(image_embeddings, "image_embeddings", 2)
         A = checked_tensor(activations, "activations", 2)
         d = self.embedding_dim
@@ -84,14 +112,16 @@ class ShardIntake:
         elif A.shape[1] != self.K:
             raise ValueError(f"shard has {A.shape[1]} neurons but earlier shards had {self.K}; "
                              "feed one layer per StreamingLabeler.")
+        return I, A
+
+    def add_checked(self, I: torch.Tensor, A: torch.Tensor) -> None:
+        """Add rows that ``checked`` returned (or a row subset of them)."""
         n = int(A.shape[0])
         if n == 0:
             return
         A = A.to(self.device, torch.float32)
         self.images.append(normalise_embeddings(I, self.device, self.precision))
-        amin, amax = A.amin(dim=0), A.amax(dim=0)
-        self.amin = amin if self.amin is None else torch.minimum(self.amin, amin)
-        self.amax = amax if self.amax is None else torch.maximum(self.amax, amax)
+        self.range.add(A)
         if self.keep_activations:
             self.kept_acts.append(A.cpu())
         else:
@@ -116,7 +146,7 @@ class ShardIntake:
 
     def dead(self) -> torch.Tensor:
         """bool [K]: neurons whose activation was the same for every image."""
-        return self.amax == self.amin
+        return self.range.dead()
 
     def top(self, need: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each neuron's top images, image-major like ``stable_topk``: (values, indices) [kept, K];
@@ -127,4 +157,4 @@ class ShardIntake:
         return stable_topk(A, min(need, self.n))
 
 
-__all__ = ["ShardIntake", "checked_tensor", "normalise_embeddings"]
+__all__ = ["RunningRange", "ShardIntake", "checked_tensor", "normalise_embeddings"]

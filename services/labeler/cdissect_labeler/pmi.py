@@ -47,10 +47,9 @@ def membership_weights(function: str, params: dict[str, Any]) -> tuple[np.ndarra
     raise ValueError(f"membership weights exist only for soft_wpmi and wpmi, not {function!r}.")
 
 
-def subtract_prior(L: torch.Tensor, lam: float, logsumexp_over_neurons: torch.Tensor | None = None) -> torch.Tensor:
+def subtract_prior(L: torch.Tensor, lam: float) -> torch.Tensor:
     """PMI: L[k, m] − lam·(logsumexp_k L[k, m] − log K), the prior over ALL neurons of the layer."""
-    lse = torch.logsumexp(L, dim=0, keepdim=True) if logsumexp_over_neurons is None else logsumexp_over_neurons
-    return L - lam * (lse - math.log(L.shape[0]))
+    return L - lam * (torch.logsumexp(L, dim=0, keepdim=True) - math.log(L.shape[0]))
 
 
 def pmi_dense(P: torch.Tensor, A: torch.Tensor, off: np.ndarray, slope: np.ndarray, a: float,
@@ -111,7 +110,6 @@ def pmi_top_concepts(function: str, params: dict[str, Any], images: torch.Tensor
     part64 = torch.empty(kb, tile, dtype=torch.float64, device=dev)
     L = torch.empty(K, tile, dtype=torch.float64, device=dev)
     best_ids = best_vals = None
-    log_k = math.log(K)
     for c0 in range(0, C, tile):
         c1 = min(C, c0 + tile)
         w = c1 - c0
@@ -144,9 +142,7 @@ def pmi_top_concepts(function: str, params: dict[str, Any], images: torch.Tensor
                     p64.copy_(g)
                     acc.add_(p64.log_())
         del Q
-        Lt = L[:, :w]
-        prior = torch.logsumexp(Lt, dim=0, keepdim=True) - log_k            # exact: all K neurons
-        ids, vals = top_concepts(Lt - lam * prior, min(t, w))
+        ids, vals = top_concepts(subtract_prior(L[:, :w], lam), min(t, w))   # exact prior: all K neurons
         best_vals, best_ids = merge_top(best_vals, best_ids, vals, ids + c0, t)
     return best_ids, best_vals
 

@@ -35,13 +35,14 @@ def quality_positive_count(function: str, params: dict, num_images: int) -> int:
     return max(1, min(num_images, int(num_images * fraction)))
 
 
-def label_quality(concept_scores: np.ndarray, unit_column: np.ndarray,
-                  positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def label_quality(concept_scores: np.ndarray, unit_column: np.ndarray, positives: np.ndarray,
+                  counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """AUC and one-sided Mann-Whitney p-value per unit.
 
     concept_scores [N, U]: the CLIP score of every image for each distinct label concept;
     unit_column [K]: which column of concept_scores is unit k's label; positives [K, n]: image
-    indices of each unit's top-activating set (distinct within a row). Returns (auc [K], p [K])
+    indices of each unit's top-activating set (distinct within a row); counts [K] (optional): unit
+    k's positives are the first counts[k] of its row (default: all n). Returns (auc [K], p [K])
     as float64. Sorting is done once per distinct concept, so units sharing a label are cheap.
     """
     scores = np.asarray(concept_scores, dtype=np.float64)
@@ -52,24 +53,27 @@ def label_quality(concept_scores: np.ndarray, unit_column: np.ndarray,
     if positives.ndim != 2 or positives.shape[0] != unit_column.shape[0]:
         raise ValueError(f"positives must be [K, n] with K={unit_column.shape[0]}, got {positives.shape}.")
     N, U = scores.shape
-    K, n1 = positives.shape
-    n2 = N - n1
+    K = positives.shape[0]
+    counts = np.full(K, positives.shape[1]) if counts is None else np.asarray(counts, dtype=np.int64)
     auc = np.full(K, 0.5)
     pval = np.ones(K)
-    if K == 0 or n1 == 0 or n2 <= 0:
+    if K == 0 or not np.any((counts > 0) & (counts < N)):
         return auc, pval
     sorted_cols = np.sort(scores.T, axis=1)                       # [U, N]
     tie_term = _tie_term(sorted_cols)                              # [U]
     n = float(N)
-    var = n1 * n2 / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)))
     for k in range(K):
+        n1 = int(counts[k])
+        n2 = N - n1
+        if n1 == 0 or n2 <= 0:
+            continue
         col = sorted_cols[unit_column[k]]
-        x = scores[positives[k], unit_column[k]]
+        x = scores[positives[k, :n1], unit_column[k]]
         left = np.searchsorted(col, x, side="left")
         right = np.searchsorted(col, x, side="right")
         rank_sum = float(np.sum((left + 1 + right) / 2.0))        # 1-based average ranks
         u = rank_sum - n1 * (n1 + 1) / 2.0
-        v = var[unit_column[k]]
+        v = n1 * n2 / 12.0 * ((n + 1.0) - tie_term[unit_column[k]] / (n * (n - 1.0)))
         if v <= 0:
             continue
         auc[k] = u / (n1 * n2)

@@ -14,7 +14,6 @@ import logging
 
 import grpc
 import numpy as np
-import torch
 
 from cdissect.v1 import common_pb2, labeler_pb2, labeler_pb2_grpc
 from cdissect_common import artifacts, evaluation
@@ -23,7 +22,7 @@ from cdissect_common.server import Registration, ServiceRuntime
 from cdissect_common.vocabulary import PRECISIONS, SELECTIONS
 from cdissect_labeler import similarity
 from cdissect_labeler.heldout import HeldOutRows
-from cdissect_labeler.intake import checked_tensor, normalise_embeddings
+from cdissect_labeler.intake import RunningRange, checked_tensor, normalise_embeddings
 from cdissect_labeler.labels import LayerLabels
 from cdissect_labeler.quality import quality_positive_count
 from cdissect_labeler.streaming import StreamingLabeler
@@ -45,7 +44,9 @@ def _array(arrays: dict[str, np.ndarray], name: str, ref: common_pb2.ArtifactRef
 
 
 def _selection(message: labeler_pb2.LabelSelection) -> dict:
-    """select, candidates, rank_penalty from the request (unset: the defaults); bad values: INVALID_ARGUMENT."""
+    """select, and for simulation its candidates and rank_penalty, from the request (unset: the defaults);
+    bad values: INVALID_ARGUMENT. The similarity selection uses neither, so they are not part of its
+    labels key."""
     mode = message.mode or SELECTIONS[0]
     if mode not in SELECTIONS:
         raise invalid_argument(f"unknown selection {mode!r}; use one of {', '.join(SELECTIONS)}")
@@ -56,6 +57,8 @@ def _selection(message: labeler_pb2.LabelSelection) -> dict:
             message.rank_penalty if message.HasField("rank_penalty") else evaluation.SIMULATION_RANK_PENALTY)
     except ValueError as exc:
         raise invalid_argument(str(exc)) from None
+    if mode != "simulation":
+        return {"select": mode}
     return {"select": mode, "candidates": candidates, "rank_penalty": round(penalty, 7)}
 
 
@@ -215,7 +218,7 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
             rows = HeldOutRows(ev["eval_fraction"], ev["eval_seed"], device, precision)
         except ValueError as exc:
             raise invalid_argument(str(exc)) from None
-        lo = hi = None
+        value_range = RunningRange()
         for i, (img, act) in enumerate(self._shards(images, acts)):
             with self.runtime.device_lock, self.runtime.metrics.stage("evaluate_add_shard"):
                 try:
@@ -229,8 +232,7 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
                 except ValueError as exc:
                     raise failed_precondition(f"shard {i}: {exc}") from None
                 rows.add_shard(I, A)
-                lo = A.amin(dim=0) if lo is None else torch.minimum(lo, A.amin(dim=0))
-                hi = A.amax(dim=0) if hi is None else torch.maximum(hi, A.amax(dim=0))
+                value_range.add(A)
             self.runtime.metrics.add_images(int(img.shape[0]))
         n_total = rows.seen
         _check_split_size(n_total, ev)
@@ -238,7 +240,7 @@ class LabelerServicer(labeler_pb2_grpc.LabelerServicer):
         n_pos = evaluation.positives_count(rows.n, ev["auprc_alpha"], share)
         with self.runtime.device_lock, self.runtime.metrics.stage("evaluate_finish"):
             scores, auc, pval = rows.score(text, label_ids, n_pos, with_auc=True)
-        dead = (lo == hi).cpu().numpy()
+        dead = value_range.dead().cpu().numpy()
         units = [labeler_pb2.UnitScores(
             unit=k, labelled=bool(label_ids[k] >= 0), correlation=float(scores.correlation[k]),
             correlation_low=float(scores.correlation_low[k]), correlation_high=float(scores.correlation_high[k]),

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from cdissect_common.devices import resolve_device
-from cdissect_common.vocabulary import SIMILARITY_DEFAULTS, SIMILARITY_FUNCTIONS, resolve_similarity_params
+from cdissect_common.vocabulary import SIMILARITY_FUNCTIONS, resolve_similarity_params
 
 from cdissect_labeler.budget import neurons_per_chunk
-from cdissect_labeler.pmi import membership_weights, pmi_dense, soft_wpmi_membership, subtract_prior  # noqa: F401
+from cdissect_labeler.pmi import membership_weights, pmi_dense, soft_wpmi_membership
 from cdissect_labeler.rank_reorder import rank_reorder_baselines, rank_reorder_block, top_fraction_count
 from cdissect_labeler.topk import stable_topk
 
@@ -36,11 +36,6 @@ from cdissect_labeler.topk import stable_topk
 # the keyword defaults of the functions below repeat them as the reference's signatures do, and
 # tests/unit/test_vocabulary.py checks that they agree.
 FUNCTIONS = SIMILARITY_FUNCTIONS
-DEFAULTS: dict[str, dict[str, Any]] = SIMILARITY_DEFAULTS
-SOFT_WPMI_DEFAULTS = DEFAULTS["soft_wpmi"]
-WPMI_DEFAULTS = DEFAULTS["wpmi"]
-RANK_REORDER_DEFAULTS = DEFAULTS["rank_reorder"]
-COS_CUBED_DEFAULTS = DEFAULTS["cos_similarity_cubed"]
 
 
 # ----------------------------------------------------------------------------- input handling

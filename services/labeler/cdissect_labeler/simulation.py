@@ -8,14 +8,17 @@ AUC of ``quality.py`` fails "extra labels" for rare concepts, see tests/unit/tes
 - correlation: Pearson r between the unit's activation and the label's CLIP score (the
   single-concept "simulation" of Linear Explanations, Oikarinen & Weng, ICML 2024, on raw cosines),
   with a 95% Fisher-z interval;
-- AUPRC: average precision with which the label's CLIP score ranks the unit's top images (its
-  ``positives_count`` most activating held-out images) above the others; chance = the base rate
-  positives / images. Ties in the score count as one threshold (precision at a tied score is
-  that of the whole tie group), so the value does not depend on the order of equal scores.
+- AUPRC: average precision with which the label's CLIP score ranks the unit's positives above the
+  other held-out images; chance = the unit's base rate positives / images. The positives are its
+  ``positives_count`` most activating held-out images that lie above its held-out minimum
+  (``positive_rows``): a sparse unit active on fewer images has fewer positives, never images
+  tied at its minimum picked by their index, so no score depends on the order of the images.
+  Ties in the label score count as one threshold (precision at a tied score is that of the whole
+  tie group), so the value does not depend on the order of equal scores either.
 
 Both are computed on the held-out split (``cdissect_common.evaluation``) from the kept held-out
 activations; units constant there (dead ones included) get r = 0 with interval [-1, 1] and AUPRC =
-the base rate, and are reported as constant, never NaN.
+the base rate positives_count / images, and are reported as constant, never NaN.
 
 For ``--select simulation`` the correlation of every unit with each of its candidate concepts is
 needed on the selection split, which is streamed: ``SplitMoments`` keeps shifted sums (Σa, Σa²,
@@ -35,7 +38,9 @@ _BLOCK_BYTES = 64 * 2**20
 
 @dataclass
 class HeldOutScores:
-    """Per unit [K]: correlation with its 95% interval, AUPRC with its base rate, constant flag."""
+    """Per unit [K]: correlation with its 95% interval, AUPRC with its base rate, constant flag;
+    and the positives the AUPRC used (``positive_rows``: [n_positives, K] rows, the first
+    positive_counts[k] of column k; count 0 for constant units), so an AUC can use the same."""
 
     correlation: np.ndarray
     correlation_low: np.ndarray
@@ -43,6 +48,8 @@ class HeldOutScores:
     auprc: np.ndarray
     auprc_base: np.ndarray
     constant: np.ndarray
+    positives: np.ndarray | None = None
+    positive_counts: np.ndarray | None = None
 
 
 def fisher_interval(r: np.ndarray, n: int, z: float = Z_95) -> tuple[np.ndarray, np.ndarray]:
@@ -78,15 +85,30 @@ def top_rows(acts: np.ndarray, count: int) -> np.ndarray:
     return order[:count]
 
 
+def positive_rows(acts: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's positives: ([count, K] row indices by ``top_rows``, [K] how many of them count).
+
+    Column k's first counts[k] rows are its positives: those of its top ``count`` rows whose
+    activation lies above the column's minimum. Rows tied at the minimum are never positives, so a
+    unit active on fewer than ``count`` rows has fewer positives rather than inactive rows chosen
+    by their index, and the positives do not depend on the order of the rows (a constant column: 0).
+    """
+    acts = np.asarray(acts, dtype=np.float64)
+    rows = top_rows(acts, count)
+    counts = (np.take_along_axis(acts, rows, axis=0) > acts.min(axis=0)).sum(axis=0)
+    return rows, counts
+
+
 def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarray,
                    n_positives: int) -> HeldOutScores:
     """Correlation, interval and AUPRC of each unit's label on the held-out images.
 
     acts [n, K]: the units' activations on the held-out images; label_scores [n, U]: the CLIP
     score of each distinct label on the same images; column [K]: unit k's label column (-1: no
-    label, scored like a constant unit); n_positives: the unit's top images counted as positives.
-    Units are taken a block at a time (float64 within a block), so the scratch memory stays
-    near _BLOCK_BYTES whatever K.
+    label, scored like a constant unit); n_positives: the unit's top images counted as positives
+    (those above its held-out minimum, ``positive_rows``; auprc_base is the unit's own share).
+    Units are taken a block at a time (float64 within a block), so the scratch memory stays near
+    _BLOCK_BYTES whatever K.
     """
     acts = np.asarray(acts)
     label_scores = np.asarray(label_scores)
@@ -96,9 +118,10 @@ def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarra
         raise ValueError(f"label_scores has {label_scores.shape[0]} rows but acts has {n}; both are the held-out images")
     if not 1 <= n_positives <= n:
         raise ValueError(f"n_positives must be between 1 and the {n} held-out images, got {n_positives}")
-    base = n_positives / n
-    corr = np.zeros(K)
-    auprc = np.full(K, base)
+    base = np.full(K, n_positives / n)            # constant units: the requested share
+    corr, auprc = np.zeros(K), np.zeros(K)
+    positives = np.zeros((n_positives, K), dtype=np.int32)
+    positive_counts = np.zeros(K, dtype=np.int64)
     constant = acts.max(axis=0) == acts.min(axis=0)
     score_mean = label_scores.mean(axis=0, dtype=np.float64)
     score_norm = np.sqrt(np.maximum(np.einsum("ij,ij->j", label_scores, label_scores, dtype=np.float64)
@@ -115,18 +138,25 @@ def heldout_scores(acts: np.ndarray, label_scores: np.ndarray, column: np.ndarra
         denom = np.sqrt((centred ** 2).sum(axis=0)) * score_norm[safe]
         ok = live & (denom > 0)
         corr[k0:k1] = np.where(ok, (centred * scored).sum(axis=0) / np.where(ok, denom, 1.0), 0.0)
-        if live.any():
-            tops = top_rows(block[:, live], n_positives)                      # [n_pos, live]
+        varies = ~constant[k0:k1]
+        if varies.any():
+            tops, counts = positive_rows(block[:, varies], n_positives)      # [n_pos, varies], [varies]
+            base[k0:k1][varies] = counts / n
+            positives[:, k0:k1][:, varies] = tops
+            positive_counts[k0:k1][varies] = counts
             mask = np.zeros(n, dtype=bool)
-            for j, k in enumerate(np.flatnonzero(live)):
+            for j, k in enumerate(np.flatnonzero(varies)):
+                if cols[k] < 0:
+                    continue
                 mask[:] = False
-                mask[tops[:, j]] = True
+                mask[tops[:counts[j], j]] = True
                 auprc[k0 + k] = average_precision(label_scores[:, cols[k]], mask)
     low, high = fisher_interval(corr, n)
     dead = constant | (column < 0)
     low[dead], high[dead] = -1.0, 1.0
+    auprc = np.where(dead, base, auprc)
     return HeldOutScores(correlation=corr, correlation_low=low, correlation_high=high, auprc=auprc,
-                         auprc_base=np.full(K, base), constant=constant)
+                         auprc_base=base, constant=constant, positives=positives, positive_counts=positive_counts)
 
 
 def rerank(candidate_correlation: torch.Tensor | np.ndarray, rank_penalty: float) -> np.ndarray:

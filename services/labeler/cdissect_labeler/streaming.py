@@ -41,7 +41,7 @@ from cdissect_labeler import similarity as sim
 from cdissect_labeler.budget import SCRATCH_BYTES
 from cdissect_labeler.cosine import cos_cubed_top_concepts, cos_top_concepts
 from cdissect_labeler.heldout import HeldOutRows
-from cdissect_labeler.intake import ShardIntake, checked_tensor, normalise_embeddings
+from cdissect_labeler.intake import RunningRange, ShardIntake, checked_tensor, normalise_embeddings
 from cdissect_labeler.labels import LayerLabels
 from cdissect_labeler.pmi import pmi_top_concepts
 from cdissect_labeler.quality import label_quality, quality_positive_count
@@ -121,6 +121,7 @@ class StreamingLabeler:
                                    keep_activations, moments=function == "cos_similarity")
         self._moments = SplitMoments(self.device) if self.simulation else None
         self._selection_index: list[np.ndarray] = []   # simulation: global index of each function row
+        self._range = RunningRange()                   # simulation: both splits (the intake sees one)
 
     def _top_needed(self, num_images: int | None) -> int:
         """Top images to keep per neuron: the function's top set, the quality positives, and
@@ -144,26 +145,26 @@ class StreamingLabeler:
         return self._heldout.n
 
     def add_shard(self, image_embeddings: Any, activations: Any) -> None:
-        """Add the next shard (dataset order): CLIP image embeddings [n, d] and activations [n, K]."""
+        """Add the next shard (dataset order): CLIP image embeddings [n, d] and activations [n, K].
+
+        The shard is checked once and each row routed once: the held-out rows are kept for the
+        scores; the function gets every row (similarity; the held-out rows' normalised embeddings
+        are then the intake's) or the selection split's rows only (simulation)."""
+        I, A = self._intake.checked(image_embeddings, activations)
+        held = self._heldout.next_mask(int(A.shape[0]))
         if not self.simulation:
-            self._intake.add(image_embeddings, activations)
-            self._heldout.add_shard(checked_tensor(image_embeddings, "image_embeddings", 2),
-                                    checked_tensor(activations, "activations", 2))
-            return
-        I = checked_tensor(image_embeddings, "image_embeddings", 2)
-        A = checked_tensor(activations, "activations", 2)
-        if I.shape[0] != A.shape[0]:
-            raise ValueError(f"shard has {I.shape[0]} image embeddings but {A.shape[0]} activation rows; "
-                             "they must describe the same images in the same order.")
-        start = self._heldout.seen
-        keep = ~torch.from_numpy(evaluation.heldout_mask(start, int(A.shape[0]), self._heldout.fraction,
-                                                         self._heldout.seed))
-        before = self._intake.n
-        self._intake.add(I[keep], A[keep])                     # checks the shard; the function's rows
-        if self._intake.n > before:
-            self._moments.add(A[keep].to(self.device, torch.float32), self._intake.images[-1])
-            self._selection_index.append(start + np.flatnonzero(keep.numpy()))
-        self._heldout.add_shard(I, A)
+            self._intake.add_checked(I, A)
+            held_images = self._intake.images[-1][held.to(self.device)] if bool(held.any()) else I[:0]
+        else:
+            self._range.add(A.float())                         # as the intake and held-out rows hold it
+            keep = ~held
+            before = self._intake.n
+            self._intake.add_checked(I[keep], A[keep])         # the function's rows
+            if self._intake.n > before:
+                self._moments.add(A[keep].to(self.device, torch.float32), self._intake.images[-1])
+                self._selection_index.append(self._heldout.seen + np.flatnonzero(keep.numpy()))
+            held_images = normalise_embeddings(I[held], self.device, self.precision)
+        self._heldout.add_rows(held, held_images, A[held])
 
     def finish(self, top_concepts: int = 5, top_images: int = 10, quality: bool = True) -> LayerLabels:
         """Compute the labels of every neuron: top concepts with scores, top images, dead, quality,
@@ -216,13 +217,7 @@ class StreamingLabeler:
 
     def _dead(self) -> torch.Tensor:
         """bool [K]: constant over every image added (with simulation, both splits together)."""
-        dead = self._intake.dead()
-        value_range = self._heldout.value_range() if self.simulation else None
-        if value_range is None:
-            return dead
-        lo = torch.minimum(self._intake.amin, value_range[0].to(self._intake.amin.device))
-        hi = torch.maximum(self._intake.amax, value_range[1].to(self._intake.amax.device))
-        return lo == hi
+        return self._range.dead() if self.simulation else self._intake.dead()
 
     def _rerank(self, ids: torch.Tensor, scores: torch.Tensor,
                 ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
